@@ -1,0 +1,578 @@
+#!/usr/bin/env python3
+"""Generate the committed model-parity fixtures under tests/fixtures/.
+
+Builds tiny random models with HF transformers (Florence-2 native, Llama), saves them with real
+tensor names (also re-keyed to Microsoft's original Florence-2 layout and Florence-VL's LLaVA
+layout) and stores inputs and expected outputs. Deterministic: fixed seeds, float32, CPU.
+
+Usage (see tools/README.md):
+    /root/fvl-py/bin/python tools/make_fixtures.py [--stages f2,f2lang,llama,fvl]
+"""
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from safetensors.torch import save_file, load_file
+
+import transformers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    AutoProcessor,
+    Florence2Config,
+    Florence2ForConditionalGeneration,
+    Florence2Processor,
+    PreTrainedTokenizerFast,
+)
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+torch.set_num_threads(2)
+torch.use_deterministic_algorithms(True)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIX = os.path.join(REPO, "tests", "fixtures")
+IMG_DIR = os.path.join(FIX, "images")
+
+IMAGE_MEAN = [0.485, 0.456, 0.406]
+IMAGE_STD = [0.229, 0.224, 0.225]
+
+# Florence-2's added tokens, in the order of Microsoft's processing_florence2.py (spec §5.1).
+F2_TASK_TOKENS = (
+    ["<od>", "</od>", "<ocr>", "</ocr>"]
+    + [f"<loc_{i}>" for i in range(1000)]
+    + [
+        "<cap>", "</cap>", "<ncap>", "</ncap>", "<dcap>", "</dcap>", "<grounding>", "</grounding>",
+        "<seg>", "</seg>", "<sep>", "<region_cap>", "</region_cap>", "<region_to_desciption>",
+        "</region_to_desciption>", "<proposal>", "</proposal>", "<poly>", "</poly>", "<and>",
+    ]
+)
+
+# Post-processor config that transformers' conversion script stores in processor_config.json.
+BANNED_GROUNDING = [
+    "it", "I", "me", "mine", "you", "your", "yours", "he", "him", "his", "she", "her", "hers", "they",
+    "them", "their", "theirs", "one", "oneself", "we", "us", "our", "ours", "you", "your", "yours",
+    "they", "them", "their", "theirs", "mine", "yours", "his", "hers", "its", "ours", "yours", "theirs",
+    "myself", "yourself", "himself", "herself", "itself", "ourselves", "yourselves", "themselves",
+    "this", "that", "these", "those", "who", "whom", "whose", "which", "what", "who", "whom", "whose",
+    "which", "that", "all", "another", "any", "anybody", "anyone", "anything", "each", "everybody",
+    "everyone", "everything", "few", "many", "nobody", "none", "one", "several", "some", "somebody",
+    "someone", "something", "each other", "one another", "myself", "yourself", "himself", "herself",
+    "itself", "ourselves", "yourselves", "themselves", "the image", "image", "images", "the", "a", "an",
+    "a group", "other objects", "lots", "a set",
+]
+POST_PROCESSOR_CONFIG = {
+    "ocr": {
+        "pattern": r"(.+?)<loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)>",
+        "area_threshold": 0.0,
+    },
+    "phrase_grounding": {"banned_grounding_tokens": BANNED_GROUNDING},
+    "pure_text": {},
+    "description_with_bboxes": {},
+    "description_with_polygons": {},
+    "polygons": {},
+    "bboxes": {},
+    "description_with_bboxes_or_polygons": {},
+}
+
+# English training text for the tiny byte-level BPE (contains every Florence-2 task prompt).
+CORPUS = """What is the text in the image? What is the text in the image, with regions?
+What does the image describe? Describe in detail what is shown in the image.
+Describe with a paragraph what is shown in the image. Locate the objects with category name in the image.
+Locate the objects in the image, with their descriptions. Locate the region proposals in the image.
+Locate the phrases in the caption: a red car parked next to a green tree.
+Locate the person in the image with mask. What is the polygon mask of region
+What is the region? What does the region describe? What text is in the region?
+A chat between a curious user and an artificial intelligence assistant.
+The assistant gives helpful, detailed, and polite answers to the user's questions.
+The quick brown fox jumps over the lazy dog. A photo of a cat sitting on a wooden table.
+Two people are walking along the beach at sunset while a dog runs ahead of them.
+There is a sign with large white letters that reads OPEN on the door of the small shop.
+A bowl of fruit with apples, oranges and bananas is placed in the middle of the kitchen.
+The city skyline at night shows tall buildings with many lights and a bridge over the river.
+Hello world! Numbers like 12, 345 and 6789 appear in receipts, tables and street signs.
+"""
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+def log(*a):
+    print(*a, flush=True)
+
+
+def rel(p):
+    return os.path.relpath(p, REPO)
+
+
+def save_st(path, tensors):
+    """Save a dict of tensors as float32 (ints are converted to f32 too unless they are int64 ids)."""
+    out = {}
+    for k, v in tensors.items():
+        v = torch.as_tensor(v)
+        if v.dtype.is_floating_point or v.dtype == torch.uint8:
+            v = v.to(torch.float32)
+        out[k] = v.detach().contiguous()
+    save_file(out, path)
+    log(f"  wrote {rel(path)}: " + ", ".join(f"{k}{list(v.shape)}" for k, v in out.items()))
+
+
+def write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    log(f"  wrote {rel(path)}")
+
+
+def fresh_dir(path):
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    os.makedirs(path)
+
+
+def perturb_(model, seed):
+    """Re-randomise every parameter so no LayerNorm is identity, no bias is zero and activations
+    stay O(1) through the tiny networks. Buffers (e.g. visual_temporal_embed) are left as built."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1 and ("norm" in name or "layernorm" in name) and name.endswith("weight"):
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+            elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            elif "embed" in name or "shared" in name:
+                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+            else:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
+
+
+# ----------------------------------------------------------------------------------------------
+# images
+# ----------------------------------------------------------------------------------------------
+def make_images():
+    os.makedirs(IMG_DIR, exist_ok=True)
+    rs = np.random.RandomState(1234)
+    # 1) non-square, photo-like smooth colour noise (W=72, H=52), PNG
+    low = (rs.rand(5, 7, 3) * 255).astype(np.uint8)
+    smooth = np.asarray(Image.fromarray(low).resize((72, 52), Image.BICUBIC)).astype(np.float32)
+    smooth += rs.randn(52, 72, 3) * 6.0
+    photo = Image.fromarray(np.clip(smooth, 0, 255).round().astype(np.uint8), "RGB")
+    photo.save(os.path.join(IMG_DIR, "photo.png"))
+    # 2) grayscale (mode L), portrait (W=56, H=64), PNG
+    yy, xx = np.mgrid[0:64, 0:56]
+    gray = 128 + 90 * np.sin(xx / 6.0) * np.cos(yy / 9.0) + rs.randn(64, 56) * 10
+    Image.fromarray(np.clip(gray, 0, 255).round().astype(np.uint8), "L").save(os.path.join(IMG_DIR, "gray.png"))
+    # 3) text drawn on a light background (W=90, H=40), JPEG
+    t = Image.new("RGB", (90, 40), (235, 230, 220))
+    d = ImageDraw.Draw(t)
+    d.text((4, 4), "OPEN 24h", fill=(20, 20, 120))
+    d.text((4, 20), "Cafe 1234", fill=(120, 10, 10))
+    t.save(os.path.join(IMG_DIR, "text.jpg"), quality=90)
+    log("  wrote tests/fixtures/images/{photo.png,gray.png,text.jpg}")
+
+
+IMAGES = ["photo.png", "gray.png", "text.jpg"]
+
+
+def load_image(name):
+    return Image.open(os.path.join(IMG_DIR, name))
+
+
+def expand2square(pil_img, background_color):
+    """Florence-VL llava/mm_utils.py expand2square (spec §2.1)."""
+    width, height = pil_img.size
+    if width == height:
+        return pil_img
+    elif width > height:
+        result = Image.new(pil_img.mode, (width, width), background_color)
+        result.paste(pil_img, (0, (width - height) // 2))
+        return result
+    else:
+        result = Image.new(pil_img.mode, (height, height), background_color)
+        result.paste(pil_img, ((height - width) // 2, 0))
+        return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Florence-2 tokenizer (tiny byte-level BPE with Florence-2's specials)
+# ----------------------------------------------------------------------------------------------
+def build_bart_like_tokenizer(vocab_size):
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS.splitlines(), trainer)
+    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), add_prefix_space=False, trim_offsets=True)
+    assert tok.token_to_id("<s>") == 0 and tok.token_to_id("<pad>") == 1
+    assert tok.token_to_id("</s>") == 2 and tok.token_to_id("<unk>") == 3
+    # BART's last base-vocab entry is <mask>
+    tok.add_special_tokens([AddedToken("<mask>", lstrip=True, normalized=False, special=True)])
+    n_base = tok.get_vocab_size()
+    tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in F2_TASK_TOKENS])
+    n_orig = tok.get_vocab_size()
+    assert n_orig == n_base + len(F2_TASK_TOKENS)
+    assert tok.token_to_id("<loc_0>") == n_base + 4
+    return tok, n_base, n_orig
+
+
+def wrap_tokenizer(tok, with_image_token):
+    kw = dict(bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>", mask_token="<mask>")
+    if with_image_token:
+        tok = Tokenizer.from_str(tok.to_str())
+        tok.add_special_tokens([AddedToken("<image>", normalized=False, special=True)])
+        kw["extra_special_tokens"] = {"image_token": "<image>"}
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **kw)
+
+
+# ----------------------------------------------------------------------------------------------
+# Florence-2 models
+# ----------------------------------------------------------------------------------------------
+F2_MODELS = {
+    # name: (image size, vision config, text config, bpe vocab size, seed)
+    "a": dict(
+        image=64, bpe_vocab=500, seed=11, full_original_embeds=True, dtype="float32",
+        vision=dict(
+            embed_dim=[16, 24, 32, 48], num_heads=[2, 3, 4, 6], num_groups=[2, 3, 4, 6], depths=[1, 1, 2, 1],
+            window_size=3, projection_dim=32, max_position_embeddings=50, max_temporal_embeddings=100,
+        ),
+        text=dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                  decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128),
+    ),
+    "b": dict(
+        image=80, bpe_vocab=700, seed=22, full_original_embeds=False, dtype="float16",
+        vision=dict(
+            embed_dim=[8, 16, 24, 32], num_heads=[1, 2, 3, 4], num_groups=[2, 2, 3, 4], depths=[2, 1, 1, 1],
+            window_size=4, projection_dim=40, max_position_embeddings=12, max_temporal_embeddings=20,
+        ),
+        text=dict(d_model=40, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4,
+                  decoder_attention_heads=4, encoder_ffn_dim=80, decoder_ffn_dim=80, max_position_embeddings=160),
+    ),
+}
+
+
+def conv_out(n, k, s, p):
+    return (n + 2 * p - k) // s + 1
+
+
+def grid_sizes(image, vc):
+    sizes, n = [], image
+    for k, s, p in zip([7, 3, 3, 3], [4, 2, 2, 2], [3, 1, 1, 1]):
+        n = conv_out(n, k, s, p)
+        sizes.append(n)
+    return sizes
+
+
+def build_florence2(name):
+    spec = F2_MODELS[name]
+    torch.manual_seed(spec["seed"])
+    tok, n_base, n_orig = build_bart_like_tokenizer(spec["bpe_vocab"])
+    image_token_id = n_orig
+    vocab_hf = ((n_orig + 1 + 63) // 64) * 64  # as the conversion script: add <image>, pad to 64
+    grids = grid_sizes(spec["image"], spec["vision"])
+    n_img = grids[-1] ** 2 + 1
+    vision = dict(
+        spec["vision"], patch_size=[7, 3, 3, 3], patch_stride=[4, 2, 2, 2], patch_padding=[3, 1, 1, 1],
+        patch_prenorm=[False, True, True, True], mlp_ratio=4.0, qkv_bias=True, drop_path_rate=0.0,
+    )
+    text = dict(
+        spec["text"], vocab_size=vocab_hf, activation_function="gelu", scale_embedding=False,
+        normalize_before=False, add_final_layer_norm=False, bos_token_id=0, pad_token_id=1, eos_token_id=2,
+        decoder_start_token_id=2, forced_bos_token_id=0, forced_eos_token_id=2, dropout=0.0,
+        attention_dropout=0.0, activation_dropout=0.0, init_std=0.02, is_encoder_decoder=True,
+        tie_word_embeddings=True,
+    )
+    config = Florence2Config(vision_config=vision, text_config=text, image_token_id=image_token_id)
+    config.text_config.model_type = "bart"
+    model = Florence2ForConditionalGeneration(config).eval().float()
+    perturb_(model, spec["seed"] + 1000)
+    model.tie_weights()
+    # rows beyond the original vocabulary (the <image> token and the pad-to-64 rows) are zero,
+    # so logits there are 0 (never picked over the real rows in these fixtures; checked below).
+    with torch.no_grad():
+        model.model.language_model.shared.weight[n_orig:] = 0.0
+    if spec["dtype"] == "float16":
+        # stored as f16 (like Microsoft's checkpoints); the reference runs in f32 on the f16 values
+        with torch.no_grad():
+            for t in list(model.parameters()) + list(model.buffers()):
+                if t.dtype.is_floating_point:
+                    t.copy_(t.half().float())
+    # the temporal embedding buffer must be the real sinusoid table
+    te = model.model.multi_modal_projector.visual_temporal_embed
+    s, c = te.get_sinusoid_embeddings(te.max_seq_len, te.embed_dim)
+    assert torch.allclose(te.pos_idx_to_embed[:, 0::2], s, atol=1e-3) and torch.allclose(te.pos_idx_to_embed[:, 1::2], c, atol=1e-3)
+    info = dict(n_base=n_base, n_orig=n_orig, vocab_hf=vocab_hf, image_token_id=image_token_id,
+                grids=grids, n_img=n_img, image=spec["image"])
+    return model, tok, info
+
+
+def make_processor(tok, image, n_img):
+    ip = CLIPImageProcessorPil(
+        do_resize=True, size={"height": image, "width": image}, resample=3, do_center_crop=False,
+        crop_size={"height": image, "width": image}, do_rescale=True, rescale_factor=1 / 255,
+        do_normalize=True, image_mean=IMAGE_MEAN, image_std=IMAGE_STD, do_convert_rgb=True,
+        image_seq_length=n_img,
+    )
+    hf_tok = wrap_tokenizer(tok, with_image_token=True)
+    return Florence2Processor(image_processor=ip, tokenizer=hf_tok, post_processor_config=POST_PROCESSOR_CONFIG)
+
+
+# HF-native -> Microsoft original names (inverse of transformers' convert_florence2_original_pytorch_to_hf.py)
+def hf_to_original_key(k):
+    import re
+    if k.startswith("model.vision_tower."):
+        k2 = k[len("model."):]
+        m = re.match(r"vision_tower\.convs\.(\d+)\.conv\.(weight|bias)$", k2)
+        if m:
+            return f"vision_tower.convs.{m[1]}.proj.{m[2]}"
+        m = re.match(r"vision_tower\.convs\.(\d+)\.norm\.(weight|bias)$", k2)
+        if m:
+            return k2
+        m = re.match(r"vision_tower\.blocks\.(\d+)\.(\d+)\.(spatial|channel)_block\.(.+)$", k2)
+        assert m, k
+        pre = f"vision_tower.blocks.{m[1]}.{m[2]}.{m[3]}_block."
+        attn = "window_attn" if m[3] == "spatial" else "channel_attn"
+        rest = m[4]
+        table = {
+            "conv1.weight": "conv1.fn.dw.weight", "conv1.bias": "conv1.fn.dw.bias",
+            "conv2.weight": "conv2.fn.dw.weight", "conv2.bias": "conv2.fn.dw.bias",
+            "norm1.weight": f"{attn}.norm.weight", "norm1.bias": f"{attn}.norm.bias",
+            f"{attn}.qkv.weight": f"{attn}.fn.qkv.weight", f"{attn}.qkv.bias": f"{attn}.fn.qkv.bias",
+            f"{attn}.proj.weight": f"{attn}.fn.proj.weight", f"{attn}.proj.bias": f"{attn}.fn.proj.bias",
+            "norm2.weight": "ffn.norm.weight", "norm2.bias": "ffn.norm.bias",
+            "ffn.fc1.weight": "ffn.fn.net.fc1.weight", "ffn.fc1.bias": "ffn.fn.net.fc1.bias",
+            "ffn.fc2.weight": "ffn.fn.net.fc2.weight", "ffn.fc2.bias": "ffn.fn.net.fc2.bias",
+        }
+        return pre + table[rest]
+    proj = {
+        "model.multi_modal_projector.image_projection.weight": "image_projection",
+        "model.multi_modal_projector.image_proj_norm.weight": "image_proj_norm.weight",
+        "model.multi_modal_projector.image_proj_norm.bias": "image_proj_norm.bias",
+        "model.multi_modal_projector.image_position_embed.row_embeddings.weight": "image_pos_embed.row_embeddings.weight",
+        "model.multi_modal_projector.image_position_embed.column_embeddings.weight": "image_pos_embed.column_embeddings.weight",
+        "model.multi_modal_projector.visual_temporal_embed.pos_idx_to_embed": "visual_temporal_embed.pos_idx_to_embed",
+    }
+    if k in proj:
+        return proj[k]
+    if k.startswith("model.language_model."):
+        return "language_model.model." + k[len("model.language_model."):]
+    if k == "lm_head.weight":
+        return "language_model.lm_head.weight"
+    raise KeyError(k)
+
+
+def original_state_dict(model, info, full_embeds, final_logits_bias):
+    """Return the model's weights re-keyed to Microsoft's remote-code names (spec §8.1)."""
+    sd = {k: v.detach().clone().float().contiguous() for k, v in model.state_dict().items()}
+    out = {}
+    n_orig = info["n_orig"]
+    for k, v in sd.items():
+        if k in ("lm_head.weight",) or k.endswith("encoder.embed_tokens.weight") or k.endswith("decoder.embed_tokens.weight"):
+            continue  # tied copies: written explicitly below
+        ok = hf_to_original_key(k)
+        if ok == "image_projection":
+            v = v.t().contiguous()  # raw [in, out] parameter in the original code
+        if ok == "language_model.model.shared.weight":
+            v = v[:n_orig].contiguous()
+        out[ok] = v
+    shared = out["language_model.model.shared.weight"]
+    if full_embeds:
+        # tied copies as some conversions store them (model b stores only `shared`)
+        out["language_model.model.encoder.embed_tokens.weight"] = shared.clone()
+        out["language_model.lm_head.weight"] = shared.clone()
+    out["language_model.final_logits_bias"] = final_logits_bias.reshape(1, n_orig).float().contiguous()
+    return out
+
+
+def original_config(model, info, dtype_name):
+    vc = model.config.vision_config
+    tc = model.config.text_config
+    return {
+        "_name_or_path": "florence2",
+        "architectures": ["Florence2ForConditionalGeneration"],
+        "auto_map": {
+            "AutoConfig": "configuration_florence2.Florence2Config",
+            "AutoModelForCausalLM": "modeling_florence2.Florence2ForConditionalGeneration",
+        },
+        "bos_token_id": 0, "eos_token_id": 2, "ignore_index": -100, "model_type": "florence2",
+        "pad_token_id": 1, "projection_dim": vc.projection_dim,
+        "text_config": {
+            "vocab_size": info["n_orig"], "activation_dropout": 0.1, "activation_function": "gelu",
+            "add_bias_logits": False, "add_final_layer_norm": False, "attention_dropout": 0.1,
+            "bos_token_id": 0, "classif_dropout": 0.1, "classifier_dropout": 0.0, "d_model": tc.d_model,
+            "decoder_attention_heads": tc.decoder_attention_heads, "decoder_ffn_dim": tc.decoder_ffn_dim,
+            "decoder_layerdrop": 0.0, "decoder_layers": tc.decoder_layers, "decoder_start_token_id": 2,
+            "dropout": 0.1, "early_stopping": True, "encoder_attention_heads": tc.encoder_attention_heads,
+            "encoder_ffn_dim": tc.encoder_ffn_dim, "encoder_layerdrop": 0.0, "encoder_layers": tc.encoder_layers,
+            "eos_token_id": 2, "forced_eos_token_id": 2, "forced_bos_token_id": 0, "gradient_checkpointing": False,
+            "init_std": 0.02, "is_encoder_decoder": True,
+            "label2id": {"LABEL_0": 0, "LABEL_1": 1, "LABEL_2": 2},
+            "max_position_embeddings": tc.max_position_embeddings, "no_repeat_ngram_size": 3,
+            "normalize_before": False, "num_hidden_layers": tc.encoder_layers, "pad_token_id": 1,
+            "scale_embedding": False, "num_beams": 3,
+        },
+        "vision_config": {
+            "model_type": "davit", "drop_path_rate": 0.1,
+            "patch_size": list(vc.patch_size), "patch_stride": list(vc.patch_stride),
+            "patch_padding": list(vc.patch_padding), "patch_prenorm": list(vc.patch_prenorm),
+            "enable_checkpoint": False, "dim_embed": list(vc.embed_dim), "num_heads": list(vc.num_heads),
+            "num_groups": list(vc.num_groups), "depths": list(vc.depths), "window_size": vc.window_size,
+            "projection_dim": vc.projection_dim,
+            "visual_temporal_embedding": {"type": "COSINE", "max_temporal_embeddings": vc.max_temporal_embeddings},
+            "image_pos_embed": {"type": "learned_abs_2d", "max_pos_embeddings": vc.max_position_embeddings},
+            "image_feature_source": ["spatial_avg_pool", "temporal_avg_pool"],
+        },
+        "vocab_size": info["n_orig"],
+        "torch_dtype": dtype_name,
+        "transformers_version": "4.41.0.dev0",
+        "is_encoder_decoder": True,
+    }
+
+
+def preprocessor_config(image, n_img):
+    return {
+        "_valid_processor_keys": [],
+        "crop_size": {"height": image, "width": image},
+        "do_center_crop": False, "do_convert_rgb": None, "do_normalize": True, "do_rescale": True,
+        "do_resize": True, "image_mean": IMAGE_MEAN, "image_processor_type": "CLIPImageProcessor",
+        "image_seq_length": n_img, "image_std": IMAGE_STD, "processor_class": "Florence2Processor",
+        "resample": 3, "rescale_factor": 1 / 255, "size": {"height": image, "width": image},
+    }
+
+
+def f2_dirs(name):
+    return os.path.join(FIX, f"florence2-{name}"), os.path.join(FIX, f"florence2-{name}-original")
+
+
+F2_GENERATION_CONFIG = {
+    # Microsoft's text_config generation defaults (spec §5.1/§5.3); HF-native configs drop forced_bos.
+    "bos_token_id": 0, "decoder_start_token_id": 2, "eos_token_id": 2, "pad_token_id": 1,
+    "forced_bos_token_id": 0, "forced_eos_token_id": 2, "num_beams": 3, "no_repeat_ngram_size": 3,
+    "early_stopping": True,
+}
+
+
+def original_to_hf_state_dict(osd, model, info):
+    """Independent inverse used as a round-trip check of the original layout."""
+    hf = {}
+    for k, v in model.state_dict().items():
+        if k == "lm_head.weight" or k.endswith("embed_tokens.weight"):
+            continue
+        t = osd[hf_to_original_key(k)]
+        if k.endswith("image_projection.weight"):
+            t = t.t()
+        if k.endswith("shared.weight"):
+            t = torch.cat([t, torch.zeros(info["vocab_hf"] - info["n_orig"], t.shape[1])], 0)
+        assert t.shape == v.shape, (k, t.shape, v.shape)
+        hf[k] = t
+    return hf
+
+
+def stage_florence2():
+    make_images()
+    for img_name in IMAGES:
+        stem = os.path.splitext(img_name)[0]
+        save_st(os.path.join(IMG_DIR, f"decoded_{stem}.safetensors"),
+                {"decoded_u8": torch.from_numpy(np.asarray(load_image(img_name)).copy())})
+    for name in F2_MODELS:
+        log(f"[florence2-{name}]")
+        model, tok, info = build_florence2(name)
+        d_hf, d_orig = f2_dirs(name)
+        fresh_dir(d_hf)
+        fresh_dir(d_orig)
+        proc = make_processor(tok, info["image"], info["n_img"])
+        model.generation_config.update(**F2_GENERATION_CONFIG)
+        dtype = getattr(torch, F2_MODELS[name]["dtype"])
+        model.to(dtype).save_pretrained(d_hf, safe_serialization=True)
+        model.float()
+        proc.save_pretrained(d_hf)
+        write_json(os.path.join(d_hf, "preprocessor_config.json"), preprocessor_config(info["image"], info["n_img"]))
+        # reload check: the saved directory reproduces the model and processor
+        re_model = Florence2ForConditionalGeneration.from_pretrained(d_hf).eval().float()
+        re_proc = AutoProcessor.from_pretrained(d_hf)
+
+        # original layout: same weights; final_logits_bias is zero (HF-native has no such tensor)
+        osd = original_state_dict(model, info, F2_MODELS[name]["full_original_embeds"], torch.zeros(info["n_orig"]))
+        osd_f32 = osd
+        osd = {k: v.to(dtype) for k, v in osd.items()}
+        save_file(osd, os.path.join(d_orig, "model.safetensors"), metadata={"format": "pt"})
+        log(f"  wrote {rel(os.path.join(d_orig, 'model.safetensors'))} ({len(osd)} tensors)")
+        write_json(os.path.join(d_orig, "config.json"), original_config(model, info, F2_MODELS[name]["dtype"]))
+        write_json(os.path.join(d_orig, "preprocessor_config.json"), preprocessor_config(info["image"], info["n_img"]))
+        rt_model = Florence2ForConditionalGeneration(model.config).eval().float()
+        rt_model.load_state_dict(original_to_hf_state_dict(osd_f32, model, info), strict=False)
+        rt_model.tie_weights()
+
+        for img_name in IMAGES:
+            stem = os.path.splitext(img_name)[0]
+            pil = load_image(img_name)
+            rgb = pil.convert("RGB")
+            out = proc(text="<CAPTION>", images=pil, return_tensors="pt")
+            out2 = re_proc(text="<CAPTION>", images=pil, return_tensors="pt")
+            pv = out["pixel_values"].float()
+            assert torch.equal(pv, out2["pixel_values"].float()), "AutoProcessor reload differs"
+            assert torch.equal(out["input_ids"], out2["input_ids"])
+            resized = np.asarray(rgb.resize((info["image"], info["image"]), Image.BICUBIC)).copy()
+            manual = (torch.from_numpy(resized).float().permute(2, 0, 1) / 255.0
+                      - torch.tensor(IMAGE_MEAN)[:, None, None]) / torch.tensor(IMAGE_STD)[:, None, None]
+            err = (manual[None] - pv).abs().max().item()
+            assert err < 1e-5, f"processor != PIL bicubic + normalise ({err})"
+            with torch.no_grad():
+                vt = model.model.vision_tower(pv).last_hidden_state  # [1, C, H, W]
+                davit = vt.flatten(2).transpose(1, 2)  # [1, N, C]
+                feats = model.get_image_features(pv).pooler_output  # [1, N+1, D]
+                assert torch.equal(feats, re_model.get_image_features(pv).pooler_output)
+                assert torch.equal(feats, rt_model.get_image_features(pv).pooler_output)
+            assert davit.shape == (1, info["grids"][-1] ** 2, model.config.vision_config.embed_dim[-1])
+            assert feats.shape == (1, info["n_img"], model.config.vision_config.projection_dim)
+            t = {
+                "resized_u8": torch.from_numpy(resized),
+                "pixel_values": pv,
+                "davit_output": davit,
+                "image_features": feats,
+            }
+            if stem == "photo":
+                bg = tuple(int(x * 255) for x in IMAGE_MEAN)
+                sq = expand2square(rgb, bg)
+                pvp = proc(text="<CAPTION>", images=sq, return_tensors="pt")["pixel_values"].float()
+                with torch.no_grad():
+                    t["pixel_values_pad"] = pvp
+                    t["image_features_pad"] = model.get_image_features(pvp).pooler_output
+            save_st(os.path.join(d_hf, f"expected_{stem}.safetensors"), t)
+        info_out = dict(info, vision_config=model.config.vision_config.to_dict(),
+                        text_config={k: getattr(model.config.text_config, k) for k in (
+                            "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
+                            "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim",
+                            "max_position_embeddings", "vocab_size")})
+        write_json(os.path.join(d_hf, "fixture_info.json"), info_out)
+
+
+# ----------------------------------------------------------------------------------------------
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--stages", default="f2,f2lang,llama,fvl")
+    args = ap.parse_args()
+    stages = args.stages.split(",")
+    log(f"transformers {transformers.__version__}, torch {torch.__version__}")
+    os.makedirs(FIX, exist_ok=True)
+    if "f2" in stages:
+        stage_florence2()
+    if "f2lang" in stages:
+        stage_florence2_language()
+    if "llama" in stages:
+        stage_llama()
+    if "fvl" in stages:
+        stage_florence_vl()
+
+
+if __name__ == "__main__":
+    main()
