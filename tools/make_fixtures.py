@@ -148,7 +148,8 @@ def perturb_(model, seed):
                 p.copy_(0.5 * torch.randn(p.shape, generator=g))
             else:
                 fan_in = p[0].numel()
-                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
+                gain = 2.0 if "language_model" in name else 1.0  # sharper attention, less repetitive text
+                p.copy_(gain * torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -393,6 +394,14 @@ def original_state_dict(model, info, full_embeds, final_logits_bias):
     return out
 
 
+def final_logits_bias(name, info):
+    g = torch.Generator().manual_seed(F2_MODELS[name]["seed"] + 7)
+    b = 0.3 * torch.randn(info["n_orig"], generator=g)
+    if F2_MODELS[name]["dtype"] == "float16":
+        b = b.half().float()
+    return b
+
+
 def original_config(model, info, dtype_name):
     vc = model.config.vision_config
     tc = model.config.text_config
@@ -500,8 +509,9 @@ def stage_florence2():
         re_model = Florence2ForConditionalGeneration.from_pretrained(d_hf).eval().float()
         re_proc = AutoProcessor.from_pretrained(d_hf)
 
-        # original layout: same weights; final_logits_bias is zero (HF-native has no such tensor)
-        osd = original_state_dict(model, info, F2_MODELS[name]["full_original_embeds"], torch.zeros(info["n_orig"]))
+        # original layout: same weights plus a NON-zero final_logits_bias (HF-native has no such
+        # tensor; the original-layout generation reference in stage f2lang uses it)
+        osd = original_state_dict(model, info, F2_MODELS[name]["full_original_embeds"], final_logits_bias(name, info))
         osd_f32 = osd
         osd = {k: v.to(dtype) for k, v in osd.items()}
         save_file(osd, os.path.join(d_orig, "model.safetensors"), metadata={"format": "pt"})
@@ -554,6 +564,148 @@ def stage_florence2():
                             "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim",
                             "max_position_embeddings", "vocab_size")})
         write_json(os.path.join(d_hf, "fixture_info.json"), info_out)
+
+
+
+# Florence-VL's three hard-coded prompts (spec §6.1), as text
+FVL_PROMPTS = [
+    "Describe in detail what is shown in the image.",
+    "What is the text in the image?",
+    "Locate the objects in the image, with their descriptions.",
+]
+F2_GEN_TASKS = [
+    ("photo", "<CAPTION>"),
+    ("photo", "<OD>"),
+    ("text", "<OCR>"),
+    ("photo", "<CAPTION_TO_PHRASE_GROUNDING>a red car next to a tree"),
+]
+GEN_MODES = {
+    "greedy": dict(num_beams=1, do_sample=False, max_new_tokens=20, no_repeat_ngram_size=0),
+    "beam3": dict(num_beams=3, do_sample=False, max_new_tokens=20, no_repeat_ngram_size=3, early_stopping=True),
+}
+
+
+def load_f2(name):
+    d_hf, d_orig = f2_dirs(name)
+    model = Florence2ForConditionalGeneration.from_pretrained(d_hf, dtype=torch.float32).eval()
+    proc = AutoProcessor.from_pretrained(d_hf)
+    info = json.load(open(os.path.join(d_hf, "fixture_info.json")))
+    return model, proc, info
+
+
+def fvl_prompt_ids(tokenizer):
+    """Tokenize the 3 prompts with <s>..</s>, right-pad with pad id 1 to the longest (spec §6.1)."""
+    rows = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in FVL_PROMPTS]
+    L = max(len(r) for r in rows)
+    return [r + [1] * (L - len(r)) for r in rows]
+
+
+def run_fvl_encoder(f2model, feats, ids):
+    """[V ; prompt_k] through the BART encoder, batch of 3, no attention mask."""
+    ids_t = torch.tensor(ids)
+    emb = f2model.model.language_model.get_input_embeddings()(ids_t)
+    x = torch.cat([feats.expand(len(ids), -1, -1), emb], 1)
+    with torch.no_grad():
+        return f2model.model.language_model.encoder(inputs_embeds=x, attention_mask=None).last_hidden_state
+
+
+def bart_original(f2model, info, flb):
+    """BartForConditionalGeneration over the ORIGINAL vocabulary with final_logits_bias: the language
+    model exactly as Microsoft's remote code runs it from the original-layout checkpoint."""
+    from transformers import BartConfig, BartForConditionalGeneration
+    tc = f2model.config.text_config.to_dict()
+    tc["vocab_size"] = info["n_orig"]
+    for k in ("architectures", "model_type", "transformers_version"):
+        tc.pop(k, None)
+    bart = BartForConditionalGeneration(BartConfig(**tc)).eval().float()
+    sd = {}
+    for k, v in f2model.model.language_model.state_dict().items():
+        if k == "shared.weight" or k.endswith("embed_tokens.weight"):
+            v = v[: info["n_orig"]]
+        sd["model." + k] = v
+    sd["lm_head.weight"] = sd["model.shared.weight"]
+    sd["final_logits_bias"] = flb.reshape(1, -1)
+    missing, unexpected = bart.load_state_dict(sd, strict=False)
+    assert not unexpected and all("embed_tokens" in m for m in missing), (missing, unexpected)
+    bart.tie_weights()
+    return bart
+
+
+def stage_florence2_language():
+    for name in F2_MODELS:
+        log(f"[florence2-{name} language]")
+        model, proc, info = load_f2(name)
+        d_hf, d_orig = f2_dirs(name)
+        n_img = info["n_img"]
+        tokenizer = proc.tokenizer
+        # --- Florence-VL style batched encoder on the photo
+        pil = load_image("photo.png")
+        pv = proc(text="<CAPTION>", images=pil.convert("RGB"), return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            feats = model.get_image_features(pv).pooler_output
+        ids = fvl_prompt_ids(tokenizer)
+        enc = run_fvl_encoder(model, feats, ids)
+        save_st(os.path.join(d_hf, "expected_encoder.safetensors"), {
+            "image_features": feats, "encoder_hidden_states": enc, "encoder_image_rows": enc[:, :n_img],
+        })
+        write_json(os.path.join(d_hf, "encoder.json"), {
+            "image": "photo.png", "prompts": FVL_PROMPTS, "encoder_prompt_ids": ids, "n_image_tokens": n_img,
+            "pad_id": 1, "attention_mask": None,
+        })
+        # --- generation (HF-native model, vocabulary padded to 64 with zero rows)
+        flb = final_logits_bias(name, info)
+        bart = bart_original(model, info, flb)
+        runs, runs_orig = [], []
+        for img, task in F2_GEN_TASKS:
+            pil = load_image(f"{img}.png" if img != "text" else "text.jpg")
+            inputs = proc(text=task, images=pil, return_tensors="pt")
+            ids_all = inputs["input_ids"][0].tolist()
+            assert ids_all[:n_img] == [info["image_token_id"]] * n_img
+            text_ids = ids_all[n_img:]
+            prompt_text = proc._construct_prompts([task])[0]
+            with torch.no_grad():
+                feats = model.get_image_features(inputs["pixel_values"]).pooler_output
+            r = {"image": os.path.basename(pil.filename), "image_size_wh": list(pil.size), "task": task,
+                 "prompt_text": prompt_text, "prompt_ids": text_ids, "n_image_tokens": n_img,
+                 "processor_input_ids": ids_all}
+            ro = dict(r)
+            for mode, kw in GEN_MODES.items():
+                with torch.no_grad():
+                    out = model.generate(**inputs, **kw)
+                gen = out[0].tolist()
+                assert max(gen) < info["n_orig"], "generated an id outside the original vocabulary"
+                text = proc.batch_decode([gen], skip_special_tokens=False)[0]
+                task_key = task.split(">")[0] + ">"
+                try:
+                    parsed = proc.post_process_generation(text, task=task_key, image_size=pil.size)
+                except Exception as e:  # random weights can produce unparsable junk
+                    parsed = {"error": repr(e)}
+                r[mode] = {"ids": gen, "text": text, "post_processed": parsed}
+                # original layout (vocab n_orig, final_logits_bias) via BartForConditionalGeneration
+                emb = bart.get_input_embeddings()(torch.tensor([text_ids]))
+                x = torch.cat([feats, emb], 1)
+                with torch.no_grad():
+                    eo = bart.generate(inputs_embeds=x, attention_mask=torch.ones(x.shape[:2], dtype=torch.long),
+                                       decoder_start_token_id=2, forced_bos_token_id=0, forced_eos_token_id=2,
+                                       bos_token_id=0, eos_token_id=2, pad_token_id=1, **kw)
+                ro[mode] = {"ids": eo[0].tolist(),
+                            "text": proc.batch_decode([eo[0].tolist()], skip_special_tokens=False)[0]}
+            if task == "<CAPTION>":
+                # teacher-forced decoder logits over the greedy sequence (all steps), for debugging
+                dec_in = torch.tensor([r["greedy"]["ids"][:-1]])
+                with torch.no_grad():
+                    lg = model(**inputs, decoder_input_ids=dec_in).logits
+                save_st(os.path.join(d_hf, "expected_decoder_caption.safetensors"), {"logits": lg})
+                r["decoder_logits_input_ids"] = dec_in[0].tolist()
+            runs.append(r)
+            runs_orig.append(ro)
+            log(f"  {task}: greedy {r['greedy']['ids']}\n    beam3 {r['beam3']['ids']}\n    orig greedy {ro['greedy']['ids']}")
+        common = {"modes": GEN_MODES, "decoder_start_token_id": 2, "forced_bos_token_id": 0,
+                  "forced_eos_token_id": 2, "eos_token_id": 2, "pad_token_id": 1}
+        write_json(os.path.join(d_hf, "generate.json"), dict(common, vocab_size=info["vocab_hf"], runs=runs))
+        write_json(os.path.join(d_orig, "generate.json"),
+                   dict(common, vocab_size=info["n_orig"], final_logits_bias="nonzero (in model.safetensors)",
+                        runs=runs_orig))
 
 
 # ----------------------------------------------------------------------------------------------
