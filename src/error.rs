@@ -1,0 +1,45 @@
+//! One error type for the whole engine: every failure a user can cause or meet
+//! (bad files, bad shapes, a missing adapter, a lost device) ends up here with a
+//! message that names the thing at fault.
+
+use std::fmt;
+
+/// Engine error. The `Display` text is the one line the CLI prints.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No usable GPU adapter; the message says what to install or which names exist.
+    #[error("{0}")]
+    NoAdapter(String),
+    /// The adapter lacks a limit or feature the requested work needs.
+    #[error("adapter too limited: {0}")]
+    AdapterLimits(String),
+    /// The device was lost (driver reset, removal) or reported an error.
+    #[error("GPU device error: {0}")]
+    Device(String),
+    /// A GPU allocation failed.
+    #[error("GPU out of memory: {0}")]
+    OutOfMemory(String),
+    /// Shapes, dtypes or arguments that do not fit an operation.
+    #[error("{0}")]
+    Shape(String),
+    /// A file could not be read or has the wrong content.
+    #[error("{path}: {msg}")]
+    File { path: String, msg: String },
+    /// Invalid user input (arguments, prompts, options).
+    #[error("{0}")]
+    Input(String),
+}
+
+impl Error {
+    /// A shape/argument error built from anything printable.
+    pub fn shape(msg: impl fmt::Display) -> Self {
+        Error::Shape(msg.to_string())
+    }
+    /// An input error built from anything printable.
+    pub fn input(msg: impl fmt::Display) -> Self {
+        Error::Input(msg.to_string())
+    }
+}
+
+/// Result with the engine's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

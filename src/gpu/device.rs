@@ -1,0 +1,317 @@
+//! Adapter choice and device creation.
+//!
+//! We ask for the adapter's own maximum limits (ML tensors need big bindings) and turn on
+//! `SHADER_F16`, `SUBGROUP` and `TIMESTAMP_QUERY` where offered. Device errors and loss are
+//! caught by callbacks and surfaced as [`Error`]s at the next synchronisation point instead
+//! of panicking inside wgpu.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+
+/// Environment variable naming the adapter (name substring or index), like `--device`.
+pub const ENV_ADAPTER: &str = "FVL_ADAPTER";
+/// Environment variable that lowers the storage-binding limit (bytes), so small tests
+/// exercise the chunked-tensor path.
+pub const ENV_MAX_BINDING: &str = "FVL_MAX_BINDING";
+
+/// How to pick and configure a device.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Adapter name substring (case-insensitive) or index in `fvl-wgpu devices` order.
+    /// `None`: `FVL_ADAPTER`, else the best adapter (discrete > integrated > virtual > CPU).
+    pub adapter: Option<String>,
+    /// Artificial cap on the storage-binding size in bytes (`FVL_MAX_BINDING` when `None`).
+    pub max_binding: Option<u64>,
+    /// Pretend `SHADER_F16` and `SUBGROUP` are absent, to test the fallback paths.
+    pub disable_optional_features: bool,
+}
+
+/// What `fvl-wgpu devices` prints for one adapter.
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    pub index: usize,
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub max_buffer_size: u64,
+    pub max_storage_binding: u64,
+    pub max_workgroup_storage: u32,
+    pub max_invocations: u32,
+    pub max_storage_buffers_per_stage: u32,
+    pub subgroup_size: (u32, u32),
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    pub timestamps: bool,
+}
+
+impl AdapterSummary {
+    /// The summary as a JSON object.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "index": self.index, "name": self.name, "backend": self.backend,
+            "type": self.device_type, "driver": self.driver,
+            "max_buffer_size": self.max_buffer_size,
+            "max_storage_buffer_binding_size": self.max_storage_binding,
+            "max_compute_workgroup_storage_size": self.max_workgroup_storage,
+            "max_compute_invocations_per_workgroup": self.max_invocations,
+            "max_storage_buffers_per_shader_stage": self.max_storage_buffers_per_stage,
+            "subgroup_size": [self.subgroup_size.0, self.subgroup_size.1],
+            "features": {"shader_f16": self.shader_f16, "subgroup": self.subgroups, "timestamp_query": self.timestamps},
+        })
+    }
+}
+
+fn instance() -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
+fn adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+}
+
+const NO_ADAPTER_HELP: &str = "no GPU adapter found: install a Vulkan, Metal or DX12 driver \
+(on Debian/Ubuntu without a GPU: `apt-get install mesa-vulkan-drivers libvulkan1` for the software \
+Vulkan driver), and check WGPU_BACKEND if it is set";
+
+fn summarize(index: usize, a: &wgpu::Adapter) -> AdapterSummary {
+    let info = a.get_info();
+    let l = a.limits();
+    let f = a.features();
+    AdapterSummary {
+        index,
+        name: info.name.clone(),
+        backend: format!("{:?}", info.backend),
+        device_type: format!("{:?}", info.device_type),
+        driver: format!("{} {}", info.driver, info.driver_info)
+            .trim()
+            .to_string(),
+        max_buffer_size: l.max_buffer_size,
+        max_storage_binding: l.max_storage_buffer_binding_size as u64,
+        max_workgroup_storage: l.max_compute_workgroup_storage_size,
+        max_invocations: l.max_compute_invocations_per_workgroup,
+        max_storage_buffers_per_stage: l.max_storage_buffers_per_shader_stage,
+        subgroup_size: (info.subgroup_min_size, info.subgroup_max_size),
+        shader_f16: f.contains(wgpu::Features::SHADER_F16),
+        subgroups: f.contains(wgpu::Features::SUBGROUP),
+        timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY),
+    }
+}
+
+/// Lists every adapter wgpu can see, in the order `--device INDEX` uses.
+pub fn list_adapters() -> Vec<AdapterSummary> {
+    adapters(&instance())
+        .iter()
+        .enumerate()
+        .map(|(i, a)| summarize(i, a))
+        .collect()
+}
+
+fn type_rank(t: wgpu::DeviceType) -> u32 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+fn pick_adapter(list: Vec<wgpu::Adapter>, want: Option<&str>) -> Result<wgpu::Adapter> {
+    if list.is_empty() {
+        return Err(Error::NoAdapter(NO_ADAPTER_HELP.into()));
+    }
+    let names: Vec<String> = list
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{i}: {}", a.get_info().name))
+        .collect();
+    match want {
+        Some(w) => {
+            if let Ok(i) = w.parse::<usize>() {
+                let n = list.len();
+                return list.into_iter().nth(i).ok_or_else(|| {
+                    Error::NoAdapter(format!(
+                        "--device {i}: only {n} adapters ({})",
+                        names.join(", ")
+                    ))
+                });
+            }
+            let lw = w.to_lowercase();
+            list.into_iter()
+                .find(|a| a.get_info().name.to_lowercase().contains(&lw))
+                .ok_or_else(|| {
+                    Error::NoAdapter(format!(
+                        "--device {w:?} matches no adapter ({})",
+                        names.join(", ")
+                    ))
+                })
+        }
+        None => {
+            // Prefer real GPUs, and among equals a backend with compute shaders that we test (Vulkan).
+            let mut list = list;
+            list.sort_by_key(|a| {
+                let i = a.get_info();
+                (type_rank(i.device_type), i.backend == wgpu::Backend::Gl)
+            });
+            Ok(list.into_iter().next().expect("non-empty"))
+        }
+    }
+}
+
+type ErrorSlot = Arc<Mutex<Option<String>>>;
+
+/// An open device with its queue, capabilities and pipeline cache.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    /// Storage-binding size every tensor chunk must fit (possibly lowered by options).
+    pub max_binding: u64,
+    /// `SHADER_F16` is enabled on the device.
+    pub shader_f16: bool,
+    /// `SUBGROUP` is enabled on the device.
+    pub subgroups: bool,
+    /// `TIMESTAMP_QUERY` (and inside passes) is enabled.
+    pub timestamps: bool,
+    pub(crate) pipelines: Mutex<HashMap<String, crate::gpu::graph::CachedPipeline>>,
+    error: ErrorSlot,
+    submits: AtomicU64,
+}
+
+impl Gpu {
+    /// Opens the adapter chosen by `opts` with its maximum limits.
+    pub fn new(opts: &GpuOptions) -> Result<Gpu> {
+        let instance = instance();
+        let env_adapter = std::env::var(ENV_ADAPTER).ok();
+        let want = opts.adapter.as_deref().or(env_adapter.as_deref());
+        let adapter = pick_adapter(adapters(&instance), want)?;
+        let info = adapter.get_info();
+        let offered = adapter.features();
+        let mut wanted =
+            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        if !opts.disable_optional_features {
+            wanted |= wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+        }
+        let features = offered & wanted;
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("fvl-wgpu"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::Device(format!("cannot open {}: {e}", info.name)))?;
+
+        let error: ErrorSlot = Arc::new(Mutex::new(None));
+        let slot = error.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut s = slot.lock().unwrap();
+            if s.is_none() {
+                *s = Some(e.to_string());
+            }
+        }));
+        let slot = error.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            let mut s = slot.lock().unwrap();
+            if s.is_none() && reason != wgpu::DeviceLostReason::Destroyed {
+                *s = Some(format!("device lost ({reason:?}): {msg}"));
+            }
+        });
+
+        let env_binding = std::env::var(ENV_MAX_BINDING).ok();
+        let lowered = match (opts.max_binding, env_binding) {
+            (Some(b), _) => Some(b),
+            (None, Some(s)) => Some(s.trim().parse::<u64>().map_err(|_| {
+                Error::input(format!("{ENV_MAX_BINDING}={s:?}: expected a byte count"))
+            })?),
+            (None, None) => None,
+        };
+        let device_binding =
+            (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
+        let max_binding = lowered.map_or(device_binding, |b| b.clamp(256, device_binding)) & !3;
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            max_binding,
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
+            limits,
+            pipelines: Mutex::new(HashMap::new()),
+            error,
+            submits: AtomicU64::new(0),
+        })
+    }
+
+    /// Returns the first device error (validation, out-of-memory, loss) since the last check.
+    pub fn check(&self) -> Result<()> {
+        match self.error.lock().unwrap().take() {
+            None => Ok(()),
+            Some(msg) if msg.to_lowercase().contains("out of memory") => {
+                Err(Error::OutOfMemory(msg))
+            }
+            Some(msg) => Err(Error::Device(msg)),
+        }
+    }
+
+    /// Blocks until all submitted work has finished, then reports any device error.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Device(format!("waiting for the GPU: {e}")))?;
+        self.check()
+    }
+
+    /// Allocates a buffer, turning an allocation failure into [`Error::OutOfMemory`].
+    pub fn buffer(
+        &self,
+        label: &str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer> {
+        if size > self.limits.max_buffer_size {
+            return Err(Error::AdapterLimits(format!(
+                "buffer {label} needs {size} bytes, the adapter allows {}",
+                self.limits.max_buffer_size
+            )));
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: size.max(4).next_multiple_of(4),
+            usage,
+            mapped_at_creation: false,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::OutOfMemory(format!(
+                "allocating {label} ({size} bytes): {e}"
+            )));
+        }
+        Ok(buf)
+    }
+
+    /// Number of graph submits so far (tests check that a graph is one submit).
+    pub fn submits(&self) -> u64 {
+        self.submits.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_submit(&self) {
+        self.submits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One-line description: name, backend, type.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?})",
+            self.info.name, self.info.backend, self.info.device_type
+        )
+    }
+}

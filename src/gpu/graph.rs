@@ -1,0 +1,534 @@
+//! The graph executor: a forward pass is built once per shape as a list of kernel dispatches,
+//! its intermediates are planned into a few arena buffers by lifetime, and the whole graph is
+//! replayed as one compute pass in one submit. Values that change from run to run (position,
+//! token count, seed) live in a small `run` buffer that every kernel can read, written with
+//! `queue.write_buffer` before each replay.
+
+use std::sync::Arc;
+
+use super::codegen::{self, Access, TensorArg};
+use super::device::Gpu;
+use super::format::DType;
+use super::tensor::{Chunk, Layout, Tensor, TENSOR_USAGE};
+use crate::error::{Error, Result};
+
+/// A tensor inside a graph: an external tensor or a planned intermediate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TensorId(usize);
+
+/// Number of u32 per-run values available to kernels (`run[i]` in WGSL).
+pub const RUN_SLOTS: usize = 64;
+
+/// One kernel launch as an op describes it.
+pub struct Kernel<'a> {
+    /// Shader file name, for labels and errors.
+    pub name: &'static str,
+    /// The WGSL of the kernel family (`include_str!` of `shaders/NAME.wgsl`).
+    pub source: &'static str,
+    /// Entry point in that file.
+    pub entry: &'static str,
+    /// Compile-time constants prepended to the source.
+    pub consts: Vec<(&'static str, u32)>,
+    /// Bytes of the kernel's `Params` uniform (padded to 16 here).
+    pub params: &'a [u8],
+    /// Tensor arguments by accessor name.
+    pub tensors: Vec<(&'static str, TensorId, Access)>,
+    /// Workgroups along x, y, z.
+    pub workgroups: [u32; 3],
+}
+
+/// Splits a workgroup count over x and y so that neither exceeds the 65535 per-dimension
+/// limit; kernels rebuild the linear index as `wg.x + wg.y * num_workgroups.x`.
+pub fn grid(groups: u32) -> [u32; 3] {
+    if groups <= 65535 {
+        [groups.max(1), 1, 1]
+    } else {
+        let y = groups.div_ceil(65535);
+        [groups.div_ceil(y), y, 1]
+    }
+}
+
+struct Slot {
+    layout: Layout,
+    external: Option<Tensor>,
+    first_use: Option<usize>,
+    last_use: usize,
+    keep: bool,
+}
+
+struct Node {
+    name: &'static str,
+    pipeline: Arc<wgpu::ComputePipeline>,
+    bind_layout: Arc<wgpu::BindGroupLayout>,
+    params_offset: u64,
+    params_len: u64,
+    tensors: Vec<TensorId>,
+    workgroups: [u32; 3],
+}
+
+/// A graph under construction.
+pub struct Graph<'g> {
+    gpu: &'g Gpu,
+    slots: Vec<Slot>,
+    nodes: Vec<Node>,
+    params: Vec<u8>,
+}
+
+/// A pipeline with the bind-group layout it was built with.
+pub(crate) struct CachedPipeline {
+    pub pipeline: Arc<wgpu::ComputePipeline>,
+    pub bind_layout: Arc<wgpu::BindGroupLayout>,
+}
+
+fn bind_layout_entries(tensors: &[TensorArg]) -> Vec<wgpu::BindGroupLayoutEntry> {
+    let entry = |binding: u32, ty| wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty,
+        count: None,
+    };
+    let storage = |read_only| wgpu::BindingType::Buffer {
+        ty: wgpu::BufferBindingType::Storage { read_only },
+        has_dynamic_offset: false,
+        min_binding_size: None,
+    };
+    let mut e = vec![
+        entry(
+            0,
+            wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+        ),
+        entry(1, storage(true)),
+    ];
+    for t in tensors {
+        for _ in 0..t.layout.num_chunks() {
+            e.push(entry(e.len() as u32, storage(t.read_only_binding)));
+        }
+    }
+    e
+}
+
+/// Compiles (or fetches from the device's cache) the pipeline for `source`.
+pub(crate) fn pipeline(
+    gpu: &Gpu,
+    name: &str,
+    entry: &str,
+    source: String,
+    tensors: &[TensorArg],
+) -> Result<CachedPipeline> {
+    let key = format!("{entry}\n{source}");
+    if let Some(p) = gpu.pipelines.lock().unwrap().get(&key) {
+        return Ok(CachedPipeline {
+            pipeline: p.pipeline.clone(),
+            bind_layout: p.bind_layout.clone(),
+        });
+    }
+    let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let module = gpu
+        .device
+        .create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(name),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+    let bind_layout = gpu
+        .device
+        .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(name),
+            entries: &bind_layout_entries(tensors),
+        });
+    let layout = gpu
+        .device
+        .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(name),
+            bind_group_layouts: &[Some(&bind_layout)],
+            immediate_size: 0,
+        });
+    let pipeline = gpu
+        .device
+        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(name),
+            layout: Some(&layout),
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+    if let Some(e) = pollster::block_on(scope.pop()) {
+        return Err(Error::Device(format!(
+            "shader {name}.wgsl ({entry}) failed to build: {e}"
+        )));
+    }
+    let cached = CachedPipeline {
+        pipeline: Arc::new(pipeline),
+        bind_layout: Arc::new(bind_layout),
+    };
+    gpu.pipelines.lock().unwrap().insert(
+        key,
+        CachedPipeline {
+            pipeline: cached.pipeline.clone(),
+            bind_layout: cached.bind_layout.clone(),
+        },
+    );
+    Ok(cached)
+}
+
+impl<'g> Graph<'g> {
+    /// An empty graph on `gpu`.
+    pub fn new(gpu: &'g Gpu) -> Self {
+        Graph {
+            gpu,
+            slots: Vec::new(),
+            nodes: Vec::new(),
+            params: Vec::new(),
+        }
+    }
+
+    /// The device this graph runs on.
+    pub fn gpu(&self) -> &'g Gpu {
+        self.gpu
+    }
+
+    /// Adds a tensor that lives outside the graph (weights, inputs, outputs, caches).
+    pub fn external(&mut self, t: &Tensor) -> TensorId {
+        self.slots.push(Slot {
+            layout: t.layout.clone(),
+            external: Some(t.clone()),
+            first_use: None,
+            last_use: 0,
+            keep: true,
+        });
+        TensorId(self.slots.len() - 1)
+    }
+
+    /// Declares an intermediate; its memory is planned when the graph is built.
+    pub fn tensor(&mut self, shape: &[usize], dtype: DType) -> Result<TensorId> {
+        let layout = Layout::new(shape, dtype, self.gpu.max_binding)?;
+        self.slots.push(Slot {
+            layout,
+            external: None,
+            first_use: None,
+            last_use: 0,
+            keep: false,
+        });
+        Ok(TensorId(self.slots.len() - 1))
+    }
+
+    /// Keeps an intermediate alive to the end of the graph so it can be read after a run.
+    pub fn keep(&mut self, id: TensorId) {
+        self.slots[id.0].keep = true;
+    }
+
+    /// Shape of a tensor in the graph.
+    pub fn shape(&self, id: TensorId) -> &[usize] {
+        &self.slots[id.0].layout.shape
+    }
+
+    /// Layout of a tensor in the graph.
+    pub fn layout(&self, id: TensorId) -> &Layout {
+        &self.slots[id.0].layout
+    }
+
+    /// Number of dispatches recorded so far.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// True when no dispatch has been recorded.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Records one kernel dispatch.
+    pub fn dispatch(&mut self, k: Kernel) -> Result<()> {
+        let node_index = self.nodes.len();
+        let args: Vec<TensorArg> = k
+            .tensors
+            .iter()
+            .map(|&(name, id, access)| {
+                let slot = &self.slots[id.0];
+                if access == Access::Write && !matches!(slot.layout.dtype, DType::F32 | DType::U32)
+                {
+                    return Err(Error::shape(format!(
+                        "{}: output {name} must be f32 or u32, got {}",
+                        k.name,
+                        slot.layout.dtype.name()
+                    )));
+                }
+                Ok(TensorArg {
+                    name,
+                    layout: slot.layout.clone(),
+                    access,
+                    // Read-only only where no other binding of this dispatch can alias it.
+                    read_only_binding: access == Access::Read
+                        && slot.external.is_some()
+                        && !k.tensors.iter().any(|t| t.1 == id && t.2 == Access::Write),
+                })
+            })
+            .collect::<Result<_>>()?;
+        let bindings = codegen::storage_bindings(&args);
+        let max = self.gpu.limits.max_storage_buffers_per_shader_stage as usize;
+        if bindings > max {
+            return Err(Error::AdapterLimits(format!(
+                "{} needs {bindings} storage buffers (tensors split into chunks), the adapter allows {max}",
+                k.name
+            )));
+        }
+        let mut defines = vec![k.entry];
+        if self.gpu.subgroups {
+            defines.push("SUBGROUP");
+        }
+        let source = codegen::header(&k.consts, &args) + &codegen::preprocess(k.source, &defines);
+        let cached = pipeline(self.gpu, k.name, k.entry, source, &args)?;
+        for &(_, id, _) in &k.tensors {
+            let s = &mut self.slots[id.0];
+            s.first_use.get_or_insert(node_index);
+            s.last_use = node_index;
+        }
+        let align = self.gpu.limits.min_uniform_buffer_offset_alignment as usize;
+        let offset = self.params.len().next_multiple_of(align);
+        self.params.resize(offset, 0);
+        self.params.extend_from_slice(k.params);
+        let len = k.params.len().next_multiple_of(16).max(16);
+        self.params.resize(offset + len, 0);
+        self.nodes.push(Node {
+            name: k.name,
+            pipeline: cached.pipeline,
+            bind_layout: cached.bind_layout,
+            params_offset: offset as u64,
+            params_len: len as u64,
+            tensors: k.tensors.iter().map(|t| t.1).collect(),
+            workgroups: k.workgroups,
+        });
+        Ok(())
+    }
+
+    /// Plans the intermediates into arenas, creates bind groups and returns the replayable graph.
+    pub fn build(self) -> Result<Executable> {
+        let gpu = self.gpu;
+        let align = gpu.limits.min_storage_buffer_offset_alignment as u64;
+        let end = self.nodes.len();
+        // Every chunk of every used intermediate is one allocation with a lifetime.
+        struct Alloc {
+            slot: usize,
+            size: u64,
+            first: usize,
+            last: usize,
+        }
+        let mut allocs = Vec::new();
+        let mut intermediate_bytes = 0;
+        for (i, s) in self.slots.iter().enumerate() {
+            if s.external.is_some() {
+                continue;
+            }
+            let Some(first) = s.first_use else { continue };
+            let last = if s.keep { end } else { s.last_use };
+            for c in 0..s.layout.num_chunks() {
+                let size = s.layout.chunk_bytes(c).next_multiple_of(align);
+                intermediate_bytes += size;
+                allocs.push(Alloc {
+                    slot: i,
+                    size,
+                    first,
+                    last,
+                });
+            }
+        }
+        // Greedy by size: each allocation takes the lowest offset free over its whole lifetime.
+        let mut order: Vec<usize> = (0..allocs.len()).collect();
+        order.sort_by_key(|&a| std::cmp::Reverse(allocs[a].size));
+        let max_arena = gpu.limits.max_buffer_size / align * align;
+        let mut placed: Vec<(usize, u64, usize)> = Vec::new(); // (alloc, offset, arena)
+        let mut arena_sizes: Vec<u64> = Vec::new();
+        let mut placement = vec![(0usize, 0u64); allocs.len()];
+        for &a in &order {
+            let al = &allocs[a];
+            let mut chosen = None;
+            for arena in 0..=arena_sizes.len() {
+                let mut busy: Vec<(u64, u64)> = placed
+                    .iter()
+                    .filter(|&&(b, _, ar)| {
+                        ar == arena && allocs[b].first <= al.last && al.first <= allocs[b].last
+                    })
+                    .map(|&(b, off, _)| (off, off + allocs[b].size))
+                    .collect();
+                busy.sort();
+                let mut offset = 0;
+                for (lo, hi) in busy {
+                    if offset + al.size <= lo {
+                        break;
+                    }
+                    offset = offset.max(hi);
+                }
+                if offset + al.size <= max_arena {
+                    chosen = Some((arena, offset));
+                    break;
+                }
+            }
+            let (arena, offset) = chosen.ok_or_else(|| {
+                Error::AdapterLimits(format!(
+                    "an intermediate of {} bytes exceeds the max buffer size",
+                    al.size
+                ))
+            })?;
+            if arena == arena_sizes.len() {
+                arena_sizes.push(0);
+            }
+            arena_sizes[arena] = arena_sizes[arena].max(offset + al.size);
+            placed.push((a, offset, arena));
+            placement[a] = (arena, offset);
+        }
+        let arenas: Vec<Arc<wgpu::Buffer>> = arena_sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| {
+                gpu.buffer(&format!("arena{i}"), size, TENSOR_USAGE)
+                    .map(Arc::new)
+            })
+            .collect::<Result<_>>()?;
+        let mut tensors: Vec<Option<Tensor>> =
+            self.slots.iter().map(|s| s.external.clone()).collect();
+        for (a, al) in allocs.iter().enumerate() {
+            let (arena, offset) = placement[a];
+            let slot = &self.slots[al.slot];
+            let t = tensors[al.slot].get_or_insert_with(|| Tensor {
+                layout: slot.layout.clone(),
+                chunks: Vec::new(),
+            });
+            let c = t.chunks.len();
+            t.chunks.push(Chunk {
+                buffer: arenas[arena].clone(),
+                offset,
+                size: slot.layout.chunk_bytes(c),
+            });
+        }
+
+        let params = gpu.buffer(
+            "params",
+            self.params.len().max(16) as u64,
+            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        )?;
+        gpu.queue.write_buffer(&params, 0, &self.params);
+        let run = gpu.buffer(
+            "run",
+            (RUN_SLOTS * 4) as u64,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        )?;
+        let mut nodes = Vec::with_capacity(self.nodes.len());
+        for n in &self.nodes {
+            let mut entries = vec![
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &params,
+                        offset: n.params_offset,
+                        size: wgpu::BufferSize::new(n.params_len),
+                    }),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: run.as_entire_binding(),
+                },
+            ];
+            for id in &n.tensors {
+                let t = tensors[id.0].as_ref().expect("used tensor is placed");
+                for ch in &t.chunks {
+                    entries.push(wgpu::BindGroupEntry {
+                        binding: entries.len() as u32,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &ch.buffer,
+                            offset: ch.offset,
+                            size: wgpu::BufferSize::new(ch.size),
+                        }),
+                    });
+                }
+            }
+            let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(n.name),
+                layout: &n.bind_layout,
+                entries: &entries,
+            });
+            nodes.push(BuiltNode {
+                pipeline: n.pipeline.clone(),
+                bind_group,
+                workgroups: n.workgroups,
+            });
+        }
+        gpu.check()?;
+        Ok(Executable {
+            nodes,
+            tensors,
+            run,
+            arena_bytes: arena_sizes.iter().sum(),
+            intermediate_bytes,
+        })
+    }
+}
+
+struct BuiltNode {
+    pipeline: Arc<wgpu::ComputePipeline>,
+    bind_group: wgpu::BindGroup,
+    workgroups: [u32; 3],
+}
+
+/// A built graph, replayable any number of times.
+pub struct Executable {
+    nodes: Vec<BuiltNode>,
+    tensors: Vec<Option<Tensor>>,
+    run: wgpu::Buffer,
+    /// Bytes of arena memory holding all intermediates.
+    pub arena_bytes: u64,
+    /// Bytes the intermediates would take with one buffer each.
+    pub intermediate_bytes: u64,
+}
+
+impl Executable {
+    /// Number of dispatches in one replay.
+    pub fn dispatches(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Records the whole graph into `pass`.
+    pub fn record(&self, pass: &mut wgpu::ComputePass) {
+        for n in &self.nodes {
+            pass.set_pipeline(&n.pipeline);
+            pass.set_bind_group(0, &n.bind_group, &[]);
+            pass.dispatch_workgroups(n.workgroups[0], n.workgroups[1], n.workgroups[2]);
+        }
+    }
+
+    /// Writes the per-run values (`run[0..]` in WGSL); takes effect for the next submit.
+    pub fn set_run_values(&self, gpu: &Gpu, values: &[u32]) {
+        assert!(values.len() <= RUN_SLOTS, "at most {RUN_SLOTS} run values");
+        gpu.queue
+            .write_buffer(&self.run, 0, bytemuck::cast_slice(values));
+    }
+
+    /// Replays the graph: one compute pass, one submit. Does not wait.
+    pub fn submit(&self, gpu: &Gpu, run_values: &[u32]) -> Result<()> {
+        self.set_run_values(gpu, run_values);
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            self.record(&mut pass);
+        }
+        gpu.queue.submit([enc.finish()]);
+        gpu.count_submit();
+        gpu.check()
+    }
+
+    /// Replays the graph and waits for it to finish.
+    pub fn run(&self, gpu: &Gpu, run_values: &[u32]) -> Result<()> {
+        self.submit(gpu, run_values)?;
+        gpu.wait()
+    }
+
+    /// The tensor behind `id` (intermediates only while alive; [`Graph::keep`] them to read).
+    pub fn tensor(&self, id: TensorId) -> &Tensor {
+        self.tensors[id.0]
+            .as_ref()
+            .expect("tensor was never used in the graph")
+    }
+}

@@ -1,0 +1,13 @@
+//! GPU layer: device, tensors, shader assembly and the graph executor. Knows nothing of models.
+
+pub mod codegen;
+pub mod device;
+pub mod format;
+pub mod graph;
+pub mod tensor;
+
+pub use codegen::Access;
+pub use device::{list_adapters, AdapterSummary, Gpu, GpuOptions};
+pub use format::DType;
+pub use graph::{grid, Executable, Graph, Kernel, TensorId};
+pub use tensor::{Layout, Tensor};

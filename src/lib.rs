@@ -1,0 +1,11 @@
+//! fvl-wgpu: Florence-2 and Florence-VL inference on wgpu with hand-written WGSL kernels.
+//!
+//! Layers, each only using the ones above it in this list:
+//! * [`gpu`]: device, chunked tensors, shader assembly, the graph executor. Knows nothing of models.
+//! * [`ops`]: one module per kernel family, the Rust side of each WGSL file in `shaders/`.
+
+pub mod error;
+pub mod gpu;
+pub mod ops;
+
+pub use error::{Error, Result};

@@ -1,0 +1,147 @@
+//! Element-wise ops (`shaders/eltwise.wgsl`): GELU, SiLU, scale, add, mul, SwiGLU.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{expect_dtype, expect_f32, expect_shape, numel, shader, WG};
+use crate::error::{Error, Result};
+use crate::gpu::{grid, Access, DType, Graph, Kernel, TensorId};
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    b_len: u32,
+    op: u32,
+    alpha: f32,
+    beta: f32,
+}
+
+/// Unary element-wise functions.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Unary {
+    /// Exact GELU, `0.5·x·(1 + erf(x/√2))`.
+    Gelu,
+    /// `x·sigmoid(x)`.
+    Silu,
+    /// `alpha·x + beta`.
+    Scale { alpha: f32, beta: f32 },
+}
+
+/// Binary element-wise functions; the second operand broadcasts over rows.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Binary {
+    Add,
+    Mul,
+}
+
+const FLOATS: &[DType] = &[DType::F32, DType::F16, DType::Q8, DType::Q4];
+
+fn launch(
+    g: &mut Graph,
+    entry: &'static str,
+    p: Params,
+    tensors: Vec<(&'static str, TensorId, Access)>,
+) -> Result<()> {
+    let (name, source) = shader!("eltwise");
+    g.dispatch(Kernel {
+        name,
+        source,
+        entry,
+        consts: vec![("WG", WG)],
+        params: bytemuck::bytes_of(&p),
+        tensors,
+        workgroups: grid(p.n.div_ceil(WG)),
+    })
+}
+
+/// `out = f(x)`, same shape; `out` may be `x` (in place).
+pub fn unary(g: &mut Graph, f: Unary, x: TensorId, out: TensorId) -> Result<()> {
+    let op = "unary";
+    expect_f32(g, op, "out", out)?;
+    expect_shape(g, op, "out", out, &g.shape(x).to_vec())?;
+    let n = numel(g, op, out)?;
+    let (code, alpha, beta) = match f {
+        Unary::Gelu => (0, 1.0, 0.0),
+        Unary::Silu => (1, 1.0, 0.0),
+        Unary::Scale { alpha, beta } => (2, alpha, beta),
+    };
+    let p = Params {
+        n,
+        b_len: 1,
+        op: code,
+        alpha,
+        beta,
+    };
+    if x == out {
+        return launch(g, "unary_inplace", p, vec![("out", out, Access::Write)]);
+    }
+    expect_dtype(g, op, "x", x, FLOATS)?;
+    launch(
+        g,
+        "unary",
+        p,
+        vec![("x", x, Access::Read), ("out", out, Access::Write)],
+    )
+}
+
+/// `out = a ∘ b`; `b` has the shape of `a` or of its last dimension (broadcast over rows).
+pub fn binary(g: &mut Graph, f: Binary, a: TensorId, b: TensorId, out: TensorId) -> Result<()> {
+    let op = "binary";
+    expect_f32(g, op, "out", out)?;
+    expect_dtype(g, op, "a", a, FLOATS)?;
+    expect_dtype(g, op, "b", b, FLOATS)?;
+    let shape = g.shape(a).to_vec();
+    expect_shape(g, op, "out", out, &shape)?;
+    let (na, nb) = (g.layout(a).numel(), g.layout(b).numel());
+    if nb != na && nb != *shape.last().unwrap() {
+        return Err(Error::shape(format!(
+            "{op}: b has shape {:?}, expected {shape:?} or [{}]",
+            g.shape(b),
+            shape.last().unwrap()
+        )));
+    }
+    let code = if f == Binary::Add { 3 } else { 4 };
+    let p = Params {
+        n: numel(g, op, out)?,
+        b_len: nb as u32,
+        op: code,
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    launch(
+        g,
+        "binary",
+        p,
+        vec![
+            ("x", a, Access::Read),
+            ("b", b, Access::Read),
+            ("out", out, Access::Write),
+        ],
+    )
+}
+
+/// Fused SwiGLU: `out = silu(gate) · up`, all the same shape.
+pub fn swiglu(g: &mut Graph, gate: TensorId, up: TensorId, out: TensorId) -> Result<()> {
+    let op = "swiglu";
+    expect_f32(g, op, "out", out)?;
+    let shape = g.shape(gate).to_vec();
+    expect_shape(g, op, "up", up, &shape)?;
+    expect_shape(g, op, "out", out, &shape)?;
+    let p = Params {
+        n: numel(g, op, out)?,
+        b_len: 1,
+        op: 0,
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    launch(
+        g,
+        "swiglu",
+        p,
+        vec![
+            ("x", gate, Access::Read),
+            ("b", up, Access::Read),
+            ("out", out, Access::Write),
+        ],
+    )
+}
