@@ -708,6 +708,162 @@ def stage_florence2_language():
                         runs=runs_orig))
 
 
+
+# ----------------------------------------------------------------------------------------------
+# Llama (tiny LlamaForCausalLM + Llama-3-style tokenizer)
+# ----------------------------------------------------------------------------------------------
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_SPECIALS = [  # same order as Llama-3.1 (128000..128009)
+    "<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
+    "<|finetune_right_pad_id|>", "<|reserved_special_token_2|>", "<|start_header_id|>", "<|end_header_id|>",
+    "<|eom_id|>", "<|eot_id|>",
+]
+
+
+def build_llama_tokenizer(n_total, extra_pad=False):
+    """Byte-level BPE with the Llama-3 split regex; the 10 Llama-3 specials are the last ids
+    (plus an optional Florence-VL `<pad>` after them)."""
+    n_bpe = n_total - len(LLAMA3_SPECIALS) - (1 if extra_pad else 0)
+    tok = Tokenizer(models.BPE(unk_token=None, ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(__import__("tokenizers").Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=n_bpe, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(CORPUS.splitlines() * 3, trainer)
+    assert tok.get_vocab_size() == n_bpe, (tok.get_vocab_size(), n_bpe)
+    tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in LLAMA3_SPECIALS])
+    if extra_pad:
+        tok.add_special_tokens([AddedToken("<pad>", normalized=False, special=True)])
+    bos = tok.token_to_id("<|begin_of_text|>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B:1",
+        special_tokens=[("<|begin_of_text|>", bos)])
+    assert tok.get_vocab_size() == n_total
+    kw = dict(bos_token="<|begin_of_text|>", eos_token="<|eot_id|>")
+    if extra_pad:
+        kw["pad_token"] = "<pad>"
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **kw), {t: tok.token_to_id(t) for t in LLAMA3_SPECIALS}
+
+
+LLAMA_MODELS = {
+    # (a) llama3 rope scaling, GQA 4:2, tied embeddings, bf16, sharded
+    "a": dict(seed=31, vocab=512, dtype="bfloat16", shard="60KB", config=dict(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, max_position_embeddings=512, rms_norm_eps=1e-5, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 64})),
+    # (b) odd vocab, untied lm_head, MQA 3:1, f32, single file, legacy rope_theta config keys
+    "b": dict(seed=32, vocab=517, dtype="float32", shard=None, config=dict(
+        hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=3, num_key_value_heads=1,
+        head_dim=16, max_position_embeddings=256, rms_norm_eps=1e-6, tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0})),
+}
+LLAMA_PROMPT = "The quick brown fox jumps over the lazy dog at 12:45."
+
+
+def llama_perturb_(model, seed, dtype):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+            elif "embed_tokens" in name:
+                # small embeddings: with tied weights, large ones make "repeat the last token" the argmax
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[1]))
+            if dtype != torch.float32:
+                p.copy_(p.to(dtype).float())
+
+
+def greedy_no_eos(model, ids, steps, inputs_embeds=None):
+    """Plain argmax loop (full recompute, no stopping) — the reference for N fixed steps."""
+    out = []
+    greedy_no_eos.margins = []
+    cur_ids = list(ids)
+    with torch.no_grad():
+        for _ in range(steps):
+            if inputs_embeds is None:
+                lg = model(input_ids=torch.tensor([cur_ids])).logits[0, -1]
+            else:
+                extra = model.get_input_embeddings()(torch.tensor([out], dtype=torch.long)) if out else None
+                emb = inputs_embeds if extra is None else torch.cat([inputs_embeds, extra], 1)
+                lg = model(inputs_embeds=emb).logits[0, -1]
+            nxt = int(lg.argmax())
+            top2 = lg.topk(2).values
+            greedy_no_eos.margins.append(float(top2[0] - top2[1]))
+            out.append(nxt)
+            cur_ids.append(nxt)
+    return out
+
+
+def build_llama(name):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    spec = LLAMA_MODELS[name]
+    torch.manual_seed(spec["seed"])
+    tokenizer, special_ids = build_llama_tokenizer(spec["vocab"])
+    cfg = LlamaConfig(vocab_size=spec["vocab"], bos_token_id=special_ids["<|begin_of_text|>"],
+                      eos_token_id=[special_ids[t] for t in ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")],
+                      attention_bias=False, mlp_bias=False, hidden_act="silu", **spec["config"])
+    model = LlamaForCausalLM(cfg).eval().float()
+    llama_perturb_(model, spec["seed"] + 1000, getattr(torch, spec["dtype"]))
+    return model, tokenizer, special_ids
+
+
+def stage_llama():
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    for name, spec in LLAMA_MODELS.items():
+        log(f"[llama-{name}]")
+        d = os.path.join(FIX, f"llama-{name}")
+        fresh_dir(d)
+        model, tokenizer, sid = build_llama(name)
+        dtype = getattr(torch, spec["dtype"])
+        eos = [sid["<|end_of_text|>"], sid["<|eom_id|>"], sid["<|eot_id|>"]]
+        model.generation_config = GenerationConfig(bos_token_id=sid["<|begin_of_text|>"], eos_token_id=eos,
+                                                   do_sample=True, temperature=0.6, top_p=0.9)
+        kw = {"max_shard_size": spec["shard"]} if spec["shard"] else {}
+        import copy
+        copy.deepcopy(model).to(dtype).save_pretrained(d, safe_serialization=True, **kw)
+        tokenizer.save_pretrained(d)
+        if name == "b":  # legacy config keys (rope_theta / rope_scaling) as older checkpoints write them
+            cj = json.load(open(os.path.join(d, "config.json")))
+            rp = cj.pop("rope_parameters")
+            cj["rope_theta"] = rp["rope_theta"]
+            cj["rope_scaling"] = None
+            write_json(os.path.join(d, "config.json"), cj)
+        re_model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+        re_tok = AutoTokenizer.from_pretrained(d)
+        ids = re_tok(LLAMA_PROMPT)["input_ids"]
+        assert ids == tokenizer(LLAMA_PROMPT)["input_ids"] and ids[0] == sid["<|begin_of_text|>"]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits
+            logits_re = re_model(input_ids=torch.tensor([ids])).logits
+        assert torch.allclose(logits, logits_re, atol=1e-5), (logits - logits_re).abs().max()
+        fixed = greedy_no_eos(re_model, ids, 32)
+        with torch.no_grad():
+            gen = re_model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                    do_sample=False, max_new_tokens=32, eos_token_id=eos,
+                                    pad_token_id=sid["<|end_of_text|>"])[0, len(ids):].tolist()
+        # HF generate stops at the first eos; up to there it must agree with the plain loop
+        assert gen == fixed[: len(gen)], (gen, fixed)
+        chat = ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHello world!<|eot_id|>"
+                "<|start_header_id|>assistant<|end_header_id|>\n\n")
+        save_st(os.path.join(d, "expected.safetensors"), {"logits": logits})
+        write_json(os.path.join(d, "expected.json"), {
+            "prompt": LLAMA_PROMPT, "prompt_ids": ids, "special_ids": sid, "eos_token_ids": eos,
+            "greedy_32_no_eos": fixed, "greedy_top1_top2_margins": [round(m, 5) for m in greedy_no_eos.margins],
+            "greedy_generate_with_eos": gen,
+            "chat_text": chat, "chat_ids": tokenizer(chat, add_special_tokens=True)["input_ids"],
+            "stored_dtype": spec["dtype"],
+            "note": "logits: f32 reference over all prompt positions, computed from the stored weights upcast to f32",
+        })
+        log(f"  greedy {fixed}\n  generate {gen}")
+
+
 # ----------------------------------------------------------------------------------------------
 def main():
     ap = argparse.ArgumentParser()
