@@ -864,6 +864,169 @@ def stage_llama():
         log(f"  greedy {fixed}\n  generate {gen}")
 
 
+
+# ----------------------------------------------------------------------------------------------
+# Florence-VL (LLaVA layout: Llama + mm_projector + nested original-named Florence-2 tower)
+# ----------------------------------------------------------------------------------------------
+FVL_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+              "helpful, detailed, and polite answers to the user's questions.")
+FVL_QUESTION = "What is shown in the image?"
+IMAGE_TOKEN_INDEX = -200
+
+
+def llama3_prompt(question):
+    return (f"<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n{FVL_SYSTEM}<|eot_id|>"
+            f"<|start_header_id|>user<|end_header_id|>\n\n<image>\n{question}<|eot_id|>"
+            f"<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def tokenizer_image_token(prompt, tokenizer, bos_id):
+    """Florence-VL llava/mm_utils.py tokenizer_image_token (spec §7.3)."""
+    chunks = [tokenizer(c, add_special_tokens=True)["input_ids"] for c in prompt.split("<image>")]
+    out = []
+    offset = 0
+    if chunks and chunks[0] and chunks[0][0] == bos_id:
+        offset = 1
+        out.append(chunks[0][0])
+    for i, c in enumerate(chunks):
+        if i > 0:
+            out.append(IMAGE_TOKEN_INDEX)
+        out.extend(c[offset:])
+    return out
+
+
+def stage_florence_vl():
+    import copy
+    from transformers import LlamaConfig, LlamaForCausalLM, AutoModelForCausalLM, GenerationConfig
+    log("[florence-vl-tiny]")
+    d = os.path.join(FIX, "florence-vl-tiny")
+    fresh_dir(d)
+    bf16 = torch.bfloat16
+    # vision tower: florence2-a's weights, rounded to bf16 (the checkpoint stores bf16)
+    f2, proc, info = load_f2("a")
+    with torch.no_grad():
+        for t in list(f2.parameters()) + list(f2.buffers()):
+            if t.dtype.is_floating_point:
+                t.copy_(t.to(bf16).float())
+    D = f2.config.vision_config.projection_dim
+    # LLM: tiny Llama-3.1-like, vocab = 512 + Florence-VL's added <pad>
+    torch.manual_seed(41)
+    tokenizer, sid = build_llama_tokenizer(513, extra_pad=True)
+    pad_id = tokenizer.convert_tokens_to_ids("<pad>")
+    bos = sid["<|begin_of_text|>"]
+    eos = [sid["<|end_of_text|>"], sid["<|eom_id|>"], sid["<|eot_id|>"]]
+    H = 64
+    cfg = LlamaConfig(vocab_size=513, hidden_size=H, intermediate_size=112, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
+                      rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=bos, eos_token_id=eos,
+                      pad_token_id=pad_id, rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0,
+                      "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 32})
+    llm = LlamaForCausalLM(cfg).eval().float()
+    llama_perturb_(llm, 1041, bf16)
+    # projector mlp3x_gelu: Linear(4D->H), GELU, Linear(H->H), GELU, Linear(H->H)
+    g = torch.Generator().manual_seed(1042)
+    proj = {}
+    for key, (i, o) in {"0": (4 * D, H), "1.1": (H, H), "2.1": (H, H)}.items():
+        proj[f"encoder_mlp.{key}.weight"] = (torch.randn(o, i, generator=g) / math.sqrt(i)).to(bf16).float()
+        proj[f"encoder_mlp.{key}.bias"] = (0.1 * torch.randn(o, generator=g)).to(bf16).float()
+
+    def projector(x):
+        gelu = torch.nn.functional.gelu
+        x = x @ proj["encoder_mlp.0.weight"].t() + proj["encoder_mlp.0.bias"]
+        x = gelu(x) @ proj["encoder_mlp.1.1.weight"].t() + proj["encoder_mlp.1.1.bias"]
+        x = gelu(x) @ proj["encoder_mlp.2.1.weight"].t() + proj["encoder_mlp.2.1.bias"]
+        return x
+
+    # --- save the checkpoint in the LLaVA layout (bf16, sharded)
+    sd = {k: v for k, v in llm.state_dict().items()}
+    for k, v in proj.items():
+        sd[f"model.mm_projector.{k}"] = v
+    tower = original_state_dict(f2, info, False, torch.zeros(info["n_orig"]))
+    for k, v in tower.items():
+        sd[f"model.vision_tower.vision_tower.{k}"] = v
+    sd = {k: v.to(bf16).contiguous() for k, v in sd.items()}
+    names = sorted(sd)
+    shards, cur, size = [], {}, 0
+    for k in names:  # ~150 KB shards, in name order
+        cur[k] = sd[k]
+        size += sd[k].numel() * 2
+        if size > 150_000:
+            shards.append(cur)
+            cur, size = {}, 0
+    if cur:
+        shards.append(cur)
+    weight_map = {}
+    for i, sh in enumerate(shards):
+        fn = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(sh, os.path.join(d, fn), metadata={"format": "pt"})
+        weight_map.update({k: fn for k in sh})
+    write_json(os.path.join(d, "model.safetensors.index.json"),
+               {"metadata": {"total_size": sum(v.numel() * 2 for v in sd.values())}, "weight_map": weight_map})
+    cj = cfg.to_dict()
+    for k in ("transformers_version",):
+        cj.pop(k, None)
+    cj.update({
+        "architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava_llama", "dtype": "bfloat16",
+        "mm_vision_tower": "florence2-a-original", "mm_projector_type": "mlp3x_gelu", "mm_hidden_size": D,
+        "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch", "mm_patch_merge_type": "flat",
+        "image_aspect_ratio": "pad", "tokenizer_padding_side": "right", "tokenizer_model_max_length": 2048,
+        "mm_use_im_start_end": False, "mm_use_im_patch_token": False, "use_mm_proj": True,
+        "tune_mm_mlp_adapter": False, "mm_projector_lr": None, "freeze_mm_mlp_adapter": False,
+    })
+    write_json(os.path.join(d, "config.json"), cj)
+    tokenizer.save_pretrained(d)
+    GenerationConfig(bos_token_id=bos, eos_token_id=eos, pad_token_id=pad_id, do_sample=True,
+                     temperature=0.6, top_p=0.9).save_pretrained(d)
+    # reference LLM = the saved Llama tensors upcast to f32 (round-trip through the files)
+    loaded = {}
+    for fn in sorted(set(weight_map.values())):
+        loaded.update(load_file(os.path.join(d, fn)))
+    llm_ref = LlamaForCausalLM(cfg).eval().float()
+    llm_ref.load_state_dict({k: loaded[k].float() for k in llm.state_dict()}, strict=True)
+
+    # --- reference computation (spec §2.1, §6, §7.3)
+    pil = load_image("photo.png").convert("RGB")
+    sq = expand2square(pil, tuple(int(x * 255) for x in IMAGE_MEAN))
+    pv = proc(text="<CAPTION>", images=sq, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        V = f2.get_image_features(pv).pooler_output  # [1, N, D]
+        ids3 = fvl_prompt_ids(proc.tokenizer)
+        enc = run_fvl_encoder(f2, V, ids3)  # [3, N+L, D]
+        n = V.shape[1]
+        fused = torch.cat([V[0], enc[0, :n], enc[1, :n], enc[2, :n]], -1)  # [N, 4D]
+        projected = projector(fused)  # [N, H]
+    prompt = llama3_prompt(FVL_QUESTION)
+    input_ids = tokenizer_image_token(prompt, tokenizer, bos)
+    assert input_ids[:2] == [bos, bos] and input_ids.count(IMAGE_TOKEN_INDEX) == 1
+    pos = input_ids.index(IMAGE_TOKEN_INDEX)
+    emb = llm_ref.get_input_embeddings()
+    with torch.no_grad():
+        pre = emb(torch.tensor([input_ids[:pos]]))
+        post = emb(torch.tensor([input_ids[pos + 1:]]))
+        inputs_embeds = torch.cat([pre, projected[None], post], 1)
+        prefill_logits = llm_ref(inputs_embeds=inputs_embeds).logits[0, -1]
+    answer = greedy_no_eos(llm_ref, [], 16, inputs_embeds=inputs_embeds)
+    margins = greedy_no_eos.margins
+    with torch.no_grad():
+        gen = llm_ref.generate(inputs_embeds=inputs_embeds, attention_mask=torch.ones(inputs_embeds.shape[:2], dtype=torch.long),
+                               do_sample=False, max_new_tokens=16, eos_token_id=eos, pad_token_id=pad_id)[0].tolist()
+    assert gen == answer[: len(gen)], (gen, answer)
+    save_st(os.path.join(d, "expected.safetensors"), {
+        "pixel_values": pv, "image_features": V, "encoder_image_rows": enc[:, :n], "fused": fused[None],
+        "projected": projected[None], "inputs_embeds": inputs_embeds, "last_logits": prefill_logits[None],
+    })
+    write_json(os.path.join(d, "expected.json"), {
+        "image": "photo.png", "pad_to_square_background": [int(x * 255) for x in IMAGE_MEAN],
+        "florence2_tokenizer": "florence2-a", "encoder_prompts": FVL_PROMPTS, "encoder_prompt_ids": ids3,
+        "n_image_tokens": n, "question": FVL_QUESTION, "prompt_text": prompt, "input_ids": input_ids,
+        "image_token_index": IMAGE_TOKEN_INDEX, "merged_length": inputs_embeds.shape[1],
+        "answer_ids_16_no_eos": answer, "greedy_top1_top2_margins": [round(m, 5) for m in margins],
+        "answer_generate_with_eos": gen, "eos_token_ids": eos, "pad_token_id": pad_id,
+    })
+    log(f"  input_ids {input_ids}\n  answer {answer}")
+
+
 # ----------------------------------------------------------------------------------------------
 def main():
     ap = argparse.ArgumentParser()
