@@ -29,6 +29,8 @@ pub struct Kernel<'a> {
     pub entry: &'static str,
     /// Compile-time constants prepended to the source.
     pub consts: Vec<(&'static str, u32)>,
+    /// Names true in the source's `#if` lines (besides the entry point and `SUBGROUP`).
+    pub defines: Vec<&'static str>,
     /// Bytes of the kernel's `Params` uniform (padded to 16 here).
     pub params: &'a [u8],
     /// Tensor arguments by accessor name.
@@ -276,7 +278,8 @@ impl<'g> Graph<'g> {
                 k.name
             )));
         }
-        let mut defines = vec![k.entry];
+        let mut defines = k.defines.clone();
+        defines.push(k.entry);
         if self.gpu.subgroups {
             defines.push("SUBGROUP");
         }

@@ -48,6 +48,7 @@ fn launch(
         source,
         entry,
         consts: vec![("WG", WG)],
+        defines: vec![],
         params: bytemuck::bytes_of(&p),
         tensors,
         workgroups: grid(p.n.div_ceil(WG)),

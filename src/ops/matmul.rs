@@ -1,0 +1,100 @@
+//! Linear layers (`shaders/matmul.wgsl`): `out = x·Wᵀ + b` with PyTorch's `[out, in]` weights.
+//!
+//! Up to [`MATVEC_MAX_ROWS`] rows of `x` take the bandwidth-bound matrix-vector kernel (decode,
+//! beam search), which reads each weight once for all rows; more rows take the register-blocked
+//! matrix-matrix kernel. Weights may be f32, f16, q8 or q4 in both.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{expect_dtype, expect_f32, expect_shape, shader};
+use crate::error::{Error, Result};
+use crate::gpu::{grid, Access, DType, Graph, Kernel, TensorId};
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+}
+
+/// Largest number of `x` rows the matrix-vector kernel handles.
+pub const MATVEC_MAX_ROWS: usize = 8;
+/// Matrix-matrix tile: each invocation computes `TILE × TILE` outputs, a workgroup
+/// `WG_SIDE × WG_SIDE` invocations.
+const TILE: u32 = 8;
+const WG_SIDE: u32 = 8;
+/// Matrix-vector: threads per weight row and weight rows per workgroup.
+const THREADS_PER_ROW: u32 = 8;
+const ROWS_PER_WG: u32 = 8;
+
+/// Weight dtypes a linear layer accepts.
+pub const WEIGHT_DTYPES: &[DType] = &[DType::F32, DType::F16, DType::Q8, DType::Q4];
+
+/// `out[.., n] = Σ_k x[.., k]·w[n, k] + bias[n]`.
+pub fn linear(g: &mut Graph, x: TensorId, w: TensorId, bias: Option<TensorId>, out: TensorId) -> Result<()> {
+    let op = "linear";
+    expect_f32(g, op, "x", x)?;
+    expect_f32(g, op, "out", out)?;
+    expect_dtype(g, op, "weight", w, WEIGHT_DTYPES)?;
+    let ws = g.shape(w).to_vec();
+    if ws.len() != 2 {
+        return Err(Error::shape(format!("{op}: weight has shape {ws:?}, expected [out, in]")));
+    }
+    let (n, k) = (ws[0], ws[1]);
+    let xs = g.shape(x).to_vec();
+    if *xs.last().unwrap() != k {
+        return Err(Error::shape(format!("{op}: x has shape {xs:?}, its last dimension must be the weight's in = {k}")));
+    }
+    let mut os = xs.clone();
+    *os.last_mut().unwrap() = n;
+    expect_shape(g, op, "out", out, &os)?;
+    if let Some(b) = bias {
+        expect_shape(g, op, "bias", b, &[n])?;
+        expect_dtype(g, op, "bias", b, WEIGHT_DTYPES)?;
+    }
+    let m = g.layout(x).rows();
+    let too_big = |v: usize| u32::try_from(v).map_err(|_| Error::shape(format!("{op}: dimension {v} too large")));
+    let p = Params { m: too_big(m)?, n: too_big(n)?, k: too_big(k)? };
+    let mut tensors = vec![("x", x, Access::Read), ("w", w, Access::Read)];
+    let mut defines = Vec::new();
+    if let Some(b) = bias {
+        tensors.push(("b", b, Access::Read));
+        defines.push("BIAS");
+    }
+    tensors.push(("out", out, Access::Write));
+    let (name, source) = shader!("matmul");
+    if m <= MATVEC_MAX_ROWS {
+        match g.layout(w).dtype {
+            DType::Q8 => defines.push("Q8"),
+            DType::Q4 => defines.push("Q4"),
+            _ => {}
+        }
+        g.dispatch(Kernel {
+            name,
+            source,
+            entry: "matvec",
+            consts: vec![("MR", m as u32), ("TPR", THREADS_PER_ROW), ("RPW", ROWS_PER_WG)],
+            defines,
+            params: bytemuck::bytes_of(&p),
+            tensors,
+            workgroups: grid(p.n.div_ceil(ROWS_PER_WG)),
+        })
+    } else {
+        let span = TILE * WG_SIDE;
+        let wy = p.m.div_ceil(span);
+        if wy > 65535 {
+            return Err(Error::shape(format!("{op}: {m} rows exceed one dispatch; split the input")));
+        }
+        g.dispatch(Kernel {
+            name,
+            source,
+            entry: "matmul",
+            consts: vec![("TM", TILE), ("TN", TILE), ("WGX", WG_SIDE), ("WGY", WG_SIDE)],
+            defines,
+            params: bytemuck::bytes_of(&p),
+            tensors,
+            workgroups: [p.n.div_ceil(span), wy, 1],
+        })
+    }
+}

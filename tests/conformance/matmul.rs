@@ -1,0 +1,73 @@
+//! Table rows for `shaders/matmul.wgsl` (linear layers; both the matrix-vector path, M ≤ 8,
+//! and the register-blocked matrix-matrix path).
+
+use super::common::{poisoned, upload, Rng};
+use super::Case;
+use fvl_wgpu::gpu::{DType, Graph};
+use fvl_wgpu::ops::matmul;
+
+/// out[m, n] = Σ_k x[m, k]·w[n, k] + b[n], in f64.
+pub fn linear_ref(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, n: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = b.map_or(0.0, |b| b[j] as f64);
+            for l in 0..k {
+                s += x[i * k + l] as f64 * w[j * k + l] as f64;
+            }
+            out[i * n + j] = s as f32;
+        }
+    }
+    out
+}
+
+pub fn cases() -> Vec<Case> {
+    // (leading dims of x, K, N): M = 1, 3, 8 take the matrix-vector kernel; the rest the tiled one.
+    let shapes: &[(&[usize], usize, usize)] = &[
+        (&[1], 64, 37),
+        (&[3], 96, 70),
+        (&[8], 128, 129),
+        (&[33], 64, 65),
+        (&[3, 23], 160, 45),
+        (&[1], 37, 23),
+        (&[70], 131, 19),
+        (&[9], 5, 67),
+    ];
+    let mut v = Vec::new();
+    for &(lead, k, n) in shapes {
+        for dtype in [DType::F32, DType::F16, DType::Q8, DType::Q4] {
+            if dtype.is_quantized() && k % 32 != 0 {
+                continue;
+            }
+            for with_bias in [false, true] {
+                let m: usize = lead.iter().product();
+                let mut xs = lead.to_vec();
+                xs.push(k);
+                let mut os = lead.to_vec();
+                os.push(n);
+                let w_bytes = dtype.bytes(n, k);
+                v.push(Case {
+                    op: if with_bias { "linear+bias" } else { "linear" },
+                    shape: format!("x{xs:?} w[{n}, {k}]"),
+                    dtype,
+                    largest_bytes: w_bytes.max(4 * (m * k.max(n)) as u64),
+                    row_bytes: dtype.bytes(1, k).max(4 * k.max(n) as u64),
+                    run: Box::new(move |gpu, rng: &mut Rng| {
+                        let (x, x_s) = upload(gpu, &xs, DType::F32, &rng.vec(m * k, 1.0));
+                        let (w, w_s) = upload(gpu, &[n, k], dtype, &rng.vec(n * k, 1.0));
+                        let (b, b_s) = upload(gpu, &[n], DType::F32, &rng.vec(n, 1.0));
+                        let out = poisoned(gpu, &os);
+                        let mut g = Graph::new(gpu);
+                        let (xi, wi, oi) = (g.external(&x), g.external(&w), g.external(&out));
+                        let bi = with_bias.then(|| g.external(&b));
+                        matmul::linear(&mut g, xi, wi, bi, oi).unwrap();
+                        g.build().unwrap().run(gpu, &[]).unwrap();
+                        let want = linear_ref(&x_s, &w_s, with_bias.then_some(&b_s[..]), m, n, k);
+                        (out.read_f32(gpu).unwrap(), want)
+                    }),
+                });
+            }
+        }
+    }
+    v
+}
