@@ -17,6 +17,8 @@ mod common;
 mod eltwise;
 #[path = "conformance/matmul.rs"]
 mod matmul;
+#[path = "conformance/norm.rs"]
+mod norm;
 
 use common::{gpu, max_rel_error};
 use fvl_wgpu::gpu::{DType, Gpu};
@@ -46,6 +48,7 @@ fn all_cases() -> Vec<Case> {
     let mut v = Vec::new();
     v.extend(eltwise::cases());
     v.extend(matmul::cases());
+    v.extend(norm::cases());
     v
 }
 

@@ -32,19 +32,29 @@ const ROWS_PER_WG: u32 = 8;
 pub const WEIGHT_DTYPES: &[DType] = &[DType::F32, DType::F16, DType::Q8, DType::Q4];
 
 /// `out[.., n] = Σ_k x[.., k]·w[n, k] + bias[n]`.
-pub fn linear(g: &mut Graph, x: TensorId, w: TensorId, bias: Option<TensorId>, out: TensorId) -> Result<()> {
+pub fn linear(
+    g: &mut Graph,
+    x: TensorId,
+    w: TensorId,
+    bias: Option<TensorId>,
+    out: TensorId,
+) -> Result<()> {
     let op = "linear";
     expect_f32(g, op, "x", x)?;
     expect_f32(g, op, "out", out)?;
     expect_dtype(g, op, "weight", w, WEIGHT_DTYPES)?;
     let ws = g.shape(w).to_vec();
     if ws.len() != 2 {
-        return Err(Error::shape(format!("{op}: weight has shape {ws:?}, expected [out, in]")));
+        return Err(Error::shape(format!(
+            "{op}: weight has shape {ws:?}, expected [out, in]"
+        )));
     }
     let (n, k) = (ws[0], ws[1]);
     let xs = g.shape(x).to_vec();
     if *xs.last().unwrap() != k {
-        return Err(Error::shape(format!("{op}: x has shape {xs:?}, its last dimension must be the weight's in = {k}")));
+        return Err(Error::shape(format!(
+            "{op}: x has shape {xs:?}, its last dimension must be the weight's in = {k}"
+        )));
     }
     let mut os = xs.clone();
     *os.last_mut().unwrap() = n;
@@ -54,8 +64,14 @@ pub fn linear(g: &mut Graph, x: TensorId, w: TensorId, bias: Option<TensorId>, o
         expect_dtype(g, op, "bias", b, WEIGHT_DTYPES)?;
     }
     let m = g.layout(x).rows();
-    let too_big = |v: usize| u32::try_from(v).map_err(|_| Error::shape(format!("{op}: dimension {v} too large")));
-    let p = Params { m: too_big(m)?, n: too_big(n)?, k: too_big(k)? };
+    let too_big = |v: usize| {
+        u32::try_from(v).map_err(|_| Error::shape(format!("{op}: dimension {v} too large")))
+    };
+    let p = Params {
+        m: too_big(m)?,
+        n: too_big(n)?,
+        k: too_big(k)?,
+    };
     let mut tensors = vec![("x", x, Access::Read), ("w", w, Access::Read)];
     let mut defines = Vec::new();
     if let Some(b) = bias {
@@ -74,7 +90,11 @@ pub fn linear(g: &mut Graph, x: TensorId, w: TensorId, bias: Option<TensorId>, o
             name,
             source,
             entry: "matvec",
-            consts: vec![("MR", m as u32), ("TPR", THREADS_PER_ROW), ("RPW", ROWS_PER_WG)],
+            consts: vec![
+                ("MR", m as u32),
+                ("TPR", THREADS_PER_ROW),
+                ("RPW", ROWS_PER_WG),
+            ],
             defines,
             params: bytemuck::bytes_of(&p),
             tensors,
@@ -84,13 +104,20 @@ pub fn linear(g: &mut Graph, x: TensorId, w: TensorId, bias: Option<TensorId>, o
         let span = TILE * WG_SIDE;
         let wy = p.m.div_ceil(span);
         if wy > 65535 {
-            return Err(Error::shape(format!("{op}: {m} rows exceed one dispatch; split the input")));
+            return Err(Error::shape(format!(
+                "{op}: {m} rows exceed one dispatch; split the input"
+            )));
         }
         g.dispatch(Kernel {
             name,
             source,
             entry: "matmul",
-            consts: vec![("TM", TILE), ("TN", TILE), ("WGX", WG_SIDE), ("WGY", WG_SIDE)],
+            consts: vec![
+                ("TM", TILE),
+                ("TN", TILE),
+                ("WGX", WG_SIDE),
+                ("WGY", WG_SIDE),
+            ],
             defines,
             params: bytemuck::bytes_of(&p),
             tensors,

@@ -9,6 +9,7 @@ use crate::gpu::{DType, Graph, TensorId};
 
 pub mod eltwise;
 pub mod matmul;
+pub mod norm;
 
 /// `include_str!` of a kernel family's WGSL, with its name.
 macro_rules! shader {

@@ -7,7 +7,14 @@ use fvl_wgpu::gpu::{DType, Graph};
 use fvl_wgpu::ops::matmul;
 
 /// out[m, n] = Σ_k x[m, k]·w[n, k] + b[n], in f64.
-pub fn linear_ref(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, n: usize, k: usize) -> Vec<f32> {
+pub fn linear_ref(
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Vec<f32> {
     let mut out = vec![0f32; m * n];
     for i in 0..m {
         for j in 0..n {
