@@ -9,6 +9,11 @@
 //! 1e-5 for f32 data, 1e-4 when a weight is f16, q8 or q4 (longer decode chains, f16 scales).
 //! Quantization error itself is bounded separately in `quantization_error_budget`.
 //!
+//! Portability: every shader variant the table compiled is parsed, validated and translated
+//! by naga to SPIR-V, MSL and HLSL — with the optional capabilities where the device offered
+//! them, and without them for the fallback run — so a shader that would break on Metal or
+//! DX12 fails here although only Vulkan runs on these machines.
+//!
 //! Chunked: the storage-binding limit is lowered so the case's largest tensors split into
 //! several chunks, exercising the multi-binding accessors.
 
@@ -52,9 +57,8 @@ fn all_cases() -> Vec<Case> {
     v
 }
 
-#[test]
-fn conformance_table() {
-    let mut gpu = gpu();
+/// Runs every case unchunked and chunked on `gpu`; returns the failures.
+fn run_table(gpu: &mut Gpu) -> Vec<String> {
     let full_binding = gpu.max_binding;
     let mut failures = Vec::new();
     let mut rows = 0;
@@ -75,7 +79,7 @@ fn conformance_table() {
             gpu.max_binding = limit;
             let chunks = case.largest_bytes.div_ceil(limit);
             let mut rng = common::Rng::new(1000 + i as u64);
-            let (got, want) = (case.run)(&gpu, &mut rng);
+            let (got, want) = (case.run)(gpu, &mut rng);
             let err = max_rel_error(&got, &want);
             let ok = err <= budget(case.dtype);
             rows += 1;
@@ -90,7 +94,7 @@ fn conformance_table() {
             );
             if !ok {
                 failures.push(format!(
-                    "{} {} {} chunked={chunked}: error {err:.3e}",
+                    "{} {} {} chunks={chunks}: error {err:.3e}",
                     case.op,
                     case.shape,
                     case.dtype.name()
@@ -98,10 +102,123 @@ fn conformance_table() {
             }
         }
     }
-    eprintln!("{rows} cases, {} failed", failures.len());
+    gpu.max_binding = full_binding;
+    eprintln!(
+        "{rows} cases on {}, {} failed",
+        gpu.describe(),
+        failures.len()
+    );
+    failures
+}
+
+/// Translates every shader compiled on `gpu` to SPIR-V (Vulkan), MSL (Metal) and HLSL (DX12)
+/// with naga, validating with `caps`; returns the failures.
+fn translate_all(gpu: &Gpu, caps: naga::valid::Capabilities) -> Vec<String> {
+    use naga::back::{hlsl, msl, spv};
+    let mut failures = Vec::new();
+    let sources = gpu.shader_sources();
+    for (entry, source) in &sources {
+        let label = format!("{entry} ({} bytes)", source.len());
+        let module = match naga::front::wgsl::parse_str(source) {
+            Ok(m) => m,
+            Err(e) => {
+                failures.push(format!("{label}: parse: {}", e.emit_to_string(source)));
+                continue;
+            }
+        };
+        let info = match naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+            .validate(&module)
+        {
+            Ok(i) => i,
+            Err(e) => {
+                failures.push(format!("{label}: validate: {}", e.emit_to_string(source)));
+                continue;
+            }
+        };
+        let stage = naga::ShaderStage::Compute;
+        if let Err(e) = spv::write_vec(
+            &module,
+            &info,
+            &spv::Options::default(),
+            Some(&spv::PipelineOptions {
+                shader_stage: stage,
+                entry_point: entry.clone(),
+            }),
+        ) {
+            failures.push(format!("{label}: SPIR-V: {e}"));
+        }
+        let msl_opts = msl::Options {
+            lang_version: (2, 4),
+            fake_missing_bindings: true,
+            ..Default::default()
+        };
+        if let Err(e) =
+            msl::write_string(&module, &info, &msl_opts, &msl::PipelineOptions::default())
+        {
+            failures.push(format!("{label}: MSL: {e}"));
+        }
+        let hlsl_opts = hlsl::Options {
+            shader_model: hlsl::ShaderModel::V6_2,
+            fake_missing_bindings: true,
+            ..Default::default()
+        };
+        let pipeline = hlsl::PipelineOptions {
+            entry_point: Some((stage, entry.clone())),
+        };
+        let mut out = String::new();
+        if let Err(e) =
+            hlsl::Writer::new(&mut out, &hlsl_opts, &pipeline).write(&module, &info, None)
+        {
+            failures.push(format!("{label}: HLSL: {e}"));
+        }
+    }
+    eprintln!(
+        "{} shader variants translated to SPIR-V, MSL and HLSL, {} failed",
+        sources.len(),
+        failures.len()
+    );
+    failures
+}
+
+/// The table on the device as offered (f16 and subgroups where the adapter has them), then
+/// every shader it compiled through naga for the three backends.
+#[test]
+fn conformance_table() {
+    let mut gpu = gpu();
+    let failures = run_table(&mut gpu);
     assert!(
         failures.is_empty(),
         "conformance failures:\n{}",
+        failures.join("\n")
+    );
+    let failures = translate_all(&gpu, naga::valid::Capabilities::all());
+    assert!(
+        failures.is_empty(),
+        "portability failures:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// The same table with SHADER_F16 and SUBGROUP turned off: the fallback shaders must be
+/// right and must translate without those capabilities.
+#[test]
+fn conformance_table_without_optional_features() {
+    let mut gpu = common::gpu_without_optional_features();
+    assert!(!gpu.subgroups && !gpu.shader_f16);
+    let failures = run_table(&mut gpu);
+    assert!(
+        failures.is_empty(),
+        "conformance failures:\n{}",
+        failures.join("\n")
+    );
+    let caps = naga::valid::Capabilities::all()
+        - naga::valid::Capabilities::SHADER_FLOAT16
+        - naga::valid::Capabilities::SUBGROUP
+        - naga::valid::Capabilities::SUBGROUP_BARRIER;
+    let failures = translate_all(&gpu, caps);
+    assert!(
+        failures.is_empty(),
+        "portability failures:\n{}",
         failures.join("\n")
     );
 }

@@ -39,11 +39,19 @@ fn quantization_error_budget() {
     // scales are rounded to f16); f16 itself keeps 11 bits: nmse below 2^-22.
     let q8 = predicted_nmse(&w, |amax| amax / 127.0);
     let q4 = predicted_nmse(&w, |amax| amax / 8.0);
-    for (dtype, budget) in [(DType::F16, 2.4e-7), (DType::Q8, 1.5 * q8), (DType::Q4, 1.5 * q4)] {
+    for (dtype, budget) in [
+        (DType::F16, 2.4e-7),
+        (DType::Q8, 1.5 * q8),
+        (DType::Q4, 1.5 * q4),
+    ] {
         let back = decode(dtype, &encode(dtype, &w, cols), rows, cols);
         let e = nmse(&back, &w);
         eprintln!("{}: nmse {e:.3e} (budget {budget:.3e})", dtype.name());
-        assert!(e < budget, "{} quantization nmse {e} over budget {budget}", dtype.name());
+        assert!(
+            e < budget,
+            "{} quantization nmse {e} over budget {budget}",
+            dtype.name()
+        );
     }
 }
 
@@ -55,10 +63,18 @@ fn q4_keeps_the_block_extreme_exact_and_q8_is_symmetric() {
     let q4 = decode(DType::Q4, &encode(DType::Q4, &w, cols), 4, cols);
     let q8 = decode(DType::Q8, &encode(DType::Q8, &w, cols), 4, cols);
     for (b, block) in w.chunks(32).enumerate() {
-        let i = (0..32).max_by(|&a, &c| block[a].abs().total_cmp(&block[c].abs())).unwrap();
+        let i = (0..32)
+            .max_by(|&a, &c| block[a].abs().total_cmp(&block[c].abs()))
+            .unwrap();
         let tol = block[i].abs() * 1e-3; // f16 scale rounding
-        assert!((q4[b * 32 + i] - block[i]).abs() <= tol, "q4 block {b} extreme");
-        assert!((q8[b * 32 + i] - block[i]).abs() <= tol, "q8 block {b} extreme");
+        assert!(
+            (q4[b * 32 + i] - block[i]).abs() <= tol,
+            "q4 block {b} extreme"
+        );
+        assert!(
+            (q8[b * 32 + i] - block[i]).abs() <= tol,
+            "q8 block {b} extreme"
+        );
     }
 }
 
@@ -78,7 +94,13 @@ fn upload_and_readback_round_trip_every_dtype_chunked() {
         for limit in [1 << 20, dtype.bytes(3, cols)] {
             gpu.max_binding = limit;
             let t = Tensor::from_f32(&gpu, &shape, dtype, &data, "t").unwrap();
-            assert_eq!(t.read_f32(&gpu).unwrap(), stored, "{} with {} chunks", dtype.name(), t.chunks.len());
+            assert_eq!(
+                t.read_f32(&gpu).unwrap(),
+                stored,
+                "{} with {} chunks",
+                dtype.name(),
+                t.chunks.len()
+            );
         }
     }
 }

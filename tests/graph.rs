@@ -38,9 +38,18 @@ fn replay_is_bit_identical_and_arena_is_smaller_than_all_intermediates() {
     let gpu = gpu();
     let mut rng = Rng::new(7);
     let (rows, dim, layers) = (37, 96, 6);
-    let x = Tensor::from_f32(&gpu, &[rows, dim], DType::F32, &rng.vec(rows * dim, 1.0), "x").unwrap();
+    let x = Tensor::from_f32(
+        &gpu,
+        &[rows, dim],
+        DType::F32,
+        &rng.vec(rows * dim, 1.0),
+        "x",
+    )
+    .unwrap();
     let weights: Vec<Tensor> = (0..layers)
-        .map(|_| Tensor::from_f32(&gpu, &[dim, dim], DType::F16, &rng.vec(dim * dim, 0.2), "w").unwrap())
+        .map(|_| {
+            Tensor::from_f32(&gpu, &[dim, dim], DType::F16, &rng.vec(dim * dim, 0.2), "w").unwrap()
+        })
         .collect();
     let gamma = Tensor::from_f32(&gpu, &[dim], DType::F32, &rng.vec(dim, 1.0), "gamma").unwrap();
     let beta = Tensor::from_f32(&gpu, &[dim], DType::F32, &rng.vec(dim, 1.0), "beta").unwrap();
@@ -55,7 +64,10 @@ fn replay_is_bit_identical_and_arena_is_smaller_than_all_intermediates() {
         exe.arena_bytes,
         exe.intermediate_bytes
     );
-    assert!(exe.arena_bytes * 3 <= exe.intermediate_bytes, "lifetime planning should reuse memory");
+    assert!(
+        exe.arena_bytes * 3 <= exe.intermediate_bytes,
+        "lifetime planning should reuse memory"
+    );
 
     let submits = gpu.submits();
     exe.run(&gpu, &[]).unwrap();
@@ -63,7 +75,11 @@ fn replay_is_bit_identical_and_arena_is_smaller_than_all_intermediates() {
     let first = exe.tensor(out).read_words(&gpu).unwrap();
     for _ in 0..3 {
         exe.run(&gpu, &[]).unwrap();
-        assert_eq!(exe.tensor(out).read_words(&gpu).unwrap(), first, "replay must be bit-identical");
+        assert_eq!(
+            exe.tensor(out).read_words(&gpu).unwrap(),
+            first,
+            "replay must be bit-identical"
+        );
     }
     assert!(first.iter().all(|&w| f32::from_bits(w).is_finite()));
 }
@@ -95,7 +111,11 @@ fn independent_branches_share_one_submit_and_keep_their_values() {
     let got = exe.tensor(sum).read_f32(&gpu).unwrap();
     for i in 0..n {
         let want = common::reference::gelu(av[i]) + common::reference::silu(bv[i]);
-        assert!((got[i] - want).abs() <= 1e-5 * want.abs().max(1.0), "element {i}: {} vs {want}", got[i]);
+        assert!(
+            (got[i] - want).abs() <= 1e-5 * want.abs().max(1.0),
+            "element {i}: {} vs {want}",
+            got[i]
+        );
     }
 }
 
@@ -105,8 +125,19 @@ fn chunked_intermediates_are_planned_too() {
     gpu.max_binding = 4096; // every [40, 96] f32 intermediate spans 4 chunks
     let mut rng = Rng::new(3);
     let (rows, dim) = (40, 96);
-    let x = Tensor::from_f32(&gpu, &[rows, dim], DType::F32, &rng.vec(rows * dim, 1.0), "x").unwrap();
-    let w = vec![Tensor::from_f32(&gpu, &[dim, dim], DType::Q8, &rng.vec(dim * dim, 0.2), "w").unwrap(); 2];
+    let x = Tensor::from_f32(
+        &gpu,
+        &[rows, dim],
+        DType::F32,
+        &rng.vec(rows * dim, 1.0),
+        "x",
+    )
+    .unwrap();
+    let w = vec![
+        Tensor::from_f32(&gpu, &[dim, dim], DType::Q8, &rng.vec(dim * dim, 0.2), "w")
+            .unwrap();
+        2
+    ];
     let gamma = Tensor::from_f32(&gpu, &[dim], DType::F32, &rng.vec(dim, 1.0), "gamma").unwrap();
     let beta = Tensor::from_f32(&gpu, &[dim], DType::F32, &rng.vec(dim, 1.0), "beta").unwrap();
     let mut g = Graph::new(&gpu);

@@ -298,6 +298,19 @@ impl Gpu {
         Ok(buf)
     }
 
+    /// Every (entry point, WGSL source) compiled on this device so far; the portability test
+    /// translates them for Metal and DX12.
+    pub fn shader_sources(&self) -> Vec<(String, String)> {
+        let cache = self.pipelines.lock().unwrap();
+        cache
+            .keys()
+            .map(|k| {
+                let (entry, source) = k.split_once('\n').expect("cache key is entry\nsource");
+                (entry.to_string(), source.to_string())
+            })
+            .collect()
+    }
+
     /// Number of graph submits so far (tests check that a graph is one submit).
     pub fn submits(&self) -> u64 {
         self.submits.load(Ordering::Relaxed)
