@@ -3,10 +3,10 @@
 // accumulation.
 //
 // Two kernels:
-// * `matmul*` (many rows of x): register blocking, each invocation owns a TM×TN output tile
+// * `matmul` (many rows of x): register blocking, each invocation owns an 8×8 output tile
 //   and walks k four at a time, no workgroup memory. On lavapipe this beats shared-memory
 //   tiling 2–4× because barriers are expensive there (docs/perf.md). FLOPs 2·M·N·K; traffic
-//   ≈ 4·M·K·N/TN + |W|·M/TM bytes through the caches.
+//   ≈ 4·M·K·N/8 + |W|·M/8 bytes through the caches.
 // * `matvec*` (1 ≤ M ≤ 8 rows, decode): bandwidth-bound, each weight read once for all M rows.
 //   TPR threads share one weight row, each walks 32-element blocks (a whole q8/q4 block with
 //   its scale), partial sums meet in workgroup memory after one barrier. Bytes: |W| + M·K·4.
@@ -26,41 +26,68 @@ fn bias(n: u32) -> f32 { return 0.0; }
 #endif
 
 #if matmul
-// Workgroup: WGX × WGY invocations, each computing TM rows × TN columns.
+// Workgroup: WGX × WGY invocations, each computing an 8×8 output tile as four 4×4 blocks.
+// A 4×4 block of dot products over four k is one matrix product, transpose(X)·W, with the
+// x rows and w rows as matrix columns — written with mat4x4 values rather than indexed
+// arrays so the tile stays in registers on every compiler (lavapipe spills indexed arrays).
+// Four consecutive values from rows base..base+3 (clamped: edge tiles read valid memory).
+fn x_rows4(base: u32, k: u32) -> mat4x4<f32> {
+    let l = p.m - 1u;
+    return mat4x4<f32>(ld4_x(min(base, l) * p.k + k), ld4_x(min(base + 1u, l) * p.k + k),
+                       ld4_x(min(base + 2u, l) * p.k + k), ld4_x(min(base + 3u, l) * p.k + k));
+}
+
+fn w_rows4(base: u32, k: u32) -> mat4x4<f32> {
+    let l = p.n - 1u;
+    return mat4x4<f32>(ld4_w(min(base, l) * p.k + k), ld4_w(min(base + 1u, l) * p.k + k),
+                       ld4_w(min(base + 2u, l) * p.k + k), ld4_w(min(base + 3u, l) * p.k + k));
+}
+
+// Column j holds x·w[j], matching transpose(X)·W's layout (column = w row, row = x row).
+fn outer(x: vec4<f32>, w: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(x * w.x, x * w.y, x * w.z, x * w.w);
+}
+
+fn store4(acc: mat4x4<f32>, m0: u32, n0: u32) {
+    for (var j = 0u; j < 4u; j++) {
+        let n = n0 + j;
+        if (n >= p.n) { return; }
+        let b = bias(n);
+        for (var i = 0u; i < 4u; i++) {
+            if (m0 + i < p.m) { st_out((m0 + i) * p.n + n, acc[j][i] + b); }
+        }
+    }
+}
+
 @compute @workgroup_size(WGX, WGY)
 fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let m0 = (wg.y * WGY + lid.y) * TM;
-    let n0 = (wg.x * WGX + lid.x) * TN;
+    let m0 = (wg.y * WGY + lid.y) * 8u;
+    let n0 = (wg.x * WGX + lid.x) * 8u;
     if (m0 >= p.m || n0 >= p.n) { return; }
-    var acc: array<array<f32, TN>, TM>;
-    // Row starts, clamped so edge tiles read valid memory; their results are not stored.
-    var xrow: array<u32, TM>;
-    var wrow: array<u32, TN>;
-    for (var i = 0u; i < TM; i++) { xrow[i] = min(m0 + i, p.m - 1u) * p.k; }
-    for (var j = 0u; j < TN; j++) { wrow[j] = min(n0 + j, p.n - 1u) * p.k; }
+    let lm = p.m - 1u;
+    let ln = p.n - 1u;
+    var a00 = mat4x4<f32>(); var a01 = mat4x4<f32>(); var a10 = mat4x4<f32>(); var a11 = mat4x4<f32>();
     let k4 = p.k & ~3u;
     for (var k = 0u; k < k4; k += 4u) {
-        var wv: array<vec4<f32>, TN>;
-        for (var j = 0u; j < TN; j++) { wv[j] = ld4_w(wrow[j] + k); }
-        for (var i = 0u; i < TM; i++) {
-            let xv = ld4_x(xrow[i] + k);
-            for (var j = 0u; j < TN; j++) { acc[i][j] += dot(xv, wv[j]); }
-        }
+        let x0 = x_rows4(m0, k);
+        let x1 = x_rows4(m0 + 4u, k);
+        let w0 = w_rows4(n0, k);
+        let w1 = w_rows4(n0 + 4u, k);
+        a00 += transpose(x0) * w0; a01 += transpose(x0) * w1;
+        a10 += transpose(x1) * w0; a11 += transpose(x1) * w1;
     }
+    // Rows whose length is not a multiple of four: the last few k one at a time.
     for (var k = k4; k < p.k; k++) {
-        for (var i = 0u; i < TM; i++) {
-            let xv = ld_x(xrow[i] + k);
-            for (var j = 0u; j < TN; j++) { acc[i][j] += xv * ld_w(wrow[j] + k); }
+        var xv: vec4<f32>; var xw: vec4<f32>; var wv: vec4<f32>; var ww: vec4<f32>;
+        for (var i = 0u; i < 4u; i++) {
+            xv[i] = ld_x(min(m0 + i, lm) * p.k + k); xw[i] = ld_x(min(m0 + 4u + i, lm) * p.k + k);
+            wv[i] = ld_w(min(n0 + i, ln) * p.k + k); ww[i] = ld_w(min(n0 + 4u + i, ln) * p.k + k);
         }
+        a00 += outer(xv, wv); a01 += outer(xv, ww);
+        a10 += outer(xw, wv); a11 += outer(xw, ww);
     }
-    for (var j = 0u; j < TN; j++) {
-        let n = n0 + j;
-        if (n >= p.n) { break; }
-        let b = bias(n);
-        for (var i = 0u; i < TM; i++) {
-            if (m0 + i < p.m) { st_out((m0 + i) * p.n + n, acc[i][j] + b); }
-        }
-    }
+    store4(a00, m0, n0); store4(a01, m0, n0 + 4u);
+    store4(a10, m0 + 4u, n0); store4(a11, m0 + 4u, n0 + 4u);
 }
 #endif
 

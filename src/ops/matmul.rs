@@ -20,10 +20,12 @@ struct Params {
 
 /// Largest number of `x` rows the matrix-vector kernel handles.
 pub const MATVEC_MAX_ROWS: usize = 8;
-/// Matrix-matrix tile: each invocation computes `TILE × TILE` outputs, a workgroup
-/// `WG_SIDE × WG_SIDE` invocations.
+/// Matrix-matrix tile: each invocation computes `TILE × TILE` outputs (fixed in the shader),
+/// a workgroup `WG_X × WG_Y` invocations; 32×2 measured best of 8×8, 16×4, 4×16, 8×4 and
+/// 32×2 on lavapipe (docs/perf.md): the 8 SIMD lanes share one x row (uniform loads).
 const TILE: u32 = 8;
-const WG_SIDE: u32 = 8;
+const WG_X: u32 = 32;
+const WG_Y: u32 = 2;
 /// Matrix-vector: threads per weight row and weight rows per workgroup.
 const THREADS_PER_ROW: u32 = 8;
 const ROWS_PER_WG: u32 = 8;
@@ -101,8 +103,7 @@ pub fn linear(
             workgroups: grid(p.n.div_ceil(ROWS_PER_WG)),
         })
     } else {
-        let span = TILE * WG_SIDE;
-        let wy = p.m.div_ceil(span);
+        let wy = p.m.div_ceil(TILE * WG_Y);
         if wy > 65535 {
             return Err(Error::shape(format!(
                 "{op}: {m} rows exceed one dispatch; split the input"
@@ -112,16 +113,11 @@ pub fn linear(
             name,
             source,
             entry: "matmul",
-            consts: vec![
-                ("TM", TILE),
-                ("TN", TILE),
-                ("WGX", WG_SIDE),
-                ("WGY", WG_SIDE),
-            ],
+            consts: vec![("TM", TILE), ("TN", TILE), ("WGX", WG_X), ("WGY", WG_Y)],
             defines,
             params: bytemuck::bytes_of(&p),
             tensors,
-            workgroups: [p.n.div_ceil(span), wy, 1],
+            workgroups: [p.n.div_ceil(TILE * WG_X), wy, 1],
         })
     }
 }

@@ -1,0 +1,92 @@
+//! Command-line parsing and dispatch. Every command that runs on a GPU takes `--device`;
+//! `--json` prints one JSON object on stdout and sends tables and progress to stderr.
+
+use clap::{Args, Parser, Subcommand};
+
+use fvl_wgpu::gpu::{Gpu, GpuOptions};
+use fvl_wgpu::Result;
+
+mod bench;
+mod devices;
+mod selfcheck;
+
+/// Florence-VL and Florence-2 inference on any GPU (Vulkan, Metal, DX12) through wgpu.
+#[derive(Parser)]
+#[command(name = "fvl-wgpu", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List GPU adapters with backend, type, ML-relevant limits and features.
+    Devices {
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run every kernel family on small random inputs against a CPU reference.
+    Selfcheck(DeviceArgs),
+    /// Measure kernels (or, later, whole models) against the device's own ceilings.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Time each kernel family and compare with measured copy bandwidth and best matmul.
+    Kernels {
+        #[command(flatten)]
+        device: DeviceArgs,
+        /// Smaller sizes, for a quick look on slow (software) devices.
+        #[arg(long)]
+        quick: bool,
+        /// Only kernels whose name contains this text (e.g. `matvec`).
+        #[arg(long, value_name = "TEXT")]
+        only: Option<String>,
+    },
+}
+
+/// Options every GPU command takes.
+#[derive(Args, Clone)]
+pub struct DeviceArgs {
+    /// Adapter to use: a name substring or an index from `fvl-wgpu devices` (default: the
+    /// best one, or FVL_ADAPTER).
+    #[arg(long, value_name = "NAME|INDEX")]
+    pub device: Option<String>,
+    /// Print one JSON object on stdout; tables and progress go to stderr.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl DeviceArgs {
+    /// Opens the chosen device and reports it on stderr.
+    pub fn open(&self) -> Result<Gpu> {
+        let gpu = Gpu::new(&GpuOptions {
+            adapter: self.device.clone(),
+            ..Default::default()
+        })?;
+        eprintln!("device: {}", gpu.describe());
+        Ok(gpu)
+    }
+}
+
+/// Parses the command line and runs the command.
+pub fn run() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Devices { json } => devices::run(json),
+        Command::Selfcheck(args) => selfcheck::run(&args),
+        Command::Bench {
+            what:
+                BenchWhat::Kernels {
+                    device,
+                    quick,
+                    only,
+                },
+        } => bench::kernels(&device, quick, only.as_deref()),
+    }
+}
