@@ -15,6 +15,8 @@
 mod common;
 #[path = "conformance/eltwise.rs"]
 mod eltwise;
+#[path = "conformance/softmax.rs"]
+mod softmax;
 
 use common::{gpu, max_rel_error};
 use fvl_wgpu::gpu::{DType, Gpu};
@@ -43,6 +45,7 @@ pub fn budget(dtype: DType) -> f64 {
 fn all_cases() -> Vec<Case> {
     let mut v = Vec::new();
     v.extend(eltwise::cases());
+    v.extend(softmax::cases());
     v
 }
 

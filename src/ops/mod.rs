@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Graph, TensorId};
 
 pub mod eltwise;
+pub mod softmax;
 
 /// `include_str!` of a kernel family's WGSL, with its name.
 macro_rules! shader {
