@@ -15,6 +15,8 @@
 mod common;
 #[path = "conformance/eltwise.rs"]
 mod eltwise;
+#[path = "conformance/rope.rs"]
+mod rope;
 #[path = "conformance/softmax.rs"]
 mod softmax;
 
@@ -46,6 +48,7 @@ fn all_cases() -> Vec<Case> {
     let mut v = Vec::new();
     v.extend(eltwise::cases());
     v.extend(softmax::cases());
+    v.extend(rope::cases());
     v
 }
 
