@@ -12,6 +12,8 @@
 //! Chunked: the storage-binding limit is lowered so the case's largest tensors split into
 //! several chunks, exercising the multi-binding accessors.
 
+#[path = "conformance/attention.rs"]
+mod attention;
 mod common;
 #[path = "conformance/eltwise.rs"]
 mod eltwise;
@@ -49,6 +51,7 @@ fn all_cases() -> Vec<Case> {
     v.extend(eltwise::cases());
     v.extend(softmax::cases());
     v.extend(rope::cases());
+    v.extend(attention::cases());
     v
 }
 

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::gpu::graph::RUN_SLOTS;
 use crate::gpu::{DType, Graph, TensorId};
 
+pub mod attention;
 pub mod eltwise;
 pub mod rope;
 pub mod softmax;
