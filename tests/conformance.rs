@@ -19,6 +19,8 @@ mod common;
 mod eltwise;
 #[path = "conformance/rope.rs"]
 mod rope;
+#[path = "conformance/sample.rs"]
+mod sample;
 #[path = "conformance/softmax.rs"]
 mod softmax;
 
@@ -52,6 +54,7 @@ fn all_cases() -> Vec<Case> {
     v.extend(softmax::cases());
     v.extend(rope::cases());
     v.extend(attention::cases());
+    v.extend(sample::cases());
     v
 }
 

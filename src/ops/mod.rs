@@ -11,6 +11,7 @@ use crate::gpu::{DType, Graph, TensorId};
 pub mod attention;
 pub mod eltwise;
 pub mod rope;
+pub mod sample;
 pub mod softmax;
 
 /// `include_str!` of a kernel family's WGSL, with its name.
