@@ -17,6 +17,8 @@
 //! Chunked: the storage-binding limit is lowered so the case's largest tensors split into
 //! several chunks, exercising the multi-binding accessors.
 
+#[path = "conformance/attention.rs"]
+mod attention;
 mod common;
 #[path = "conformance/eltwise.rs"]
 mod eltwise;
@@ -24,6 +26,12 @@ mod eltwise;
 mod matmul;
 #[path = "conformance/norm.rs"]
 mod norm;
+#[path = "conformance/rope.rs"]
+mod rope;
+#[path = "conformance/sample.rs"]
+mod sample;
+#[path = "conformance/softmax.rs"]
+mod softmax;
 
 use common::{gpu, max_rel_error};
 use fvl_wgpu::gpu::{DType, Gpu};
@@ -54,6 +62,10 @@ fn all_cases() -> Vec<Case> {
     v.extend(eltwise::cases());
     v.extend(matmul::cases());
     v.extend(norm::cases());
+    v.extend(softmax::cases());
+    v.extend(rope::cases());
+    v.extend(attention::cases());
+    v.extend(sample::cases());
     v
 }
 

@@ -5,18 +5,34 @@
 //! be f32, f16, q8 or q4 wherever an op takes a weight.
 
 use crate::error::{Error, Result};
+use crate::gpu::graph::RUN_SLOTS;
 use crate::gpu::{DType, Graph, TensorId};
 
+pub mod attention;
 pub mod eltwise;
 pub mod matmul;
 pub mod norm;
+pub mod rope;
+pub mod sample;
+pub mod softmax;
 
 /// `include_str!` of a kernel family's WGSL, with its name.
+/// `shader!("NAME", run)` appends `shaders/run.wgsl` (the [`RunValue`] reader) after the
+/// kernel, so the kernel's own line numbers stay as they are in naga's errors.
 macro_rules! shader {
     ($name:literal) => {
         (
             $name,
             include_str!(concat!("../../shaders/", $name, ".wgsl")),
+        )
+    };
+    ($name:literal, run) => {
+        (
+            $name,
+            concat!(
+                include_str!(concat!("../../shaders/", $name, ".wgsl")),
+                include_str!("../../shaders/run.wgsl")
+            ),
         )
     };
 }
@@ -72,4 +88,83 @@ pub(crate) fn numel(g: &Graph, op: &str, id: TensorId) -> Result<u32> {
     let n = g.layout(id).numel();
     u32::try_from(n)
         .map_err(|_| Error::shape(format!("{op}: tensor of {n} elements exceeds u32 indexing")))
+}
+
+/// A u32 kernel argument that is either fixed when the graph is built or read from a run slot
+/// (`Executable::run(gpu, &values)`) at each replay, e.g. a decode position or a key length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunValue {
+    Fixed(u32),
+    Slot(u32),
+}
+
+impl RunValue {
+    /// `(slot, fixed)` as the kernels' `run_value(slot, fixed)` reads them (`NO_SLOT` = fixed).
+    pub(crate) fn encode(self, op: &str, what: &str) -> Result<(u32, u32)> {
+        match self {
+            RunValue::Fixed(v) => Ok((u32::MAX, v)),
+            RunValue::Slot(s) if (s as usize) < RUN_SLOTS => Ok((s, 0)),
+            RunValue::Slot(s) => Err(Error::shape(format!(
+                "{op}: {what} reads run slot {s}, there are {RUN_SLOTS}"
+            ))),
+        }
+    }
+}
+
+/// A strided view of a tensor as rows: element `(r, c)` is at flat index
+/// `r·row_stride + col_offset + c`. Lets an op read or rotate one part (q, k or v) of a fused
+/// `[T, 3C]` projection directly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct View {
+    pub id: TensorId,
+    pub col_offset: usize,
+    pub row_stride: usize,
+}
+
+impl View {
+    /// The tensor's own rows (offset 0, stride = its last dimension).
+    pub fn rows(g: &Graph, id: TensorId) -> View {
+        View {
+            id,
+            col_offset: 0,
+            row_stride: g.layout(id).cols(),
+        }
+    }
+
+    /// A view of columns `col_offset..` of every `row_stride` elements.
+    pub fn strided(id: TensorId, col_offset: usize, row_stride: usize) -> View {
+        View {
+            id,
+            col_offset,
+            row_stride,
+        }
+    }
+
+    /// Checks that `rows` rows of `width` columns lie inside the tensor.
+    pub(crate) fn check(
+        &self,
+        g: &Graph,
+        op: &str,
+        what: &str,
+        rows: usize,
+        width: usize,
+    ) -> Result<()> {
+        let n = g.layout(self.id).numel();
+        let last = (rows.max(1) - 1) * self.row_stride + self.col_offset + width;
+        let overlaps = rows > 1 && self.col_offset + width > self.row_stride;
+        if rows == 0 || width == 0 || overlaps || last > n {
+            return Err(Error::shape(format!(
+                "{op}: {what} view (offset {}, stride {}) of {rows} rows × {width} columns does not fit its {:?} tensor",
+                self.col_offset,
+                self.row_stride,
+                g.shape(self.id)
+            )));
+        }
+        u32::try_from(n).map_err(|_| {
+            Error::shape(format!(
+                "{op}: {what} has {n} elements, beyond u32 indexing"
+            ))
+        })?;
+        Ok(())
+    }
 }

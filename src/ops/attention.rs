@@ -1,0 +1,150 @@
+//! Scaled dot-product attention (`shaders/attention.wgsl`): full or causal, multi-head or
+//! grouped-query, over strided views so a fused qkv projection or a KV cache can be used
+//! directly, with f32 online softmax (any key length, fixed workgroup memory).
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{expect_f32, shader, RunValue, View};
+use crate::error::{Error, Result};
+use crate::gpu::{grid, Access, Graph, Kernel, TensorId};
+
+/// Threads per (batch, query, head); also the key block length.
+const WG: u32 = 64;
+/// Largest head_dim: each thread accumulates MAX_D / WG output dims.
+pub const MAX_HEAD_DIM: usize = 128;
+
+/// Shape and options of an attention call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Attention {
+    /// Independent sequences (prompts, DaViT windows).
+    pub batch: usize,
+    /// Queries per sequence.
+    pub tq: usize,
+    /// Key/value rows per sequence in the k and v views (the cache capacity).
+    pub s_max: usize,
+    pub q_heads: usize,
+    /// Divides `q_heads`; query head h reads kv head `h / (q_heads / kv_heads)`.
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Keys in use, `≤ s_max`: fixed, or per replay (a growing cache). A run value above
+    /// `s_max` is clamped to it.
+    pub kv_len: RunValue,
+    /// Query i sees keys up to its absolute position `kv_len − tq + i`.
+    pub causal: bool,
+    /// Score scale, usually `head_dim^−½`.
+    pub scale: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    groups: u32,
+    tq: u32,
+    hq: u32,
+    hkv: u32,
+    head_dim: u32,
+    s_max: u32,
+    len_slot: u32,
+    len_fixed: u32,
+    causal: u32,
+    scale: f32,
+    q_off: u32,
+    q_stride: u32,
+    k_off: u32,
+    k_stride: u32,
+    v_off: u32,
+    v_stride: u32,
+}
+
+/// `out[b, i, h·D..] = softmax(q·kᵀ·scale)·v` for every sequence b, query i and head h.
+/// `q` views `batch·tq` rows of `q_heads·head_dim` columns, `k` and `v` view `batch·s_max`
+/// rows of `kv_heads·head_dim`; `out` is a contiguous f32 `[batch, tq, q_heads·head_dim]`
+/// (any shape with that many elements, e.g. `[batch·tq, q_heads·head_dim]`).
+pub fn attention(
+    g: &mut Graph,
+    q: View,
+    k: View,
+    v: View,
+    out: TensorId,
+    a: &Attention,
+) -> Result<()> {
+    let op = "attention";
+    for (what, view) in [("q", q), ("k", k), ("v", v)] {
+        expect_f32(g, op, what, view.id)?;
+    }
+    expect_f32(g, op, "out", out)?;
+    let d = a.head_dim;
+    if d == 0 || d > MAX_HEAD_DIM {
+        return Err(Error::shape(format!(
+            "{op}: head_dim {d} outside 1..={MAX_HEAD_DIM}"
+        )));
+    }
+    if a.kv_heads == 0 || !a.q_heads.is_multiple_of(a.kv_heads) {
+        return Err(Error::shape(format!(
+            "{op}: {} query heads are not a multiple of {} kv heads",
+            a.q_heads, a.kv_heads
+        )));
+    }
+    if let RunValue::Fixed(len) = a.kv_len {
+        if len as usize > a.s_max || (a.causal && (len as usize) < a.tq) {
+            return Err(Error::shape(format!(
+                "{op}: kv_len {len} must be ≤ s_max {} (and ≥ tq {} when causal)",
+                a.s_max, a.tq
+            )));
+        }
+    }
+    q.check(g, op, "q", a.batch * a.tq, a.q_heads * d)?;
+    k.check(g, op, "k", a.batch * a.s_max, a.kv_heads * d)?;
+    v.check(g, op, "v", a.batch * a.s_max, a.kv_heads * d)?;
+    let out_shape = [a.batch, a.tq, a.q_heads * d];
+    if g.layout(out).numel() != out_shape.iter().product::<usize>() {
+        return Err(Error::shape(format!(
+            "{op}: out has shape {:?}, expected {out_shape:?}",
+            g.shape(out)
+        )));
+    }
+    let (len_slot, len_fixed) = a.kv_len.encode(op, "kv_len")?;
+    let groups = u32::try_from(a.batch * a.tq * a.q_heads)
+        .map_err(|_| Error::shape(format!("{op}: too many (batch, query, head) groups")))?;
+    let aligned = [d, q.col_offset, q.row_stride, k.col_offset, k.row_stride]
+        .iter()
+        .all(|x| x % 4 == 0);
+    let p = Params {
+        groups,
+        tq: a.tq as u32,
+        hq: a.q_heads as u32,
+        hkv: a.kv_heads as u32,
+        head_dim: d as u32,
+        s_max: a.s_max as u32,
+        len_slot,
+        len_fixed,
+        causal: a.causal as u32,
+        scale: a.scale,
+        q_off: q.col_offset as u32,
+        q_stride: q.row_stride as u32,
+        k_off: k.col_offset as u32,
+        k_stride: k.row_stride as u32,
+        v_off: v.col_offset as u32,
+        v_stride: v.row_stride as u32,
+    };
+    let (name, source) = shader!("attention", run);
+    g.dispatch(Kernel {
+        name,
+        source,
+        entry: "attention",
+        consts: vec![
+            ("WG", WG),
+            ("MAX_D", MAX_HEAD_DIM as u32),
+            ("VEC4", aligned as u32),
+        ],
+        defines: vec![],
+        params: bytemuck::bytes_of(&p),
+        tensors: vec![
+            ("q", q.id, Access::Read),
+            ("k", k.id, Access::Read),
+            ("v", v.id, Access::Read),
+            ("out", out, Access::Write),
+        ],
+        workgroups: grid(groups),
+    })
+}

@@ -1,0 +1,138 @@
+//! Token selection on the GPU (`shaders/sample.wgsl`): greedy argmax, or temperature /
+//! top-k / top-p sampling driven by a seed and step from run slots, writing the chosen id
+//! into a u32 token buffer so a decode loop never reads logits back.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{expect_dtype, expect_f32, shader, RunValue};
+use crate::error::{Error, Result};
+use crate::gpu::graph::RUN_SLOTS;
+use crate::gpu::{Access, DType, Graph, Kernel, TensorId};
+
+/// Threads of the single workgroup.
+const WG: u32 = 256;
+
+/// Sampling settings; the seed and step are read from run slots at each replay.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sampling {
+    /// Divides the logits; > 0 (use [`argmax`] for greedy decoding).
+    pub temperature: f32,
+    /// Keep the `top_k` highest logits (ties at the k-th value kept too); 0 keeps all.
+    pub top_k: u32,
+    /// Keep the smallest set of highest logits holding `top_p` of the probability; 1 keeps all.
+    pub top_p: f32,
+    /// Run slot of the u32 seed.
+    pub seed_slot: u32,
+    /// Run slot of the u32 step (the draw index): same seed and step, same token.
+    pub step_slot: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    base: u32,
+    top_k: u32,
+    top_p: f32,
+    inv_temp: f32,
+    seed_slot: u32,
+    step_slot: u32,
+    at_slot: u32,
+    at_fixed: u32,
+    ids_len: u32,
+}
+
+/// Writes the index of the largest logit of row `row` of `logits` (f32 `[.., V]`; ties → the
+/// lowest index) into `ids[at]` (u32 tensor). An `at` run value past the end writes nothing.
+pub fn argmax(
+    g: &mut Graph,
+    logits: TensorId,
+    row: usize,
+    ids: TensorId,
+    at: RunValue,
+) -> Result<()> {
+    launch(g, "argmax", logits, row, ids, at, None)
+}
+
+/// Draws a token from row `row` of `logits` as [`Sampling`] says and writes it into `ids[at]`.
+pub fn sample(
+    g: &mut Graph,
+    logits: TensorId,
+    row: usize,
+    ids: TensorId,
+    at: RunValue,
+    s: &Sampling,
+) -> Result<()> {
+    launch(g, "sample", logits, row, ids, at, Some(s))
+}
+
+fn launch(
+    g: &mut Graph,
+    op: &'static str,
+    logits: TensorId,
+    row: usize,
+    ids: TensorId,
+    at: RunValue,
+    s: Option<&Sampling>,
+) -> Result<()> {
+    expect_f32(g, op, "logits", logits)?;
+    expect_dtype(g, op, "ids", ids, &[DType::U32])?;
+    let layout = g.layout(logits);
+    let (n, rows) = (layout.cols(), layout.rows());
+    if row >= rows || u32::try_from(layout.numel()).is_err() {
+        return Err(Error::shape(format!(
+            "{op}: row {row} of logits {:?} (at most 2³² elements)",
+            layout.shape
+        )));
+    }
+    let ids_len = g.layout(ids).numel();
+    if let RunValue::Fixed(i) = at {
+        if i as usize >= ids_len {
+            return Err(Error::shape(format!(
+                "{op}: index {i} is past the {ids_len} ids"
+            )));
+        }
+    }
+    let (at_slot, at_fixed) = at.encode(op, "at")?;
+    let mut p = Params {
+        n: n as u32,
+        base: (row * n) as u32,
+        top_k: 0,
+        top_p: 1.0,
+        inv_temp: 1.0,
+        seed_slot: 0,
+        step_slot: 0,
+        at_slot,
+        at_fixed,
+        ids_len: ids_len as u32,
+    };
+    if let Some(s) = s {
+        let slots_ok = [s.seed_slot, s.step_slot]
+            .iter()
+            .all(|&x| (x as usize) < RUN_SLOTS);
+        if !(s.temperature > 0.0 && s.top_p > 0.0 && s.top_p <= 1.0 && slots_ok) {
+            return Err(Error::shape(format!(
+                "{op}: needs temperature > 0, 0 < top_p ≤ 1 and run slots < {RUN_SLOTS}, got {s:?}"
+            )));
+        }
+        p.top_k = s.top_k;
+        p.top_p = s.top_p;
+        p.inv_temp = 1.0 / s.temperature;
+        p.seed_slot = s.seed_slot;
+        p.step_slot = s.step_slot;
+    }
+    let (name, source) = shader!("sample", run);
+    g.dispatch(Kernel {
+        name,
+        source,
+        entry: op,
+        consts: vec![("WG", WG)],
+        defines: vec![],
+        params: bytemuck::bytes_of(&p),
+        tensors: vec![
+            ("logits", logits, Access::Read),
+            ("ids", ids, Access::Write),
+        ],
+        workgroups: [1, 1, 1],
+    })
+}
