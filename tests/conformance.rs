@@ -13,6 +13,8 @@
 //! several chunks, exercising the multi-binding accessors.
 
 mod common;
+#[path = "conformance/conv.rs"]
+mod conv;
 #[path = "conformance/eltwise.rs"]
 mod eltwise;
 
@@ -43,6 +45,7 @@ pub fn budget(dtype: DType) -> f64 {
 fn all_cases() -> Vec<Case> {
     let mut v = Vec::new();
     v.extend(eltwise::cases());
+    v.extend(conv::cases());
     v
 }
 

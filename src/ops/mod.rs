@@ -7,6 +7,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Graph, TensorId};
 
+pub mod conv;
 pub mod eltwise;
 
 /// `include_str!` of a kernel family's WGSL, with its name.
@@ -19,6 +20,9 @@ macro_rules! shader {
     };
 }
 pub(crate) use shader;
+
+/// The dtypes a weight may have.
+pub(crate) const FLOATS: &[DType] = &[DType::F32, DType::F16, DType::Q8, DType::Q4];
 
 /// Workgroup size of the one-thread-per-element kernels.
 pub(crate) const WG: u32 = 256;
