@@ -17,6 +17,8 @@ mod common;
 mod conv;
 #[path = "conformance/eltwise.rs"]
 mod eltwise;
+#[path = "conformance/embed.rs"]
+mod embed;
 
 use common::{gpu, max_rel_error};
 use fvl_wgpu::gpu::{DType, Gpu};
@@ -46,6 +48,7 @@ fn all_cases() -> Vec<Case> {
     let mut v = Vec::new();
     v.extend(eltwise::cases());
     v.extend(conv::cases());
+    v.extend(embed::cases());
     v
 }
 

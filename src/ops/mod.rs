@@ -9,6 +9,7 @@ use crate::gpu::{DType, Graph, TensorId};
 
 pub mod conv;
 pub mod eltwise;
+pub mod embed;
 
 /// `include_str!` of a kernel family's WGSL, with its name.
 macro_rules! shader {
