@@ -15,6 +15,8 @@
 mod common;
 #[path = "conformance/conv.rs"]
 mod conv;
+#[path = "conformance/copy.rs"]
+mod copy;
 #[path = "conformance/eltwise.rs"]
 mod eltwise;
 #[path = "conformance/embed.rs"]
@@ -49,6 +51,7 @@ fn all_cases() -> Vec<Case> {
     v.extend(eltwise::cases());
     v.extend(conv::cases());
     v.extend(embed::cases());
+    v.extend(copy::cases());
     v
 }
 

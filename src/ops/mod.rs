@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Graph, TensorId};
 
 pub mod conv;
+pub mod copy;
 pub mod eltwise;
 pub mod embed;
 
