@@ -43,10 +43,11 @@ pub fn cases() -> Vec<Case> {
                 row_bytes: 4 * d as u64,
                 run: Box::new(move |gpu, rng: &mut Rng| {
                     let (tab, tab_s) = upload(gpu, &[vocab, d], dtype, &rng.vec(vocab * d, 1.0));
-                    // Random ids, the last row, and two past the end (which give zero rows).
+                    // Random ids, the last row, and two past the end (which give zero rows):
+                    // V, and an id whose id·D wraps around u32 to a valid element index.
                     let mut ids: Vec<u32> =
                         (0..t - 3).map(|_| rng.next_u32() % vocab as u32).collect();
-                    ids.extend([vocab as u32 - 1, vocab as u32, u32::MAX]);
+                    ids.extend([vocab as u32 - 1, vocab as u32, u32::MAX / d as u32 + 2]);
                     let id_t = Tensor::from_u32(gpu, &[t], &ids, "ids").unwrap();
                     let out = poisoned(gpu, &[t, d]);
                     let mut g = Graph::new(gpu);
