@@ -20,8 +20,14 @@
 #[path = "conformance/attention.rs"]
 mod attention;
 mod common;
+#[path = "conformance/conv.rs"]
+mod conv;
+#[path = "conformance/copy.rs"]
+mod copy;
 #[path = "conformance/eltwise.rs"]
 mod eltwise;
+#[path = "conformance/embed.rs"]
+mod embed;
 #[path = "conformance/matmul.rs"]
 mod matmul;
 #[path = "conformance/norm.rs"]
@@ -66,6 +72,9 @@ fn all_cases() -> Vec<Case> {
     v.extend(rope::cases());
     v.extend(attention::cases());
     v.extend(sample::cases());
+    v.extend(conv::cases());
+    v.extend(embed::cases());
+    v.extend(copy::cases());
     v
 }
 

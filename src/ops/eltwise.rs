@@ -2,9 +2,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{expect_dtype, expect_f32, expect_shape, numel, shader, WG};
+use super::{expect_dtype, expect_f32, expect_shape, numel, shader, FLOATS, WG};
 use crate::error::{Error, Result};
-use crate::gpu::{grid, Access, DType, Graph, Kernel, TensorId};
+use crate::gpu::{grid, Access, Graph, Kernel, TensorId};
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -33,8 +33,6 @@ pub enum Binary {
     Add,
     Mul,
 }
-
-const FLOATS: &[DType] = &[DType::F32, DType::F16, DType::Q8, DType::Q4];
 
 fn launch(
     g: &mut Graph,

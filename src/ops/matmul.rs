@@ -6,7 +6,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{expect_dtype, expect_f32, expect_shape, shader};
+use super::{expect_dtype, expect_f32, expect_shape, shader, FLOATS};
 use crate::error::{Error, Result};
 use crate::gpu::{grid, Access, DType, Graph, Kernel, TensorId};
 
@@ -30,9 +30,6 @@ const WG_Y: u32 = 2;
 const THREADS_PER_ROW: u32 = 8;
 const ROWS_PER_WG: u32 = 8;
 
-/// Weight dtypes a linear layer accepts.
-pub const WEIGHT_DTYPES: &[DType] = &[DType::F32, DType::F16, DType::Q8, DType::Q4];
-
 /// `out[.., n] = Σ_k x[.., k]·w[n, k] + bias[n]`.
 pub fn linear(
     g: &mut Graph,
@@ -44,7 +41,7 @@ pub fn linear(
     let op = "linear";
     expect_f32(g, op, "x", x)?;
     expect_f32(g, op, "out", out)?;
-    expect_dtype(g, op, "weight", w, WEIGHT_DTYPES)?;
+    expect_dtype(g, op, "weight", w, FLOATS)?;
     let ws = g.shape(w).to_vec();
     if ws.len() != 2 {
         return Err(Error::shape(format!(
@@ -63,7 +60,7 @@ pub fn linear(
     expect_shape(g, op, "out", out, &os)?;
     if let Some(b) = bias {
         expect_shape(g, op, "bias", b, &[n])?;
-        expect_dtype(g, op, "bias", b, WEIGHT_DTYPES)?;
+        expect_dtype(g, op, "bias", b, FLOATS)?;
     }
     let m = g.layout(x).rows();
     let too_big = |v: usize| {

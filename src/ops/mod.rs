@@ -9,7 +9,10 @@ use crate::gpu::graph::RUN_SLOTS;
 use crate::gpu::{DType, Graph, TensorId};
 
 pub mod attention;
+pub mod conv;
+pub mod copy;
 pub mod eltwise;
+pub mod embed;
 pub mod matmul;
 pub mod norm;
 pub mod rope;
@@ -37,6 +40,9 @@ macro_rules! shader {
     };
 }
 pub(crate) use shader;
+
+/// The dtypes a weight may have.
+pub(crate) const FLOATS: &[DType] = &[DType::F32, DType::F16, DType::Q8, DType::Q4];
 
 /// Workgroup size of the one-thread-per-element kernels.
 pub(crate) const WG: u32 = 256;

@@ -2,7 +2,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{expect_dtype, expect_f32, expect_shape, shader};
+use super::{expect_dtype, expect_f32, expect_shape, shader, FLOATS};
 use crate::error::{Error, Result};
 use crate::gpu::{grid, Access, Graph, Kernel, TensorId};
 
@@ -33,7 +33,7 @@ fn launch(
     let cols = *shape.last().unwrap();
     for &(name, t) in params {
         expect_shape(g, op, name, t, &[cols])?;
-        expect_dtype(g, op, name, t, super::matmul::WEIGHT_DTYPES)?;
+        expect_dtype(g, op, name, t, FLOATS)?;
     }
     if x == out {
         return Err(Error::shape(format!(
