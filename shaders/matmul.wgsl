@@ -92,63 +92,98 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
 #endif
 
 #if matvec
-// MR rows of x; RPW weight rows per workgroup, TPR threads per weight row.
-var<workgroup> partial: array<f32, MR * RPW * TPR>;
+// MR rows of x. An invocation owns RPT weight rows, RPW apart so neighbouring invocations
+// (SIMD lanes on CPU drivers) differ in row and share the same x loads; TPR invocations
+// split one row's blocks between them. A workgroup of RPW·TPR invocations covers RPW·RPT rows.
+var<workgroup> partial: array<f32, MR * RPT * RPW * TPR>;
 
-// Dot products of one 32-element block of weight row n (starting at column c) with MR rows of x.
-fn block_dot(n: u32, c: u32, acc: ptr<function, array<f32, MR>>) {
+#if Q4
+// One q4 word holds elements e0..e7 as nibbles; masking keeps the even ones in the bytes
+// (e0 e2 e4 e6), shifting first the odd ones; x is matched by swizzles, which are free.
+fn q4_word_dot(word: u32, lo: vec4<f32>, hi: vec4<f32>) -> f32 {
+    let even = vec4<f32>(unpack4xU8(word & 0x0F0F0F0Fu));
+    let odd = vec4<f32>(unpack4xU8((word >> 4u) & 0x0F0F0F0Fu));
+    return dot(even, vec4<f32>(lo.xz, hi.xz)) + dot(odd, vec4<f32>(lo.yw, hi.yw));
+}
+#endif
+
+// Dot product of 8 weights of row n (columns c + 8·o .. +8 of the block at c) with x values
+// lo, hi — raw codes for quantized weights; `block_finish` applies the block's scale.
+// Eight at a time keeps x in few registers (32 would spill on 16-register CPUs).
+fn octet_dot(n: u32, c: u32, o: u32, lo: vec4<f32>, hi: vec4<f32>) -> f32 {
 #if Q8
-    let base = n * W_RW;
-    let sw = ldw_w(base + W_QW + c / 64u);
-    let scale = unpack2x16float(sw)[(c / 32u) & 1u];
-    var wv: array<vec4<f32>, 8>;
-    for (var q = 0u; q < 8u; q++) { wv[q] = vec4<f32>(unpack4xI8(ldw_w(base + c / 4u + q))) * scale; }
+    let q = n * W_RW + c / 4u + 2u * o;
+    return dot(vec4<f32>(unpack4xI8(ldw_w(q))), lo) + dot(vec4<f32>(unpack4xI8(ldw_w(q + 1u))), hi);
 #else
 #if Q4
-    let base = n * W_RW;
-    let sw = ldw_w(base + W_QW + c / 64u);
-    let scale = unpack2x16float(sw)[(c / 32u) & 1u];
-    var wv: array<vec4<f32>, 8>;
-    for (var q = 0u; q < 4u; q++) {
-        let word = ldw_w(base + c / 8u + q);
-        let lo = vec4<u32>(word) >> vec4<u32>(0u, 4u, 8u, 12u);
-        let hi = vec4<u32>(word) >> vec4<u32>(16u, 20u, 24u, 28u);
-        wv[2u * q] = (vec4<f32>(lo & vec4<u32>(15u)) - 8.0) * scale;
-        wv[2u * q + 1u] = (vec4<f32>(hi & vec4<u32>(15u)) - 8.0) * scale;
-    }
+    return q4_word_dot(ldw_w(n * W_RW + c / 8u + o), lo, hi);
 #else
-    var wv: array<vec4<f32>, 8>;
-    for (var q = 0u; q < 8u; q++) { wv[q] = ld4_w(n * p.k + c + 4u * q); }
+    let i = n * p.k + c + 8u * o;
+    return dot(ld4_w(i), lo) + dot(ld4_w(i + 4u), hi);
 #endif
 #endif
-    for (var r = 0u; r < MR; r++) {
-        var s = 0.0;
-        for (var q = 0u; q < 8u; q++) { s += dot(ld4_x(r * p.k + c + 4u * q), wv[q]); }
-        (*acc)[r] += s;
-    }
+}
+
+// The block's contribution from its raw dot product s: Σ(q−8)·d·x = d·(Σq·x − 8·Σx) for q4,
+// d·Σq·x for q8, s itself for float weights.
+fn block_finish(n: u32, c: u32, s: f32, xsum: f32) -> f32 {
+#if Q8 Q4
+    let scale = unpack2x16float(ldw_w(n * W_RW + W_QW + c / 64u))[(c / 32u) & 1u];
+#endif
+#if Q8
+    return scale * s;
+#else
+#if Q4
+    return scale * (s - 8.0 * xsum);
+#else
+    return s;
+#endif
+#endif
 }
 
 @compute @workgroup_size(RPW * TPR)
 fn matvec(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
-    let slot = lid / TPR;          // which weight row of this workgroup
-    let t = lid % TPR;             // which share of that row
-    let n_raw = (wg.x + wg.y * nwg.x) * RPW + slot;
-    let n = min(n_raw, p.n - 1u);  // edge workgroups compute a duplicate row, not stored
-    var acc: array<f32, MR>;
+    let slot = lid / TPR;
+    let t = lid % TPR;
+    let row0 = (wg.x + wg.y * nwg.x) * RPW * RPT + slot;
+    var rows: array<u32, RPT>;
+    // Rows past the end are computed as duplicates of the last row and not stored.
+    for (var j = 0u; j < RPT; j++) { rows[j] = min(row0 + j * RPW, p.n - 1u); }
+    var acc: array<f32, MR * RPT>;
     let full = p.k / 32u;
-    for (var b = t; b < full; b += TPR) { block_dot(n, b * 32u, &acc); }
+    for (var b = t; b < full; b += TPR) {
+        let c = b * 32u;
+        for (var r = 0u; r < MR; r++) {
+            var s: array<f32, RPT>;
+            var xsum = 0.0;
+            for (var o = 0u; o < 4u; o++) {
+                let lo = ld4_x(r * p.k + c + 8u * o);
+                let hi = ld4_x(r * p.k + c + 8u * o + 4u);
+                xsum += dot(lo + hi, vec4<f32>(1.0));
+                for (var j = 0u; j < RPT; j++) { s[j] += octet_dot(rows[j], c, o, lo, hi); }
+            }
+            for (var j = 0u; j < RPT; j++) { acc[r * RPT + j] += block_finish(rows[j], c, s[j], xsum); }
+        }
+    }
     // Tail of a row that is not a multiple of 32 long (float weights only).
     for (var c = full * 32u + t; c < p.k; c += TPR) {
-        let wv = ld_w(n * p.k + c);
-        for (var r = 0u; r < MR; r++) { acc[r] += ld_x(r * p.k + c) * wv; }
+        for (var j = 0u; j < RPT; j++) {
+            let wv = ld_w(rows[j] * p.k + c);
+            for (var r = 0u; r < MR; r++) { acc[r * RPT + j] += ld_x(r * p.k + c) * wv; }
+        }
     }
-    for (var r = 0u; r < MR; r++) { partial[(r * RPW + slot) * TPR + t] = acc[r]; }
+    for (var i = 0u; i < MR * RPT; i++) {
+        partial[(i * RPW + slot) * TPR + t] = acc[i];
+    }
     workgroupBarrier();
-    if (t == 0u && n_raw < p.n) {
+    if (t != 0u) { return; }
+    for (var j = 0u; j < RPT; j++) {
+        let n = row0 + j * RPW;
+        if (n >= p.n) { break; }
         for (var r = 0u; r < MR; r++) {
             var s = 0.0;
-            for (var i = 0u; i < TPR; i++) { s += partial[(r * RPW + slot) * TPR + i]; }
+            for (var i = 0u; i < TPR; i++) { s += partial[((r * RPT + j) * RPW + slot) * TPR + i]; }
             st_out(r * p.n + n, s + bias(n));
         }
     }

@@ -221,11 +221,13 @@ fn conformance_table() {
 }
 
 /// The same table with SHADER_F16 and SUBGROUP turned off: the fallback shaders must be
-/// right and must translate without those capabilities.
+/// right and must translate without those capabilities. It also runs the kernels in their
+/// other layout choice (GPU-style on lavapipe), so both are checked on one device.
 #[test]
 fn conformance_table_without_optional_features() {
     let mut gpu = common::gpu_without_optional_features();
     assert!(!gpu.subgroups && !gpu.shader_f16);
+    gpu.cpu_style_kernels = !gpu.cpu_style_kernels;
     let failures = run_table(&mut gpu);
     assert!(
         failures.is_empty(),

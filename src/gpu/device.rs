@@ -178,6 +178,10 @@ pub struct Gpu {
     pub subgroups: bool,
     /// `TIMESTAMP_QUERY` (and inside passes) is enabled.
     pub timestamps: bool,
+    /// Neighbouring invocations run as SIMD lanes of one CPU thread (software drivers such as
+    /// lavapipe), so kernels pick layouts where lanes share loads rather than coalesce them.
+    /// Set from the adapter type; tests flip it to cover both layouts on one device.
+    pub cpu_style_kernels: bool,
     pub(crate) pipelines: Mutex<HashMap<String, crate::gpu::graph::CachedPipeline>>,
     error: ErrorSlot,
     submits: AtomicU64,
@@ -237,6 +241,7 @@ impl Gpu {
             (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
         let max_binding = lowered.map_or(device_binding, |b| b.clamp(256, device_binding)) & !3;
         Ok(Gpu {
+            cpu_style_kernels: info.device_type == wgpu::DeviceType::Cpu,
             device,
             queue,
             info,

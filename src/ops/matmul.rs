@@ -8,7 +8,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::{expect_dtype, expect_f32, expect_shape, shader, FLOATS};
 use crate::error::{Error, Result};
-use crate::gpu::{grid, Access, DType, Graph, Kernel, TensorId};
+use crate::gpu::{grid, Access, DType, Gpu, Graph, Kernel, TensorId};
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -26,9 +26,17 @@ pub const MATVEC_MAX_ROWS: usize = 8;
 const TILE: u32 = 8;
 const WG_X: u32 = 32;
 const WG_Y: u32 = 2;
-/// Matrix-vector: threads per weight row and weight rows per workgroup.
-const THREADS_PER_ROW: u32 = 8;
-const ROWS_PER_WG: u32 = 8;
+/// Matrix-vector work split: (threads per weight row, row slots per workgroup, rows per
+/// thread). CPU drivers run neighbouring invocations as SIMD lanes, so there one thread per
+/// row with four rows each (x loads shared by the lanes and reused four times) measured best;
+/// GPUs want neighbouring threads reading neighbouring blocks of one row.
+fn matvec_shape(gpu: &Gpu) -> (u32, u32, u32) {
+    if gpu.cpu_style_kernels {
+        (2, 32, 1)
+    } else {
+        (8, 8, 1)
+    }
+}
 
 /// `out[.., n] = Σ_k x[.., k]·w[n, k] + bias[n]`.
 pub fn linear(
@@ -80,6 +88,7 @@ pub fn linear(
     tensors.push(("out", out, Access::Write));
     let (name, source) = shader!("matmul");
     if m <= MATVEC_MAX_ROWS {
+        let (tpr, rpw, rpt) = matvec_shape(g.gpu());
         match g.layout(w).dtype {
             DType::Q8 => defines.push("Q8"),
             DType::Q4 => defines.push("Q4"),
@@ -89,15 +98,11 @@ pub fn linear(
             name,
             source,
             entry: "matvec",
-            consts: vec![
-                ("MR", m as u32),
-                ("TPR", THREADS_PER_ROW),
-                ("RPW", ROWS_PER_WG),
-            ],
+            consts: vec![("MR", m as u32), ("TPR", tpr), ("RPW", rpw), ("RPT", rpt)],
             defines,
             params: bytemuck::bytes_of(&p),
             tensors,
-            workgroups: grid(p.n.div_ceil(ROWS_PER_WG)),
+            workgroups: grid(p.n.div_ceil(rpw * rpt)),
         })
     } else {
         let wy = p.m.div_ceil(TILE * WG_Y);
