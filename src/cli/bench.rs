@@ -9,8 +9,10 @@
 use std::time::Instant;
 
 use fvl_wgpu::gpu::{DType, Gpu, Graph, Tensor};
+use fvl_wgpu::ops::attention::{self, Attention};
+use fvl_wgpu::ops::conv::{self, Conv2d, ConvInput};
 use fvl_wgpu::ops::eltwise::{self, Unary};
-use fvl_wgpu::ops::{matmul, norm};
+use fvl_wgpu::ops::{embed, matmul, norm, sample, softmax, RunValue, View};
 use fvl_wgpu::Result;
 
 use super::DeviceArgs;
@@ -167,6 +169,131 @@ pub fn kernels(args: &DeviceArgs, quick: bool, only: Option<&str>) -> Result<()>
             seconds,
             flops: 20.0 * elems,
             bytes: 8.0 * elems,
+        });
+    }
+    if wanted("softmax") {
+        let seconds = time(&gpu, |g| {
+            let (xi, oi) = (g.external(&x), g.external(&out));
+            softmax::softmax(g, xi, oi)
+        })?;
+        rows_out.push(Row {
+            kernel: "softmax".into(),
+            shape: format!("{rows}x{cols}"),
+            seconds,
+            flops: 5.0 * elems,
+            bytes: 12.0 * elems,
+        });
+    }
+    if wanted("attention") {
+        // Florence-2-large encoder self-attention: 591 tokens, 16 heads of 64, from fused qkv.
+        let (t, heads, d) = if quick { (256, 8, 64) } else { (591, 16, 64) };
+        let qkv = input(&gpu, &[t, 3 * heads * d], DType::F32)?;
+        let o = Tensor::empty(&gpu, &[t, heads * d], DType::F32, "bench output")?;
+        let a = Attention {
+            batch: 1,
+            tq: t,
+            s_max: t,
+            q_heads: heads,
+            kv_heads: heads,
+            head_dim: d,
+            kv_len: RunValue::Fixed(t as u32),
+            causal: false,
+            scale: (d as f32).powf(-0.5),
+        };
+        let seconds = time(&gpu, |g| {
+            let (qi, oi) = (g.external(&qkv), g.external(&o));
+            let view = |off| View::strided(qi, off, 3 * heads * d);
+            attention::attention(g, view(0), view(heads * d), view(2 * heads * d), oi, &a)
+        })?;
+        rows_out.push(Row {
+            kernel: "attention".into(),
+            shape: format!("{t} tok, {heads}x{d}"),
+            seconds,
+            flops: 4.0 * (t * t * heads * d) as f64,
+            bytes: 16.0 * (t * heads * d) as f64,
+        });
+    }
+    if wanted("conv2d") {
+        // DaViT-large stage-1 patch embedding: 3×3 stride 2 over 96² tokens, 256 → 512.
+        let (hw, cin, cout) = if quick {
+            (48, 128, 256)
+        } else {
+            (96, 256, 512)
+        };
+        let xin = input(&gpu, &[hw * hw, cin], DType::F32)?;
+        let w = input(&gpu, &[cout, cin, 3, 3], DType::F16)?;
+        let c = Conv2d::square(3, 2, 1, ConvInput::Hwc { h: hw, w: hw });
+        let ho = hw / 2;
+        let o = Tensor::empty(&gpu, &[ho * ho, cout], DType::F32, "bench output")?;
+        let seconds = time(&gpu, |g| {
+            let (xi, wi, oi) = (g.external(&xin), g.external(&w), g.external(&o));
+            conv::conv2d(g, &c, xi, wi, None, oi)
+        })?;
+        rows_out.push(Row {
+            kernel: "conv2d f16".into(),
+            shape: format!("{hw}²x{cin} k3s2 →{cout}"),
+            seconds,
+            flops: 2.0 * (ho * ho * cout * cin * 9) as f64,
+            bytes: (4 * (hw * hw * cin + ho * ho * cout) + 2 * cout * cin * 9) as f64,
+        });
+    }
+    if wanted("dwconv") {
+        let (hw, c) = if quick { (48, 256) } else { (96, 512) };
+        let xin = input(&gpu, &[hw * hw, c], DType::F32)?;
+        let w = input(&gpu, &[c, 1, 3, 3], DType::F32)?;
+        let b = input(&gpu, &[c], DType::F32)?;
+        let o = Tensor::empty(&gpu, &[hw * hw, c], DType::F32, "bench output")?;
+        let seconds = time(&gpu, |g| {
+            let (xi, wi, bi, oi) = (
+                g.external(&xin),
+                g.external(&w),
+                g.external(&b),
+                g.external(&o),
+            );
+            conv::dwconv3x3(g, xi, (hw, hw), wi, bi, true, oi)
+        })?;
+        let n = (hw * hw * c) as f64;
+        rows_out.push(Row {
+            kernel: "dwconv3x3".into(),
+            shape: format!("{hw}²x{c}"),
+            seconds,
+            flops: 18.0 * n,
+            bytes: 8.0 * n,
+        });
+    }
+    if wanted("embed") {
+        let (v, d, t) = (32000, 1024, 64);
+        let table = input(&gpu, &[v, d], DType::F16)?;
+        let ids: Vec<u32> = (0..t as u32).map(|i| i * 487 % v as u32).collect();
+        let ids = Tensor::from_u32(&gpu, &[t], &ids, "ids")?;
+        let o = Tensor::empty(&gpu, &[t, d], DType::F32, "bench output")?;
+        let seconds = time(&gpu, |g| {
+            let (ii, ti, oi) = (g.external(&ids), g.external(&table), g.external(&o));
+            embed::embed(g, ii, ti, None, oi)
+        })?;
+        rows_out.push(Row {
+            kernel: "embed f16".into(),
+            shape: format!("{t} rows of {v}x{d}"),
+            seconds,
+            flops: 0.0,
+            bytes: (6 * t * d) as f64,
+        });
+    }
+    if wanted("argmax") {
+        // Llama-3's vocabulary plus Florence-VL's pad token.
+        let v = 128257;
+        let logits = input(&gpu, &[1, v], DType::F32)?;
+        let ids = Tensor::empty(&gpu, &[1], DType::U32, "ids")?;
+        let seconds = time(&gpu, |g| {
+            let (li, ii) = (g.external(&logits), g.external(&ids));
+            sample::argmax(g, li, 0, ii, RunValue::Fixed(0))
+        })?;
+        rows_out.push(Row {
+            kernel: "argmax".into(),
+            shape: format!("{v}"),
+            seconds,
+            flops: v as f64,
+            bytes: 4.0 * v as f64,
         });
     }
     eprintln!(
