@@ -1,0 +1,114 @@
+//! The command line: help on every command, JSON on stdout, one-line errors with a non-zero
+//! exit status.
+
+use std::process::Command;
+
+fn fvl(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fvl-wgpu"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run fvl-wgpu");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        &["--help"][..],
+        &["devices", "--help"],
+        &["selfcheck", "--help"],
+        &["bench", "kernels", "--help"],
+    ] {
+        let (code, out, _) = fvl(args, &[]);
+        assert_eq!(code, 0, "{args:?}");
+        assert!(out.contains("Usage"), "{args:?}: {out}");
+    }
+    let (_, out, _) = fvl(&["bench", "kernels", "--help"], &[]);
+    for flag in ["--device", "--json", "--quick", "--only"] {
+        assert!(out.contains(flag), "bench kernels --help lacks {flag}");
+    }
+}
+
+#[test]
+fn devices_json_lists_adapters_with_limits() {
+    let (code, out, _) = fvl(&["devices", "--json"], &[]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON object on stdout");
+    let adapters = v["adapters"].as_array().unwrap();
+    assert!(!adapters.is_empty());
+    for a in adapters {
+        assert!(a["max_storage_buffer_binding_size"].as_u64().unwrap() > 0);
+        assert!(a["name"].is_string() && a["backend"].is_string());
+    }
+}
+
+#[test]
+fn no_adapter_is_one_clear_line() {
+    // A backend this platform cannot offer leaves no adapter at all.
+    let (code, out, err) = fvl(&["devices"], &[("WGPU_BACKEND", "metal")]);
+    assert_ne!(code, 0);
+    assert!(out.is_empty());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("no GPU adapter") && err.contains("mesa-vulkan-drivers"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_device_names_the_choices() {
+    let (code, _, err) = fvl(&["selfcheck", "--device", "no-such-gpu"], &[]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("no-such-gpu") && err.contains("matches no adapter"),
+        "{err}"
+    );
+    let (code, _, err) = fvl(&["selfcheck", "--device", "99"], &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--device 99"), "{err}");
+}
+
+#[test]
+fn bad_binding_limit_variable_is_named() {
+    let (code, _, err) = fvl(&["selfcheck"], &[("FVL_MAX_BINDING", "lots")]);
+    assert_ne!(code, 0);
+    assert!(err.contains("FVL_MAX_BINDING"), "{err}");
+}
+
+#[test]
+fn selfcheck_passes_and_reports_json() {
+    let (code, out, err) = fvl(&["selfcheck", "--json"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["failed"], 0);
+    assert_eq!(v["checks"].as_array().unwrap().len(), 8);
+}
+
+#[test]
+fn bench_json_carries_ceilings_and_fractions() {
+    let (code, out, err) = fvl(
+        &["bench", "kernels", "--quick", "--only", "gelu", "--json"],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["ceilings"]["copy_gb_per_s"].as_f64().unwrap() > 0.0);
+    assert!(v["ceilings"]["best_matmul_gflops"].as_f64().unwrap() > 0.0);
+    let kernels = v["kernels"].as_array().unwrap();
+    let names: Vec<&str> = kernels
+        .iter()
+        .map(|k| k["kernel"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["matmul f32", "gelu"],
+        "the f32 matmul ceiling is always measured"
+    );
+    assert!(kernels[1]["fraction_of_copy_bandwidth"].as_f64().unwrap() > 0.0);
+}
