@@ -2,7 +2,9 @@
 //! whatever `*.safetensors` files a folder holds), memory-mapped, read one tensor at a time.
 //!
 //! [`Checkpoint`] knows files, names, shapes and dtypes; which names a model expects is the
-//! business of the per-model maps.
+//! business of the per-model maps ([`florence2`]).
+
+pub mod florence2;
 
 use std::collections::BTreeMap;
 use std::fs::File;
