@@ -3,9 +3,11 @@
 //! Layers, each only using the ones above it in this list:
 //! * [`gpu`]: device, chunked tensors, shader assembly, the graph executor. Knows nothing of models.
 //! * [`ops`]: one module per kernel family, the Rust side of each WGSL file in `shaders/`.
+//! * [`weights`]: checkpoints on disk (safetensors, shards, `config.json`) and per-model name maps.
 
 pub mod error;
 pub mod gpu;
 pub mod ops;
+pub mod weights;
 
 pub use error::{Error, Result};

@@ -1,0 +1,328 @@
+//! Checkpoints on disk: `config.json` plus safetensors (one file, an index with shards, or
+//! whatever `*.safetensors` files a folder holds), memory-mapped, read one tensor at a time.
+//!
+//! [`Checkpoint`] knows files, names, shapes and dtypes; which names a model expects is the
+//! business of the per-model maps ([`florence2`]).
+
+pub mod florence2;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::{SafeTensorError, SafeTensors};
+
+use crate::{Error, Result};
+
+pub use safetensors::Dtype;
+
+/// One mapped safetensors file.
+struct Shard {
+    path: PathBuf,
+    map: Mmap,
+}
+
+/// Where one tensor's bytes are: which shard, at which byte range of that shard's map.
+struct Entry {
+    shard: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    start: usize,
+    end: usize,
+}
+
+/// An opened model folder: its parsed `config.json` and every tensor of its safetensors files.
+///
+/// Files are memory-mapped, so opening costs the headers only; [`Checkpoint::load_f32`]
+/// converts one tensor at a time.
+pub struct Checkpoint {
+    dir: PathBuf,
+    config: serde_json::Value,
+    shards: Vec<Shard>,
+    tensors: BTreeMap<String, Entry>,
+}
+
+const INDEX: &str = "model.safetensors.index.json";
+const SINGLE: &str = "model.safetensors";
+
+impl Checkpoint {
+    /// Opens `dir`: `config.json`, then `model.safetensors.index.json` (every shard it lists
+    /// must exist and hold the tensors mapped to it), else `model.safetensors`, else every
+    /// `*.safetensors` file in the folder.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Checkpoint> {
+        let dir = dir.as_ref().to_path_buf();
+        let config = read_json(&dir.join("config.json"))?;
+        let index_path = dir.join(INDEX);
+        let mut ckpt = Checkpoint {
+            dir: dir.clone(),
+            config,
+            shards: Vec::new(),
+            tensors: BTreeMap::new(),
+        };
+        if index_path.is_file() {
+            ckpt.open_indexed(&index_path)?;
+        } else if dir.join(SINGLE).is_file() {
+            ckpt.add_shard(&dir.join(SINGLE), None)?;
+        } else {
+            let files = safetensors_files(&dir)?;
+            if files.is_empty() {
+                return Err(file_err(
+                    &dir,
+                    format!("no {INDEX}, no {SINGLE} and no other .safetensors file"),
+                ));
+            }
+            for f in files {
+                ckpt.add_shard(&f, None)?;
+            }
+        }
+        Ok(ckpt)
+    }
+
+    fn open_indexed(&mut self, index_path: &Path) -> Result<()> {
+        let index = read_json(index_path)?;
+        let map = index
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| file_err(index_path, "no \"weight_map\" object"))?;
+        // Shard file → tensor names the index expects there, in file-name order.
+        let mut by_file: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (name, file) in map {
+            let file = file.as_str().ok_or_else(|| {
+                file_err(
+                    index_path,
+                    format!("weight_map[\"{name}\"] is not a file name"),
+                )
+            })?;
+            by_file.entry(file).or_default().push(name);
+        }
+        // Check all shards exist before mapping any, so the error lists every missing one.
+        let missing: Vec<&str> = by_file
+            .keys()
+            .copied()
+            .filter(|f| !self.dir.join(f).is_file())
+            .collect();
+        if !missing.is_empty() {
+            return Err(file_err(
+                index_path,
+                format!("lists shard(s) that do not exist: {}", missing.join(", ")),
+            ));
+        }
+        for (file, names) in by_file {
+            self.add_shard(&self.dir.join(file), Some(&names))?;
+        }
+        Ok(())
+    }
+
+    /// Maps one file and records its tensors: all of them, or only `wanted` (the index's
+    /// names for this shard, each of which must be there).
+    fn add_shard(&mut self, path: &Path, wanted: Option<&[&str]>) -> Result<()> {
+        let file = File::open(path).map_err(|e| file_err(path, e))?;
+        // SAFETY: the map is read-only; a checkpoint modified by another process while we run
+        // is outside what any loader can defend against (every mmap-based loader shares this).
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| file_err(path, e))?;
+        let (header_len, meta) =
+            SafeTensors::read_metadata(&map).map_err(|e| file_err(path, describe(&e, &map)))?;
+        let data_start = 8 + header_len;
+        let shard = self.shards.len();
+        let mut infos = meta.tensors();
+        // Without an index every tensor in the file is taken; with one, exactly its names.
+        let names: Vec<String> = match wanted {
+            Some(names) => names.iter().map(|n| n.to_string()).collect(),
+            None => infos.keys().cloned().collect(),
+        };
+        for name in names {
+            let info = infos.remove(&name).ok_or_else(|| {
+                file_err(
+                    path,
+                    format!("has no tensor {name}, but {INDEX} maps it to this file"),
+                )
+            })?;
+            let entry = Entry {
+                shard,
+                dtype: info.dtype,
+                shape: info.shape.clone(),
+                start: data_start + info.data_offsets.0,
+                end: data_start + info.data_offsets.1,
+            };
+            if let Some(old) = self.tensors.insert(name.clone(), entry) {
+                let other = self.file_of(&old);
+                return Err(file_err(path, format!("tensor {name} is also in {other}")));
+            }
+        }
+        self.shards.push(Shard {
+            path: path.to_path_buf(),
+            map,
+        });
+        Ok(())
+    }
+
+    /// The model folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The parsed `config.json`.
+    pub fn config(&self) -> &serde_json::Value {
+        &self.config
+    }
+
+    /// All tensor names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// Whether a tensor of that name exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// Shape and stored dtype of a tensor.
+    pub fn info(&self, name: &str) -> Result<(&[usize], Dtype)> {
+        let e = self.entry(name)?;
+        Ok((&e.shape, e.dtype))
+    }
+
+    fn entry(&self, name: &str) -> Result<&Entry> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| file_err(&self.dir, format!("no tensor named {name}")))
+    }
+
+    /// File name (not the full path) a tensor is stored in, for messages.
+    fn file_of(&self, e: &Entry) -> String {
+        let p = &self.shards[e.shard].path;
+        p.file_name()
+            .map_or_else(|| p.display().to_string(), |f| f.to_string_lossy().into())
+    }
+
+    /// Checks a stored tensor's shape; the error names the tensor, its file and both shapes.
+    fn check_shape(&self, name: &str, expected: &[usize]) -> Result<&Entry> {
+        let e = self.entry(name)?;
+        if e.shape != expected {
+            return Err(Error::shape(format!(
+                "{name}: shape {:?} in {}, expected {expected:?}",
+                e.shape,
+                self.file_of(e)
+            )));
+        }
+        Ok(e)
+    }
+
+    /// Loads a tensor as f32 (from BF16, F16 or F32), checking its shape is `expected`.
+    pub fn load_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
+        let e = self.check_shape(name, expected)?;
+        let bytes = &self.shards[e.shard].map[e.start..e.end];
+        Ok(match e.dtype {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(Error::File {
+                    path: self.shards[e.shard].path.display().to_string(),
+                    msg: format!(
+                    "tensor {name} is stored as {other:?}; only F32, F16 and BF16 load as floats"
+                ),
+                })
+            }
+        })
+    }
+
+    /// Loads a 2-D tensor stored as the transpose of what is wanted: the file holds
+    /// `[c, r]`, the result is `[r, c]` = `expected_after`, row-major.
+    pub fn load_f32_transposed(&self, name: &str, expected_after: [usize; 2]) -> Result<Vec<f32>> {
+        let [r, c] = expected_after;
+        let stored = self.load_f32(name, &[c, r]).map_err(|err| match err {
+            Error::Shape(msg) => Error::Shape(format!(
+                "{msg} (stored transposed: {expected_after:?} after transposing)"
+            )),
+            other => other,
+        })?;
+        let mut out = vec![0.0; r * c];
+        for (i, row) in stored.chunks_exact(r.max(1)).enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                out[j * c + i] = v;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Reads and parses a JSON file; the error names the file.
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
+    serde_json::from_str(&text).map_err(|e| file_err(path, format!("invalid JSON: {e}")))
+}
+
+fn file_err(path: &Path, msg: impl std::fmt::Display) -> Error {
+    Error::File {
+        path: path.display().to_string(),
+        msg: msg.to_string(),
+    }
+}
+
+/// `*.safetensors` files directly in `dir`, sorted by name.
+fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| file_err(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// A safetensors parse error in words, with the sizes involved where they explain it.
+fn describe(err: &SafeTensorError, bytes: &[u8]) -> String {
+    let len = bytes.len();
+    let header_len = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    match err {
+        SafeTensorError::HeaderTooSmall => {
+            format!("not a safetensors file: {len} bytes, too short for the 8-byte header length")
+        }
+        SafeTensorError::HeaderTooLarge => format!(
+            "corrupt safetensors header: header length {} is over the format's 100 MB limit",
+            header_len.unwrap_or(0)
+        ),
+        SafeTensorError::InvalidHeaderLength => format!(
+            "corrupt safetensors header: header length {} runs past the end of the file ({len} bytes)",
+            header_len.unwrap_or(0)
+        ),
+        SafeTensorError::InvalidHeader(e) => {
+            format!("corrupt safetensors header (not UTF-8): {e}")
+        }
+        SafeTensorError::InvalidHeaderDeserialization(e) => {
+            format!("corrupt safetensors header (not valid JSON): {e}")
+        }
+        SafeTensorError::MetadataIncompleteBuffer => {
+            let start = 8 + header_len.unwrap_or(0) as usize;
+            let have = len.saturating_sub(start);
+            // The header parsed, so its largest end offset is what the data section needs.
+            let need = serde_json::from_slice::<serde_json::Value>(&bytes[8..start])
+                .ok()
+                .and_then(|h| {
+                    h.as_object()?
+                        .values()
+                        .filter_map(|t| t.get("data_offsets")?.get(1)?.as_u64())
+                        .max()
+                })
+                .unwrap_or(0);
+            format!(
+                "tensor data offsets run to byte {need} of the data section, but the file holds \
+                 {have} data bytes (truncated or corrupt file)"
+            )
+        }
+        _ => format!("corrupt safetensors file: {err:?}"),
+    }
+}
