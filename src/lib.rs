@@ -3,9 +3,11 @@
 //! Layers, each only using the ones above it in this list:
 //! * [`gpu`]: device, chunked tensors, shader assembly, the graph executor. Knows nothing of models.
 //! * [`ops`]: one module per kernel family, the Rust side of each WGSL file in `shaders/`.
+//! * [`image`]: image decoding and Florence-2 preprocessing (CPU only, no GPU use).
 
 pub mod error;
 pub mod gpu;
+pub mod image;
 pub mod ops;
 
 pub use error::{Error, Result};
