@@ -493,46 +493,62 @@ fn resample_pass(
     }
 }
 
+/// Width pass: every row resampled to `new_w`.
+fn resize_width(img: &RgbImage, new_w: usize) -> RgbImage {
+    let t = taps(img.width, new_w);
+    let mut data = vec![0u8; new_w * img.height * 3];
+    resample_pass(
+        &img.data,
+        &mut data,
+        &t,
+        img.height,
+        img.width * 3,
+        new_w * 3,
+        3,
+    );
+    RgbImage {
+        width: new_w,
+        height: img.height,
+        data,
+    }
+}
+
+/// Height pass: every column resampled to `new_h`.
+fn resize_height(img: &RgbImage, new_h: usize) -> RgbImage {
+    let t = taps(img.height, new_h);
+    let mut data = vec![0u8; img.width * new_h * 3];
+    // Columns are the lines here: taps step by a row, outputs by a row.
+    let row = img.width * 3;
+    resample_pass(&img.data, &mut data, &t, img.width, 3, 3, row);
+    RgbImage {
+        width: img.width,
+        height: new_h,
+        data,
+    }
+}
+
 /// Resizes like PIL's `Image.resize((new_w, new_h), Image.BICUBIC)` on a uint8 RGB image,
-/// bit for bit: horizontal pass first into a clipped uint8 intermediate, then vertical; each
-/// pass skipped when that dimension is unchanged. Panics if a size is zero.
+/// bit for bit: two separable passes through a clipped uint8 intermediate, each skipped when
+/// its dimension is unchanged. Panics if a size is zero.
+///
+/// The pass order matters for the result. Pillow's older `Resample.c` always resizes the
+/// width first; Pillow 13 (the fixtures' version) resizes the height first when the height
+/// shrinks and `2·new_w + h > 2·w + new_h`. That rule was measured, not read from source:
+/// it reproduces Pillow 13.0.0 exactly on ~1700 random size pairs (2..3000 px, 768² targets).
 pub fn resize_bicubic(img: &RgbImage, new_w: usize, new_h: usize) -> RgbImage {
     assert!(
         img.width > 0 && img.height > 0 && new_w > 0 && new_h > 0,
         "resize_bicubic: zero-sized image or target"
     );
-    let mut cur = img.clone();
-    if new_w != cur.width {
-        let t = taps(cur.width, new_w);
-        let mut out = vec![0u8; new_w * cur.height * 3];
-        resample_pass(
-            &cur.data,
-            &mut out,
-            &t,
-            cur.height,
-            cur.width * 3,
-            new_w * 3,
-            3,
-        );
-        cur = RgbImage {
-            width: new_w,
-            height: cur.height,
-            data: out,
-        };
+    let (w, h) = (img.width, img.height);
+    let height_first = new_h < h && 2 * new_w + h > 2 * w + new_h;
+    match (new_w != w, new_h != h) {
+        (false, false) => img.clone(),
+        (true, false) => resize_width(img, new_w),
+        (false, true) => resize_height(img, new_h),
+        (true, true) if height_first => resize_width(&resize_height(img, new_h), new_w),
+        (true, true) => resize_height(&resize_width(img, new_w), new_h),
     }
-    if new_h != cur.height {
-        let t = taps(cur.height, new_h);
-        let mut out = vec![0u8; cur.width * new_h * 3];
-        let row = cur.width * 3;
-        // Columns are the lines here: taps step by a row, outputs by a row.
-        resample_pass(&cur.data, &mut out, &t, cur.width, 3, 3, row);
-        cur = RgbImage {
-            width: cur.width,
-            height: new_h,
-            data: out,
-        };
-    }
-    cur
 }
 
 /// Normalised CHW float values: `(v · rescale − mean_c) / std_c` per channel, with the
