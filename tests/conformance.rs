@@ -38,6 +38,8 @@ mod rope;
 mod sample;
 #[path = "conformance/softmax.rs"]
 mod softmax;
+#[path = "conformance/window.rs"]
+mod window;
 
 use common::{gpu, max_rel_error};
 use fvl_wgpu::gpu::{DType, Gpu};
@@ -75,6 +77,7 @@ fn all_cases() -> Vec<Case> {
     v.extend(conv::cases());
     v.extend(embed::cases());
     v.extend(copy::cases());
+    v.extend(window::cases());
     v
 }
 
