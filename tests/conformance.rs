@@ -32,6 +32,8 @@ mod embed;
 mod matmul;
 #[path = "conformance/norm.rs"]
 mod norm;
+#[path = "conformance/reduce.rs"]
+mod reduce;
 #[path = "conformance/rope.rs"]
 mod rope;
 #[path = "conformance/sample.rs"]
@@ -78,6 +80,7 @@ fn all_cases() -> Vec<Case> {
     v.extend(embed::cases());
     v.extend(copy::cases());
     v.extend(window::cases());
+    v.extend(reduce::cases());
     v
 }
 

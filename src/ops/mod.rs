@@ -15,6 +15,7 @@ pub mod eltwise;
 pub mod embed;
 pub mod matmul;
 pub mod norm;
+pub mod reduce;
 pub mod rope;
 pub mod sample;
 pub mod softmax;
