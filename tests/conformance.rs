@@ -19,6 +19,8 @@
 
 #[path = "conformance/attention.rs"]
 mod attention;
+#[path = "conformance/channel_attn.rs"]
+mod channel_attn;
 mod common;
 #[path = "conformance/conv.rs"]
 mod conv;
@@ -80,6 +82,7 @@ fn all_cases() -> Vec<Case> {
     v.extend(embed::cases());
     v.extend(copy::cases());
     v.extend(window::cases());
+    v.extend(channel_attn::cases());
     v.extend(reduce::cases());
     v
 }
