@@ -19,6 +19,8 @@
 
 #[path = "conformance/attention.rs"]
 mod attention;
+#[path = "conformance/channel_attn.rs"]
+mod channel_attn;
 mod common;
 #[path = "conformance/conv.rs"]
 mod conv;
@@ -32,12 +34,16 @@ mod embed;
 mod matmul;
 #[path = "conformance/norm.rs"]
 mod norm;
+#[path = "conformance/reduce.rs"]
+mod reduce;
 #[path = "conformance/rope.rs"]
 mod rope;
 #[path = "conformance/sample.rs"]
 mod sample;
 #[path = "conformance/softmax.rs"]
 mod softmax;
+#[path = "conformance/window.rs"]
+mod window;
 
 use common::{gpu, max_rel_error};
 use fvl_wgpu::gpu::{DType, Gpu};
@@ -75,6 +81,9 @@ fn all_cases() -> Vec<Case> {
     v.extend(conv::cases());
     v.extend(embed::cases());
     v.extend(copy::cases());
+    v.extend(window::cases());
+    v.extend(channel_attn::cases());
+    v.extend(reduce::cases());
     v
 }
 

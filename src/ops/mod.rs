@@ -9,15 +9,18 @@ use crate::gpu::graph::RUN_SLOTS;
 use crate::gpu::{DType, Graph, TensorId};
 
 pub mod attention;
+pub mod channel_attn;
 pub mod conv;
 pub mod copy;
 pub mod eltwise;
 pub mod embed;
 pub mod matmul;
 pub mod norm;
+pub mod reduce;
 pub mod rope;
 pub mod sample;
 pub mod softmax;
+pub mod window;
 
 /// `include_str!` of a kernel family's WGSL, with its name.
 /// `shader!("NAME", run)` appends `shaders/run.wgsl` (the [`RunValue`] reader) after the
@@ -46,6 +49,22 @@ pub(crate) const FLOATS: &[DType] = &[DType::F32, DType::F16, DType::Q8, DType::
 
 /// Workgroup size of the one-thread-per-element kernels.
 pub(crate) const WG: u32 = 256;
+
+/// A 3-D workgroup count, or an error naming `op` when a dimension exceeds the 65535 limit.
+pub(crate) fn workgroups3(op: &str, dims: [usize; 3]) -> Result<[u32; 3]> {
+    if dims.iter().any(|&d| d > 65535) {
+        return Err(Error::shape(format!(
+            "{op}: {dims:?} workgroups exceed the 65535 per-dimension limit"
+        )));
+    }
+    Ok(dims.map(|d| d.max(1) as u32))
+}
+
+/// Threads a workgroup gives to the `units` vec4 (or scalar) columns of one row: the next
+/// power of two, at least one SIMD width (8) and at most 64, so narrow rows idle few lanes.
+pub(crate) fn row_threads(units: usize) -> u32 {
+    units.next_power_of_two().clamp(8, 64) as u32
+}
 
 /// Checks that `id` has exactly `shape`.
 pub(crate) fn expect_shape(
