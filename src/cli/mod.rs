@@ -1,13 +1,16 @@
 //! Command-line parsing and dispatch. Every command that runs on a GPU takes `--device`;
 //! `--json` prints one JSON object on stdout and sends tables and progress to stderr.
 
-use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
 
-use fvl_wgpu::gpu::{Gpu, GpuOptions};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use fvl_wgpu::gpu::{DType, Gpu, GpuOptions};
 use fvl_wgpu::Result;
 
 mod bench;
 mod devices;
+mod features;
 mod selfcheck;
 
 /// Florence-VL and Florence-2 inference on any GPU (Vulkan, Metal, DX12) through wgpu.
@@ -28,6 +31,8 @@ enum Command {
     },
     /// Run every kernel family on small random inputs against a CPU reference.
     Selfcheck(DeviceArgs),
+    /// Run the Florence-2 vision path on one image and write its tensors to safetensors.
+    Features(features::FeaturesArgs),
     /// Measure kernels (or, later, whole models) against the device's own ceilings.
     Bench {
         #[command(subcommand)]
@@ -74,12 +79,59 @@ impl DeviceArgs {
     }
 }
 
+/// Weight precision on the GPU.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Precision {
+    /// f32 weights: the exact path the parity tests use.
+    F32,
+    /// f16 weights (accumulation stays f32).
+    F16,
+}
+
+/// Options every model command takes.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// Model folder (config.json and safetensors, single or sharded).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Weight precision (default: f16 where the adapter has SHADER_F16, else f32).
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl ModelArgs {
+    /// The weight dtype for `gpu`.
+    pub fn dtype(&self, gpu: &Gpu) -> DType {
+        match self.precision {
+            Some(Precision::F32) => DType::F32,
+            Some(Precision::F16) => DType::F16,
+            None if gpu.shader_f16 => DType::F16,
+            None => DType::F32,
+        }
+    }
+}
+
+/// A progress bar on stderr for `len` steps (hidden when stderr is not a terminal).
+pub fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
 /// Parses the command line and runs the command.
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Devices { json } => devices::run(json),
         Command::Selfcheck(args) => selfcheck::run(&args),
+        Command::Features(args) => features::run(&args),
         Command::Bench {
             what:
                 BenchWhat::Kernels {

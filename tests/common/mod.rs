@@ -95,3 +95,26 @@ pub fn nmse(got: &[f32], want: &[f32]) -> f64 {
     }
     num / den.max(1e-30)
 }
+
+/// Path of a file under `tests/fixtures/`.
+pub fn fixture_path(rel: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
+}
+
+/// Reads an f32 tensor from a fixture safetensors file: (shape, values).
+pub fn fixture_tensor(rel: &str, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(fixture_path(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st
+        .tensor(name)
+        .unwrap_or_else(|e| panic!("{rel}: {name}: {e}"));
+    assert_eq!(t.dtype(), safetensors::Dtype::F32, "{rel}: {name}");
+    let data = t
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    (t.shape().to_vec(), data)
+}

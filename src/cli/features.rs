@@ -1,0 +1,126 @@
+//! `fvl-wgpu features`: one image through the Florence-2 vision path, tensors written to a
+//! safetensors file (`pixel_values`, `image_features`).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+
+use fvl_wgpu::gpu::{Graph, Tensor};
+use fvl_wgpu::image::{preprocess, PreprocessConfig};
+use fvl_wgpu::model::florence2::VisionTower;
+use fvl_wgpu::weights::florence2::Florence2Checkpoint;
+use fvl_wgpu::{Error, Result};
+
+use super::{progress, ModelArgs};
+
+/// Arguments of `features`.
+#[derive(clap::Args)]
+pub struct FeaturesArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Image file (PNG, JPEG, WebP or BMP).
+    #[arg(long, value_name = "FILE")]
+    pub image: PathBuf,
+    /// Output safetensors file.
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub out: PathBuf,
+    /// Pad the image to a square with the mean colour first (Florence-VL's `pad`).
+    #[arg(long)]
+    pub pad: bool,
+}
+
+fn write_safetensors(path: &Path, tensors: &[(&str, Vec<usize>, &[f32])]) -> Result<()> {
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(name, shape, data)| {
+            let view = TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(data))
+                .map_err(|e| Error::input(format!("{name}: {e}")))?;
+            Ok((name.to_string(), view))
+        })
+        .collect::<Result<_>>()?;
+    safetensors::serialize_to_file(views, None, path).map_err(|e| Error::File {
+        path: path.display().to_string(),
+        msg: e.to_string(),
+    })
+}
+
+pub fn run(args: &FeaturesArgs) -> Result<()> {
+    let dir = &args.model.model;
+    let ck = Florence2Checkpoint::open(dir)?;
+    let pp_path = dir.join("preprocessor_config.json");
+    let pp = if pp_path.exists() {
+        PreprocessConfig::from_file(&pp_path)?
+    } else {
+        PreprocessConfig::default()
+    };
+    let t0 = Instant::now();
+    let image = preprocess(&args.image, &pp, args.pad)?;
+    let gpu = args.model.device.open()?;
+    let dtype = args.model.dtype(&gpu);
+    let bar = progress(
+        VisionTower::tensor_count(ck.vision()),
+        "loading vision tower",
+    );
+    let tower = VisionTower::from_checkpoint(&gpu, &ck, dtype, &|| bar.inc(1))?;
+    bar.finish_and_clear();
+    let t_load = t0.elapsed();
+
+    let pixels = Tensor::from_f32(
+        &gpu,
+        &[3, image.height, image.width],
+        fvl_wgpu::gpu::DType::F32,
+        &image.pixel_values,
+        "pixel_values",
+    )?;
+    let mut g = Graph::new(&gpu);
+    let p = g.external(&pixels);
+    let out = tower.forward(&mut g, p)?;
+    g.keep(out.features);
+    let exe = g.build()?;
+    let t1 = Instant::now();
+    exe.run(&gpu, &[])?;
+    let features = exe.tensor(out.features).read_f32(&gpu)?;
+    let t_run = t1.elapsed();
+    let shape = exe.tensor(out.features).shape().to_vec();
+    let batched = [&[1][..], &shape].concat();
+
+    write_safetensors(
+        &args.out,
+        &[
+            (
+                "pixel_values",
+                vec![1, 3, image.height, image.width],
+                &image.pixel_values,
+            ),
+            ("image_features", batched.clone(), &features),
+        ],
+    )?;
+    let summary = serde_json::json!({
+        "model": dir.display().to_string(),
+        "layout": format!("{:?}", ck.layout()),
+        "precision": dtype.name(),
+        "image": args.image.display().to_string(),
+        "original_size": [image.original_size.0, image.original_size.1],
+        "pixel_values": [1, 3, image.height, image.width],
+        "image_features": batched,
+        "grid": [out.grid.0, out.grid.1],
+        "dispatches": exe.dispatches(),
+        "load_ms": t_load.as_secs_f64() * 1e3,
+        "vision_ms": t_run.as_secs_f64() * 1e3,
+        "out": args.out.display().to_string(),
+    });
+    if args.model.device.json {
+        println!("{summary}");
+    } else {
+        eprintln!(
+            "image_features {:?} ({} precision) in {:.1} ms → {}",
+            shape,
+            dtype.name(),
+            t_run.as_secs_f64() * 1e3,
+            args.out.display()
+        );
+    }
+    Ok(())
+}

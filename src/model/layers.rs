@@ -1,0 +1,137 @@
+//! Small building blocks shared by the models: each holds its weights on the GPU and records
+//! its forward pass into a graph. Weights come from a [`Source`], so layers never see file
+//! formats or naming schemes.
+
+use crate::gpu::{DType, Gpu, Graph, Tensor, TensorId};
+use crate::ops::eltwise::{self, Binary};
+use crate::ops::{conv, matmul, norm};
+use crate::Result;
+
+/// Where weights come from: `(name, expected shape) → f32 values`, failing with a message that
+/// names the tensor (missing, or a shape other than expected).
+pub type Source<'a> = dyn Fn(&str, &[usize]) -> Result<Vec<f32>> + 'a;
+
+/// Uploads `name` with `shape` as `dtype`.
+pub fn param(gpu: &Gpu, src: &Source, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+    Tensor::from_f32(gpu, shape, dtype, &src(name, shape)?, name)
+}
+
+/// `y = x·Wᵀ + b` (PyTorch `nn.Linear`).
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Loads `{prefix}.weight` `[out, inp]` as `dtype` and, with `bias`, `{prefix}.bias` (f32).
+    pub fn load(
+        gpu: &Gpu,
+        src: &Source,
+        prefix: &str,
+        out: usize,
+        inp: usize,
+        bias: bool,
+        dtype: DType,
+    ) -> Result<Linear> {
+        Ok(Linear {
+            weight: param(gpu, src, &format!("{prefix}.weight"), &[out, inp], dtype)?,
+            bias: if bias {
+                Some(param(
+                    gpu,
+                    src,
+                    &format!("{prefix}.bias"),
+                    &[out],
+                    DType::F32,
+                )?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Records `x·Wᵀ + b` into a new intermediate.
+    pub fn forward(&self, g: &mut Graph, x: TensorId) -> Result<TensorId> {
+        let mut shape = g.shape(x).to_vec();
+        *shape.last_mut().unwrap() = self.weight.shape()[0];
+        let out = g.tensor(&shape, DType::F32)?;
+        let w = g.external(&self.weight);
+        let b = self.bias.as_ref().map(|b| g.external(b));
+        matmul::linear(g, x, w, b, out)?;
+        Ok(out)
+    }
+}
+
+/// PyTorch `nn.LayerNorm` over the last dimension.
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f32,
+}
+
+impl LayerNorm {
+    /// Loads `{prefix}.weight` and `{prefix}.bias`, both `[dim]`.
+    pub fn load(gpu: &Gpu, src: &Source, prefix: &str, dim: usize, eps: f32) -> Result<LayerNorm> {
+        Ok(LayerNorm {
+            weight: param(gpu, src, &format!("{prefix}.weight"), &[dim], DType::F32)?,
+            bias: param(gpu, src, &format!("{prefix}.bias"), &[dim], DType::F32)?,
+            eps,
+        })
+    }
+
+    /// Records the normalisation of `x` into a new intermediate.
+    pub fn forward(&self, g: &mut Graph, x: TensorId) -> Result<TensorId> {
+        let out = g.tensor(&g.shape(x).to_vec(), DType::F32)?;
+        let (w, b) = (g.external(&self.weight), g.external(&self.bias));
+        norm::layernorm(g, x, w, b, self.eps, out)?;
+        Ok(out)
+    }
+}
+
+/// Depthwise 3×3 convolution (stride 1, pad 1) over `[h·w, C]` tokens, with the residual
+/// `x + dwconv(x)` that DaViT always applies.
+pub struct DwConvResidual {
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+impl DwConvResidual {
+    /// Loads `{prefix}.weight` `[C, 1, 3, 3]` as `dtype` (f32 or f16) and `{prefix}.bias`.
+    pub fn load(
+        gpu: &Gpu,
+        src: &Source,
+        prefix: &str,
+        dim: usize,
+        dtype: DType,
+    ) -> Result<DwConvResidual> {
+        let dtype = if dtype.is_quantized() {
+            DType::F16
+        } else {
+            dtype
+        }; // rows of 9 cannot be blocked
+        Ok(DwConvResidual {
+            weight: param(
+                gpu,
+                src,
+                &format!("{prefix}.weight"),
+                &[dim, 1, 3, 3],
+                dtype,
+            )?,
+            bias: param(gpu, src, &format!("{prefix}.bias"), &[dim], DType::F32)?,
+        })
+    }
+
+    /// Records `x + dwconv(x)` for tokens on an `hw` grid into a new intermediate.
+    pub fn forward(&self, g: &mut Graph, x: TensorId, hw: (usize, usize)) -> Result<TensorId> {
+        let out = g.tensor(&g.shape(x).to_vec(), DType::F32)?;
+        let (w, b) = (g.external(&self.weight), g.external(&self.bias));
+        conv::dwconv3x3(g, x, hw, w, b, true, out)?;
+        Ok(out)
+    }
+}
+
+/// Records `a + b` (same shape, or `b` one row broadcast) into a new intermediate.
+pub fn add(g: &mut Graph, a: TensorId, b: TensorId) -> Result<TensorId> {
+    let out = g.tensor(&g.shape(a).to_vec(), DType::F32)?;
+    eltwise::binary(g, Binary::Add, a, b, out)?;
+    Ok(out)
+}
