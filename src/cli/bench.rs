@@ -9,11 +9,13 @@
 use std::time::Instant;
 
 use fvl_wgpu::gpu::{DType, Gpu, Graph, Tensor};
+use fvl_wgpu::model::florence2::VisionTower;
 use fvl_wgpu::ops::attention::{self, Attention};
 use fvl_wgpu::ops::conv::{self, Conv2d, ConvInput};
 use fvl_wgpu::ops::eltwise::{self, Unary};
 use fvl_wgpu::ops::{embed, matmul, norm, sample, softmax, RunValue, View};
-use fvl_wgpu::Result;
+use fvl_wgpu::weights::florence2::VisionConfig;
+use fvl_wgpu::{Error, Result};
 
 use super::DeviceArgs;
 
@@ -334,6 +336,137 @@ pub fn kernels(args: &DeviceArgs, quick: bool, only: Option<&str>) -> Result<()>
                 "kernels": json_rows,
             })
         );
+    }
+    Ok(())
+}
+
+/// Florence-2 vision configs at the real sizes (spec §3.1): `base` or `large`.
+fn florence2_vision_config(name: &str) -> Result<VisionConfig> {
+    let (dims, heads, proj) = match name {
+        "base" => ([128, 256, 512, 1024], [4, 8, 16, 32], 768),
+        "large" => ([256, 512, 1024, 2048], [8, 16, 32, 64], 1024),
+        other => {
+            return Err(Error::input(format!(
+                "--config {other:?}: expected base or large"
+            )))
+        }
+    };
+    let vc = serde_json::json!({
+        "embed_dim": dims, "num_heads": heads, "num_groups": heads, "depths": [1, 1, 9, 1],
+        "patch_size": [7, 3, 3, 3], "patch_stride": [4, 2, 2, 2], "patch_padding": [3, 1, 1, 1],
+        "patch_prenorm": [false, true, true, true], "window_size": 12, "projection_dim": proj,
+        "mlp_ratio": 4.0, "qkv_bias": true, "max_position_embeddings": 50, "max_temporal_embeddings": 100,
+    });
+    VisionConfig::from_json(&vc, &serde_json::json!({})).map_err(Error::Input)
+}
+
+/// Napkin FLOPs of DaViT + image head at `size`² (spec §9.1): linear layers, window and
+/// channel attention, depthwise and patch convolutions, the projection.
+fn vision_flops(cfg: &VisionConfig, size: usize) -> f64 {
+    let (mut hw, mut cin, mut total) = (size, cfg.in_channels, 0.0);
+    for s in 0..cfg.stages() {
+        let (k, st, pad) = (cfg.patch_size[s], cfg.patch_stride[s], cfg.patch_padding[s]);
+        hw = (hw + 2 * pad - k) / st + 1;
+        let (n, c) = ((hw * hw) as f64, cfg.embed_dim[s] as f64);
+        total += 2.0 * n * c * cin as f64 * (k * k) as f64;
+        let w = cfg.window_size as f64;
+        let block = 24.0 * n * c * c + 36.0 * n * c; // linears + two depthwise convs
+        total += cfg.depths[s] as f64 * (2.0 * block + 4.0 * n * w * w * c + 4.0 * n * c * 32.0);
+        cin = cfg.embed_dim[s];
+    }
+    total + 2.0 * (hw * hw + 1) as f64 * cin as f64 * cfg.projection_dim as f64
+}
+
+/// `fvl-wgpu bench vision`: DaViT + image head at the real sizes with random weights.
+pub fn vision(
+    args: &DeviceArgs,
+    config: &str,
+    size: usize,
+    precision: Option<super::Precision>,
+) -> Result<()> {
+    let cfg = florence2_vision_config(config)?;
+    let gpu = args.open()?;
+    let dtype = super::ModelArgs::dtype_for(precision, &gpu);
+    eprintln!("measuring ceilings…");
+    let copy = copy_bandwidth(&gpu, (128u64 << 20).min(gpu.limits.max_buffer_size / 2))?;
+    let ceiling = linear_row(&gpu, 1024, 1024, 1024, DType::F32)?;
+    let best_matmul = ceiling.flops / ceiling.seconds;
+
+    let bar = super::progress(
+        VisionTower::tensor_count(&cfg),
+        &format!("random {config} weights"),
+    );
+    let mut weight_bytes = 0u64;
+    let counted = std::cell::Cell::new(0u64);
+    let src = |_: &str, shape: &[usize]| {
+        bar.inc(1);
+        let n: usize = shape.iter().product();
+        counted.set(counted.get() + n as u64);
+        Ok(noise(n).iter().map(|v| v * 0.02).collect())
+    };
+    let tower = VisionTower::load(&gpu, &src, &cfg, dtype)?;
+    bar.finish_and_clear();
+    weight_bytes += counted.get() * if dtype == DType::F32 { 4 } else { 2 };
+
+    let pixels = input(&gpu, &[3, size, size], DType::F32)?;
+    let mut g = Graph::new(&gpu);
+    let p = g.external(&pixels);
+    let out = tower.forward(&mut g, p)?;
+    g.keep(out.features);
+    let exe = g.build()?;
+    eprintln!(
+        "{} dispatches, arena {} MiB; warm-up run…",
+        exe.dispatches(),
+        exe.arena_bytes >> 20
+    );
+    exe.run(&gpu, &[])?;
+    let mut best = f64::INFINITY;
+    for _ in 0..2 {
+        let t = Instant::now();
+        exe.run(&gpu, &[])?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    if let Some(profile) = exe.profile(&gpu, &[])? {
+        let total: f64 = profile.iter().map(|k| k.1).sum();
+        eprintln!(
+            "GPU time by kernel (timestamps, one replay; {:.1} ms in all):",
+            total * 1e3
+        );
+        for (label, t, n) in &profile {
+            eprintln!(
+                "  {label:<28} {:>10.1} ms {:>5.1}%  {n} dispatches",
+                t * 1e3,
+                100.0 * t / total
+            );
+        }
+    }
+    let flops = vision_flops(&cfg, size);
+    let gflops = flops / best / 1e9;
+    let peak = weight_bytes + exe.arena_bytes + pixels.layout.bytes();
+    let summary = serde_json::json!({
+        "device": gpu.describe(), "config": config, "image_size": size, "precision": dtype.name(),
+        "ms_per_image": best * 1e3, "gflop": flops / 1e9, "gflops": gflops,
+        "best_matmul_gflops": best_matmul / 1e9, "fraction_of_best_matmul": gflops * 1e9 / best_matmul,
+        "copy_gb_per_s": copy / 1e9, "dispatches": exe.dispatches(), "submits_per_image": 1,
+        "weight_bytes": weight_bytes, "arena_bytes": exe.arena_bytes, "peak_gpu_bytes": peak,
+    });
+    eprintln!(
+        "DaViT-{config} + image head at {size}²: {:.1} ms/image, {:.1} GFLOP → {:.2} GFLOP/s = {:.0}% of the best matmul ({:.2} GFLOP/s)",
+        best * 1e3,
+        flops / 1e9,
+        gflops,
+        100.0 * gflops * 1e9 / best_matmul,
+        best_matmul / 1e9
+    );
+    eprintln!(
+        "peak GPU memory ≈ {} MiB = weights {} MiB + activations arena {} MiB (+ input); {} dispatches, 1 submit",
+        peak >> 20,
+        weight_bytes >> 20,
+        exe.arena_bytes >> 20,
+        exe.dispatches()
+    );
+    if args.json {
+        println!("{summary}");
     }
     Ok(())
 }

@@ -53,6 +53,20 @@ enum BenchWhat {
         #[arg(long, value_name = "TEXT")]
         only: Option<String>,
     },
+    /// Florence-2 vision path (DaViT + image head) at the real sizes, random weights.
+    Vision {
+        #[command(flatten)]
+        device: DeviceArgs,
+        /// Model size: base or large.
+        #[arg(long, default_value = "large")]
+        config: String,
+        /// Square input image side in pixels.
+        #[arg(long, default_value_t = 768)]
+        size: usize,
+        /// Weight precision (default: f16 where the adapter has SHADER_F16, else f32).
+        #[arg(long, value_enum)]
+        precision: Option<Precision>,
+    },
 }
 
 /// Options every GPU command takes.
@@ -104,7 +118,12 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// The weight dtype for `gpu`.
     pub fn dtype(&self, gpu: &Gpu) -> DType {
-        match self.precision {
+        Self::dtype_for(self.precision, gpu)
+    }
+
+    /// The weight dtype `precision` asks for on `gpu`.
+    pub fn dtype_for(precision: Option<Precision>, gpu: &Gpu) -> DType {
+        match precision {
             Some(Precision::F32) => DType::F32,
             Some(Precision::F16) => DType::F16,
             None if gpu.shader_f16 => DType::F16,
@@ -140,5 +159,14 @@ pub fn run() -> Result<()> {
                     only,
                 },
         } => bench::kernels(&device, quick, only.as_deref()),
+        Command::Bench {
+            what:
+                BenchWhat::Vision {
+                    device,
+                    config,
+                    size,
+                    precision,
+                },
+        } => bench::vision(&device, &config, size, precision),
     }
 }

@@ -60,6 +60,8 @@ struct Slot {
 
 struct Node {
     name: &'static str,
+    /// `file:entry`, for profiles.
+    label: String,
     pipeline: Arc<wgpu::ComputePipeline>,
     bind_layout: Arc<wgpu::BindGroupLayout>,
     params_offset: u64,
@@ -298,6 +300,7 @@ impl<'g> Graph<'g> {
         self.params.resize(offset + len, 0);
         self.nodes.push(Node {
             name: k.name,
+            label: format!("{}:{}", k.name, k.entry),
             pipeline: cached.pipeline,
             bind_layout: cached.bind_layout,
             params_offset: offset as u64,
@@ -454,6 +457,7 @@ impl<'g> Graph<'g> {
                 entries: &entries,
             });
             nodes.push(BuiltNode {
+                label: n.label.clone(),
                 pipeline: n.pipeline.clone(),
                 bind_group,
                 workgroups: n.workgroups,
@@ -471,6 +475,7 @@ impl<'g> Graph<'g> {
 }
 
 struct BuiltNode {
+    label: String,
     pipeline: Arc<wgpu::ComputePipeline>,
     bind_group: wgpu::BindGroup,
     workgroups: [u32; 3],
@@ -526,6 +531,72 @@ impl Executable {
     pub fn run(&self, gpu: &Gpu, run_values: &[u32]) -> Result<()> {
         self.submit(gpu, run_values)?;
         gpu.wait()
+    }
+
+    /// Replays the graph once with a GPU timestamp before and after every dispatch and returns
+    /// the time per kernel (`file:entry`, seconds, dispatch count), slowest first. Needs
+    /// `TIMESTAMP_QUERY_INSIDE_PASSES`; `None` where the device lacks it.
+    pub fn profile(
+        &self,
+        gpu: &Gpu,
+        run_values: &[u32],
+    ) -> Result<Option<Vec<(String, f64, usize)>>> {
+        if !gpu.timestamps || self.nodes.is_empty() {
+            return Ok(None);
+        }
+        let count = (self.nodes.len() + 1).min(wgpu::QUERY_SET_MAX_QUERIES as usize);
+        let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("profile"),
+            ty: wgpu::QueryType::Timestamp,
+            count: count as u32,
+        });
+        let bytes = (count * 8) as u64;
+        let resolved = gpu.buffer(
+            "profile",
+            bytes,
+            wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+        )?;
+        let staging = gpu.buffer(
+            "profile readback",
+            bytes,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )?;
+        self.set_run_values(gpu, run_values);
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for (i, n) in self.nodes.iter().take(count - 1).enumerate() {
+                pass.write_timestamp(&set, i as u32);
+                pass.set_pipeline(&n.pipeline);
+                pass.set_bind_group(0, &n.bind_group, &[]);
+                pass.dispatch_workgroups(n.workgroups[0], n.workgroups[1], n.workgroups[2]);
+            }
+            pass.write_timestamp(&set, (count - 1) as u32);
+        }
+        enc.resolve_query_set(&set, 0..count as u32, &resolved, 0);
+        enc.copy_buffer_to_buffer(&resolved, 0, &staging, 0, bytes);
+        gpu.queue.submit([enc.finish()]);
+        let slice = staging.slice(..);
+        slice.map_async(wgpu::MapMode::Read, |_| ());
+        gpu.wait()?;
+        let view = slice
+            .get_mapped_range()
+            .map_err(|e| Error::Device(format!("profile readback: {e}")))?;
+        let ticks: &[u64] = bytemuck::cast_slice(&view);
+        let period = gpu.queue.get_timestamp_period() as f64 * 1e-9;
+        let mut per_kernel: Vec<(String, f64, usize)> = Vec::new();
+        for (i, n) in self.nodes.iter().take(count - 1).enumerate() {
+            let dt = ticks[i + 1].saturating_sub(ticks[i]) as f64 * period;
+            match per_kernel.iter_mut().find(|k| k.0 == n.label) {
+                Some(k) => {
+                    k.1 += dt;
+                    k.2 += 1;
+                }
+                None => per_kernel.push((n.label.clone(), dt, 1)),
+            }
+        }
+        per_kernel.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(Some(per_kernel))
     }
 
     /// The tensor behind `id` (intermediates only while alive; [`Graph::keep`] them to read).
