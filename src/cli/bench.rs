@@ -314,7 +314,7 @@ pub fn kernels(args: &DeviceArgs, quick: bool, only: Option<&str>) -> Result<()>
             window::partition(g, xi, (hw, hw), 12, oi)
         })?;
         rows_out.push(Row {
-            kernel: "window partition".into(),
+            kernel: "window part".into(),
             shape: format!("{hw}²x{c} ws12"),
             seconds,
             flops: 0.0,
@@ -326,7 +326,7 @@ pub fn kernels(args: &DeviceArgs, quick: bool, only: Option<&str>) -> Result<()>
             window::merge(g, wi, (hw, hw), 12, Some(ri), oi)
         })?;
         rows_out.push(Row {
-            kernel: "window merge + residual".into(),
+            kernel: "window merge+r".into(),
             shape: format!("{hw}²x{c} ws12"),
             seconds,
             flops: n,

@@ -44,13 +44,13 @@ pub fn channel_attention(
     let s = g.shape(qkv).to_vec();
     let dims_ok = (2..=3).contains(&s.len()) && s[s.len() - 2] == n_tokens && n_tokens > 0;
     let c3 = s[s.len() - 1];
-    if !dims_ok || c3 % 3 != 0 {
+    if !dims_ok || !c3.is_multiple_of(3) {
         return Err(Error::shape(format!(
             "{op}: qkv has shape {s:?}, expected [{n_tokens}, 3C] or [B, {n_tokens}, 3C]"
         )));
     }
     let c = c3 / 3;
-    if groups == 0 || c % groups != 0 || c / groups > MAX_GROUP_CHANNELS {
+    if groups == 0 || !c.is_multiple_of(groups) || c / groups > MAX_GROUP_CHANNELS {
         return Err(Error::shape(format!(
             "{op}: {c} channels do not split into {groups} groups of at most {MAX_GROUP_CHANNELS}"
         )));
@@ -83,7 +83,7 @@ pub fn channel_attention(
     let tt = (WG / tg).max(1);
     let base = [
         ("CG", cg as u32),
-        ("VEC4", (cg % 4 == 0) as u32),
+        ("VEC4", cg.is_multiple_of(4) as u32),
         ("TG", tg as u32),
     ];
     let (name, source) = shader!("channel_attn");
