@@ -13,7 +13,9 @@ use fvl_wgpu::model::florence2::VisionTower;
 use fvl_wgpu::ops::attention::{self, Attention};
 use fvl_wgpu::ops::conv::{self, Conv2d, ConvInput};
 use fvl_wgpu::ops::eltwise::{self, Unary};
-use fvl_wgpu::ops::{embed, matmul, norm, sample, softmax, RunValue, View};
+use fvl_wgpu::ops::{
+    channel_attn, embed, matmul, norm, reduce, sample, softmax, window, RunValue, View,
+};
 use fvl_wgpu::weights::florence2::VisionConfig;
 use fvl_wgpu::{Error, Result};
 
@@ -296,6 +298,70 @@ pub fn kernels(args: &DeviceArgs, quick: bool, only: Option<&str>) -> Result<()>
             seconds,
             flops: v as f64,
             bytes: 4.0 * v as f64,
+        });
+    }
+    // DaViT-large stage 0 (192² tokens × 256; quick: stage 1, 96² × 512), windows of 12.
+    let (hw, c) = if quick { (96, 512) } else { (192, 256) };
+    let n = (hw * hw * c) as f64;
+    let tokens = input(&gpu, &[hw * hw, c], DType::F32)?;
+    let wins = input(
+        &gpu,
+        &[window::window_count(hw, hw, 12), 144, c],
+        DType::F32,
+    )?;
+    if wanted("window") {
+        let part = Tensor::empty(&gpu, wins.shape(), DType::F32, "bench output")?;
+        let seconds = time(&gpu, |g| {
+            let (xi, oi) = (g.external(&tokens), g.external(&part));
+            window::partition(g, xi, (hw, hw), 12, oi)
+        })?;
+        rows_out.push(Row {
+            kernel: "window part".into(),
+            shape: format!("{hw}²x{c} ws12"),
+            seconds,
+            flops: 0.0,
+            bytes: 8.0 * n,
+        });
+        let merged = Tensor::empty(&gpu, tokens.shape(), DType::F32, "bench output")?;
+        let seconds = time(&gpu, |g| {
+            let (wi, ri, oi) = (g.external(&wins), g.external(&tokens), g.external(&merged));
+            window::merge(g, wi, (hw, hw), 12, Some(ri), oi)
+        })?;
+        rows_out.push(Row {
+            kernel: "window merge+r".into(),
+            shape: format!("{hw}²x{c} ws12"),
+            seconds,
+            flops: n,
+            bytes: 12.0 * n,
+        });
+    }
+    if wanted("channel_attn") {
+        // Groups of 32 channels, as in every DaViT stage.
+        let qkv = input(&gpu, &[hw * hw, 3 * c], DType::F32)?;
+        let seconds = time(&gpu, |g| {
+            let (qi, oi) = (g.external(&qkv), g.external(&tokens));
+            channel_attn::channel_attention(g, qi, hw * hw, c / 32, oi)
+        })?;
+        rows_out.push(Row {
+            kernel: "channel_attn".into(),
+            shape: format!("{hw}²x{c} groups of 32"),
+            seconds,
+            flops: 4.0 * n * 32.0,
+            bytes: 16.0 * n,
+        });
+    }
+    if wanted("mean_rows") {
+        let mean = Tensor::empty(&gpu, &[1, c], DType::F32, "bench output")?;
+        let seconds = time(&gpu, |g| {
+            let (xi, oi) = (g.external(&tokens), g.external(&mean));
+            reduce::mean_rows(g, xi, oi)
+        })?;
+        rows_out.push(Row {
+            kernel: "mean_rows".into(),
+            shape: format!("{}x{c}", hw * hw),
+            seconds,
+            flops: n,
+            bytes: 4.0 * n,
         });
     }
     eprintln!(

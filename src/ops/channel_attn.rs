@@ -8,12 +8,10 @@ use super::{expect_f32, expect_shape, numel, shader, workgroups3};
 use crate::error::{Error, Result};
 use crate::gpu::{Access, DType, Graph, Kernel, TensorId};
 
-/// Largest channels per group: a softmax workgroup holds one thread per channel, a gram
-/// workgroup (CG/4)² threads.
+/// Largest channels per group: a softmax workgroup holds one thread per channel.
 pub const MAX_GROUP_CHANNELS: usize = 64;
-/// Token lanes of an apply workgroup (times CG/4 channel lanes ≤ 64 threads); each lane
-/// computes four tokens.
-const APPLY_LANES: usize = 64;
+/// Threads a gram or apply workgroup aims for; each thread owns an 8×8 register tile.
+const WG: usize = 64;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -46,13 +44,13 @@ pub fn channel_attention(
     let s = g.shape(qkv).to_vec();
     let dims_ok = (2..=3).contains(&s.len()) && s[s.len() - 2] == n_tokens && n_tokens > 0;
     let c3 = s[s.len() - 1];
-    if !dims_ok || c3 % 3 != 0 {
+    if !dims_ok || !c3.is_multiple_of(3) {
         return Err(Error::shape(format!(
             "{op}: qkv has shape {s:?}, expected [{n_tokens}, 3C] or [B, {n_tokens}, 3C]"
         )));
     }
     let c = c3 / 3;
-    if groups == 0 || c % groups != 0 || c / groups > MAX_GROUP_CHANNELS {
+    if groups == 0 || !c.is_multiple_of(groups) || c / groups > MAX_GROUP_CHANNELS {
         return Err(Error::shape(format!(
             "{op}: {c} channels do not split into {groups} groups of at most {MAX_GROUP_CHANNELS}"
         )));
@@ -77,9 +75,17 @@ pub fn channel_attention(
         nseg: nseg as u32,
         scale: (n_tokens as f32).powf(-0.5),
     };
-    let quads = cg.div_ceil(4);
-    let tt = (APPLY_LANES / quads).max(1);
-    let base = [("CG", cg as u32), ("VEC4", (cg % 4 == 0) as u32)];
+    // 8×8 tiles along a group's channels, and per workgroup: gram segments side by side,
+    // apply token tiles.
+    let tg = cg.div_ceil(8);
+    let tiles = tg * tg;
+    let spw = (WG / tiles).max(1);
+    let tt = (WG / tg).max(1);
+    let base = [
+        ("CG", cg as u32),
+        ("VEC4", cg.is_multiple_of(4) as u32),
+        ("TG", tg as u32),
+    ];
     let (name, source) = shader!("channel_attn");
     let mut launch = |entry, consts: &[(&'static str, u32)], tensors, workgroups| {
         g.dispatch(Kernel {
@@ -95,9 +101,9 @@ pub fn channel_attention(
     };
     launch(
         "gram",
-        &[("TJ", quads as u32)],
+        &[("TILES", tiles as u32), ("SPW", spw as u32)],
         vec![("qkv", qkv, Access::Read), ("part", part, Access::Write)],
-        workgroups3(op, [nseg, groups, batch])?,
+        workgroups3(op, [nseg.div_ceil(spw), groups, batch])?,
     )?;
     launch(
         "softmax",
@@ -107,12 +113,12 @@ pub fn channel_attention(
     )?;
     launch(
         "apply",
-        &[("TI", quads as u32), ("TT", tt as u32)],
+        &[("TT", tt as u32)],
         vec![
             ("qkv", qkv, Access::Read),
             ("attn", attn, Access::Read),
             ("out", out, Access::Write),
         ],
-        workgroups3(op, [n_tokens.div_ceil(4 * tt), groups, batch])?,
+        workgroups3(op, [n_tokens.div_ceil(8 * tt), groups, batch])?,
     )
 }

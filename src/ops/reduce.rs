@@ -36,7 +36,7 @@ fn sum_rows(
 ) -> Result<()> {
     let op = "mean_rows";
     let nseg = rows.div_ceil(seg);
-    let vec4 = c % 4 == 0;
+    let vec4 = c.is_multiple_of(4);
     let units = if vec4 { c / 4 } else { c };
     let wg = row_threads(units);
     let p = Params {

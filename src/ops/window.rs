@@ -80,7 +80,7 @@ fn launch(
     let rows = if partition { nwy * ws } else { h };
     let cols = if partition { nwx * ws } else { w };
     let workgroups = workgroups3(op, [cols, batch * rows, 1])?;
-    let vec4 = c % 4 == 0;
+    let vec4 = c.is_multiple_of(4);
     let mut defines = defines;
     if vec4 {
         defines.push("VEC4");
@@ -150,7 +150,7 @@ pub fn merge(
         Some(r) if r == out => vec!["RESIDUAL_OUT"],
         Some(r) => {
             expect_f32(g, op, "residual", r)?;
-            expect_shape(g, op, "residual", r, &g.shape(out).to_vec())?;
+            expect_shape(g, op, "residual", r, g.shape(out))?;
             if r == x {
                 return Err(Error::shape(format!(
                     "{op}: the residual must not be the windows tensor"

@@ -46,6 +46,7 @@ pub fn cases() -> Vec<Case> {
         (1, 100, 24, 3),  // two segments, CG 8
         (2, 1001, 64, 2), // many segments, CG 32 (the real models' group size), batch 2
         (2, 333, 15, 3),  // CG 5: masked scalar path
+        (1, 50, 36, 3),   // CG 12: vec4 path, half of the second 8-wide tile past CG
         (1, 259, 128, 2), // CG 64, the largest supported
     ];
     setups
