@@ -10,6 +10,22 @@
 struct Params {
     n: u32,     // row length
     rows: u32,
+    // Masking for attention scores laid out as [z, tq, n]: row r is query i = r % tq, which
+    // sees keys j < len_i, len_i = kv_len (or kv_len − tq + i + 1 when causal). Later
+    // entries become 0. No mask: tq = 1, kv_len = n, causal = 0.
+    tq: u32,
+    len_slot: u32,
+    len_fixed: u32,
+    causal: u32,
+}
+
+// Number of leading entries of `row` that take part.
+fn valid_len(row: u32) -> u32 {
+    let kv = min(run_value(p.len_slot, p.len_fixed), p.n);
+    if (p.causal == 0u) { return kv; }
+    let reach = kv + row % p.tq + 1u;  // kv − tq + i + 1, kept unsigned
+    if (reach <= p.tq) { return 0u; }
+    return min(kv, reach - p.tq);
 }
 
 // Smallest finite f32: a neutral "max" that, unlike −inf, keeps exp(m − m) = 1 finite.
@@ -56,9 +72,10 @@ fn softmax_row(id: Ids) {
     let row = id.wg.x + id.wg.y * id.nwg.x;
     if (row >= p.rows) { return; } // uniform per workgroup: barriers below stay uniform
     let base = row * p.n;
+    let len = valid_len(row);
 
     var st = vec2<f32>(LOWEST, 0.0);
-    for (var i = lid; i < p.n; i += WG) {
+    for (var i = lid; i < len; i += WG) {
         let x = src(base + i);
         let m = max(st.x, x);
         st = vec2<f32>(m, st.y * exp(st.x - m) + exp(x - m));
@@ -83,6 +100,6 @@ fn softmax_row(id: Ids) {
 
     let inv = 1.0 / total.y;
     for (var i = lid; i < p.n; i += WG) {
-        st_out(base + i, exp(src(base + i) - total.x) * inv);
+        st_out(base + i, select(0.0, exp(src(base + i) - total.x) * inv, i < len));
     }
 }

@@ -19,6 +19,8 @@
 
 #[path = "conformance/attention.rs"]
 mod attention;
+#[path = "conformance/bmm.rs"]
+mod bmm;
 #[path = "conformance/channel_attn.rs"]
 mod channel_attn;
 mod common;
@@ -77,6 +79,7 @@ fn all_cases() -> Vec<Case> {
     v.extend(softmax::cases());
     v.extend(rope::cases());
     v.extend(attention::cases());
+    v.extend(bmm::cases());
     v.extend(sample::cases());
     v.extend(conv::cases());
     v.extend(embed::cases());

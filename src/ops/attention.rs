@@ -4,9 +4,11 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::bmm::{self, Bmm, MatView};
+use super::softmax::{self, Mask};
 use super::{expect_f32, shader, RunValue, View};
 use crate::error::{Error, Result};
-use crate::gpu::{grid, Access, Graph, Kernel, TensorId};
+use crate::gpu::{grid, Access, DType, Graph, Kernel, TensorId};
 
 /// Threads per (batch, query, head); also the key block length.
 const WG: u32 = 64;
@@ -103,6 +105,9 @@ pub fn attention(
             g.shape(out)
         )));
     }
+    if g.gpu().cpu_style_kernels {
+        return attention_as_products(g, q, k, v, out, a);
+    }
     let (len_slot, len_fixed) = a.kv_len.encode(op, "kv_len")?;
     let groups = u32::try_from(a.batch * a.tq * a.q_heads)
         .map_err(|_| Error::shape(format!("{op}: too many (batch, query, head) groups")))?;
@@ -147,4 +152,108 @@ pub fn attention(
         ],
         workgroups: grid(groups),
     })
+}
+
+/// Attention as `scale·Q·Kᵀ → masked softmax → P·V` with the scores materialised in the
+/// graph's arena: on CPU drivers the register-blocked products run far faster than the
+/// streaming kernel, whose per-block barriers and per-thread exps cost most there.
+fn attention_as_products(
+    g: &mut Graph,
+    q: View,
+    k: View,
+    v: View,
+    out: TensorId,
+    a: &Attention,
+) -> Result<()> {
+    let d = a.head_dim;
+    let group = a.q_heads / a.kv_heads;
+    let (tq, s) = (a.tq, a.s_max);
+    let plane = tq * s;
+    let scores = g.tensor(&[a.batch * a.q_heads, tq, s], DType::F32)?;
+    let mv = |id, offset, stride_outer, stride_inner, row_stride| MatView {
+        id,
+        offset,
+        stride_outer,
+        stride_inner,
+        row_stride,
+    };
+    // Batches of products, as (batch, q, k, v, scores, out) views. Without grouping: one batch
+    // over (sequence, head). With grouped queries the kv head is shared, which two strides
+    // cannot express across sequences: one batch over (kv head, head in group) per sequence.
+    let mut runs = Vec::new();
+    if group == 1 {
+        runs.push((
+            (a.batch, a.q_heads),
+            mv(q.id, q.col_offset, tq * q.row_stride, d, q.row_stride),
+            mv(k.id, k.col_offset, s * k.row_stride, d, k.row_stride),
+            mv(v.id, v.col_offset, s * v.row_stride, d, v.row_stride),
+            mv(scores, 0, a.q_heads * plane, plane, s),
+            mv(out, 0, tq * a.q_heads * d, d, a.q_heads * d),
+        ));
+    } else {
+        for b in 0..a.batch {
+            runs.push((
+                (a.kv_heads, group),
+                mv(
+                    q.id,
+                    q.col_offset + b * tq * q.row_stride,
+                    group * d,
+                    d,
+                    q.row_stride,
+                ),
+                mv(
+                    k.id,
+                    k.col_offset + b * s * k.row_stride,
+                    d,
+                    0,
+                    k.row_stride,
+                ),
+                mv(
+                    v.id,
+                    v.col_offset + b * s * v.row_stride,
+                    d,
+                    0,
+                    v.row_stride,
+                ),
+                mv(scores, b * a.q_heads * plane, group * plane, plane, s),
+                mv(out, b * tq * a.q_heads * d, group * d, d, a.q_heads * d),
+            ));
+        }
+    }
+    for &(batch, qv, kv, _, sv, _) in &runs {
+        let qk = Bmm {
+            batch,
+            m: tq,
+            n: s,
+            k: d,
+            b_transposed: true,
+            scale: a.scale,
+            k_len: RunValue::Fixed(d as u32),
+        };
+        bmm::bmm(g, qv, kv, sv, &qk)?;
+    }
+    softmax::softmax_masked(
+        g,
+        scores,
+        scores,
+        &Mask {
+            tq,
+            kv_len: a.kv_len,
+            causal: a.causal,
+        },
+    )?;
+    // Only the first kv_len keys: cache rows past it may hold anything.
+    for &(batch, _, _, vv, sv, ov) in &runs {
+        let pv = Bmm {
+            batch,
+            m: tq,
+            n: d,
+            k: s,
+            b_transposed: false,
+            scale: 1.0,
+            k_len: a.kv_len,
+        };
+        bmm::bmm(g, sv, vv, ov, &pv)?;
+    }
+    Ok(())
 }

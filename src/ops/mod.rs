@@ -9,6 +9,7 @@ use crate::gpu::graph::RUN_SLOTS;
 use crate::gpu::{DType, Graph, TensorId};
 
 pub mod attention;
+pub mod bmm;
 pub mod channel_attn;
 pub mod conv;
 pub mod copy;

@@ -2,7 +2,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{expect_f32, expect_shape, numel, shader};
+use super::{expect_f32, expect_shape, numel, shader, RunValue};
 use crate::error::{Error, Result};
 use crate::gpu::{grid, Access, Graph, Kernel, TensorId};
 
@@ -11,13 +11,48 @@ use crate::gpu::{grid, Access, Graph, Kernel, TensorId};
 struct Params {
     n: u32,
     rows: u32,
+    tq: u32,
+    len_slot: u32,
+    len_fixed: u32,
+    causal: u32,
 }
 
-/// Threads per row: a row of n elements is read twice in strides of WG.
-const WG: u32 = 256;
+/// Threads per row: a row of n elements is read twice in strides of WG; short rows (attention
+/// windows, prompts) get fewer threads so little of the workgroup idles.
+fn threads(n: usize) -> u32 {
+    if n <= 1024 {
+        64
+    } else {
+        256
+    }
+}
+
+/// Which entries of each row of attention scores `[z, tq, n]` take part: query `i` sees keys
+/// `j < kv_len` (and, when causal, `j ≤ kv_len − tq + i`); the rest come out 0.
+#[derive(Clone, Copy, Debug)]
+pub struct Mask {
+    pub tq: usize,
+    pub kv_len: RunValue,
+    pub causal: bool,
+}
 
 /// `out = softmax(x)` over the last dimension, with f32 statistics; `out` may be `x` (in place).
 pub fn softmax(g: &mut Graph, x: TensorId, out: TensorId) -> Result<()> {
+    let n = g.layout(x).cols() as u32;
+    softmax_masked(
+        g,
+        x,
+        out,
+        &Mask {
+            tq: 1,
+            kv_len: RunValue::Fixed(n),
+            causal: false,
+        },
+    )
+}
+
+/// [`softmax`] with a [`Mask`] on the row entries.
+pub fn softmax_masked(g: &mut Graph, x: TensorId, out: TensorId, mask: &Mask) -> Result<()> {
     let op = "softmax";
     expect_f32(g, op, "x", x)?;
     expect_f32(g, op, "out", out)?;
@@ -26,9 +61,22 @@ pub fn softmax(g: &mut Graph, x: TensorId, out: TensorId) -> Result<()> {
     let layout = g.layout(x);
     let rows = u32::try_from(layout.rows())
         .map_err(|_| Error::shape(format!("{op}: too many rows ({})", layout.rows())))?;
+    if mask.tq == 0 || layout.rows() % mask.tq != 0 {
+        return Err(Error::shape(format!(
+            "{op}: {} rows are not whole blocks of {} queries",
+            layout.rows(),
+            mask.tq
+        )));
+    }
+    let (len_slot, len_fixed) = mask.kv_len.encode(op, "kv_len")?;
+    let n = layout.cols();
     let p = Params {
-        n: layout.cols() as u32,
+        n: n as u32,
         rows,
+        tq: mask.tq as u32,
+        len_slot,
+        len_fixed,
+        causal: mask.causal as u32,
     };
     let (entry, tensors) = if x == out {
         ("softmax_inplace", vec![("out", out, Access::Write)])
@@ -38,12 +86,12 @@ pub fn softmax(g: &mut Graph, x: TensorId, out: TensorId) -> Result<()> {
             vec![("x", x, Access::Read), ("out", out, Access::Write)],
         )
     };
-    let (name, source) = shader!("softmax");
+    let (name, source) = shader!("softmax", run);
     g.dispatch(Kernel {
         name,
         source,
         entry,
-        consts: vec![("WG", WG)],
+        consts: vec![("WG", threads(n))],
         defines: vec![],
         params: bytemuck::bytes_of(&p),
         tensors,

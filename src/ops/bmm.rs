@@ -1,0 +1,179 @@
+//! Batched matrix products over strided views (`shaders/bmm.wgsl`): attention as
+//! `scale·Q·Kᵀ → masked softmax → P·V` on devices where register-blocked products beat a
+//! streaming attention kernel (software drivers), and any other batch of small products.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{expect_f32, shader, RunValue};
+use crate::error::{Error, Result};
+use crate::gpu::{Access, Graph, Kernel, TensorId};
+
+/// A batch of matrices inside a tensor: element `(zo·BI + zi, r, c)` sits at flat index
+/// `offset + zo·stride_outer + zi·stride_inner + r·row_stride + c`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatView {
+    pub id: TensorId,
+    pub offset: usize,
+    pub stride_outer: usize,
+    pub stride_inner: usize,
+    pub row_stride: usize,
+}
+
+/// Shape of a batched product `c[z] = scale · a[z] · op(b[z])`.
+#[derive(Clone, Copy, Debug)]
+pub struct Bmm {
+    /// Batch as (outer, inner) counts, e.g. (windows, heads); z = outer·inner.
+    pub batch: (usize, usize),
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// `b` read as `[n, k]` (`a·bᵀ`, e.g. Q·Kᵀ) rather than `[k, n]` (`a·b`, e.g. P·V).
+    pub b_transposed: bool,
+    pub scale: f32,
+    /// How much of the k extent takes part: fixed, or read from a run slot at each replay
+    /// (a growing KV cache); at most `k`.
+    pub k_len: RunValue,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct ViewParams {
+    offset: u32,
+    stride_o: u32,
+    stride_i: u32,
+    row_stride: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    a: ViewParams,
+    b: ViewParams,
+    c: ViewParams,
+    batch_inner: u32,
+    m: u32,
+    n: u32,
+    k: u32,
+    scale: f32,
+    k_slot: u32,
+}
+
+const WG_X: u32 = 32;
+const WG_Y: u32 = 2;
+const TILE: u32 = 8;
+
+/// Largest flat index a view touches, for the bounds check.
+fn last_index(v: &MatView, p: &Bmm, rows: usize, cols: usize) -> usize {
+    v.offset
+        + (p.batch.0 - 1) * v.stride_outer
+        + (p.batch.1 - 1) * v.stride_inner
+        + (rows - 1) * v.row_stride
+        + cols
+        - 1
+}
+
+fn params(
+    op: &str,
+    g: &Graph,
+    what: &str,
+    v: &MatView,
+    p: &Bmm,
+    rows: usize,
+    cols: usize,
+) -> Result<ViewParams> {
+    expect_f32(g, op, what, v.id)?;
+    let numel = g.layout(v.id).numel();
+    if last_index(v, p, rows, cols) >= numel {
+        return Err(Error::shape(format!(
+            "{op}: {what} view ({rows}×{cols} matrices, batch {:?}) reaches past its {numel} elements",
+            p.batch
+        )));
+    }
+    let u = |x: usize| {
+        u32::try_from(x).map_err(|_| Error::shape(format!("{op}: {what} index {x} too large")))
+    };
+    Ok(ViewParams {
+        offset: u(v.offset)?,
+        stride_o: u(v.stride_outer)?,
+        stride_i: u(v.stride_inner)?,
+        row_stride: u(v.row_stride)?,
+    })
+}
+
+/// `c[z] = scale · a[z] · b[z]ᵀ` (`b_transposed`) or `scale · a[z] · b[z]`, f32.
+pub fn bmm(g: &mut Graph, a: MatView, b: MatView, c: MatView, p: &Bmm) -> Result<()> {
+    let op = "bmm";
+    let z = p.batch.0 * p.batch.1;
+    if z == 0 || p.m == 0 || p.n == 0 || p.k == 0 {
+        return Err(Error::shape(format!("{op}: empty product {p:?}")));
+    }
+    if z > 65535 {
+        return Err(Error::shape(format!(
+            "{op}: batch of {z} exceeds one dispatch"
+        )));
+    }
+    if c.id == a.id || c.id == b.id {
+        return Err(Error::shape(format!(
+            "{op}: the output must not alias an input"
+        )));
+    }
+    let (b_rows, b_cols) = if p.b_transposed {
+        (p.n, p.k)
+    } else {
+        (p.k, p.n)
+    };
+    let pa = params(op, g, "a", &a, p, p.m, p.k)?;
+    let pb = params(op, g, "b", &b, p, b_rows, b_cols)?;
+    let pc = params(op, g, "c", &c, p, p.m, p.n)?;
+    let aligned = [pa, pb].iter().all(|v| {
+        [v.offset, v.stride_o, v.stride_i, v.row_stride]
+            .iter()
+            .all(|x| x % 4 == 0)
+    }) && (p.b_transposed || p.n % 4 == 0);
+    let mut defines = Vec::new();
+    if aligned {
+        defines.push("ALIGNED");
+    }
+    if p.b_transposed {
+        defines.push("NT");
+    }
+    let prm = Params {
+        a: pa,
+        b: pb,
+        c: pc,
+        batch_inner: p.batch.1 as u32,
+        m: p.m as u32,
+        n: p.n as u32,
+        k: match p.k_len {
+            RunValue::Fixed(len) if len as usize <= p.k => len,
+            RunValue::Fixed(len) => {
+                return Err(Error::shape(format!("{op}: k_len {len} exceeds k {}", p.k)))
+            }
+            RunValue::Slot(_) => p.k as u32,
+        },
+        scale: p.scale,
+        k_slot: p.k_len.encode(op, "k_len")?.0,
+    };
+    let (name, source) = shader!("bmm", run);
+    let wy = (p.m as u32).div_ceil(TILE * WG_Y);
+    if wy > 65535 {
+        return Err(Error::shape(format!(
+            "{op}: {} rows exceed one dispatch",
+            p.m
+        )));
+    }
+    g.dispatch(Kernel {
+        name,
+        source,
+        entry: "bmm",
+        consts: vec![("WGX", WG_X), ("WGY", WG_Y)],
+        defines,
+        params: bytemuck::bytes_of(&prm),
+        tensors: vec![
+            ("a", a.id, Access::Read),
+            ("b", b.id, Access::Read),
+            ("c", c.id, Access::Write),
+        ],
+        workgroups: [(p.n as u32).div_ceil(TILE * WG_X), wy, z as u32],
+    })
+}
