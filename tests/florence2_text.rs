@@ -69,3 +69,61 @@ fn batched_encoder_matches_transformers() {
         assert_eq!(original, got, "{model}: both layouts must agree exactly");
     }
 }
+
+/// V of a fixture image (`[N, D]` on the GPU) — the vision path has its own parity test.
+fn features(gpu: &Gpu, model: &str, image: &str) -> Tensor {
+    let stem = image.split('.').next().unwrap();
+    let rel = format!("{model}/expected_{stem}.safetensors");
+    let (shape, v) = fixture_tensor(&rel, "image_features");
+    Tensor::from_f32(gpu, &shape[1..], DType::F32, &v, "V").unwrap()
+}
+
+#[test]
+fn teacher_forced_decoder_logits_match_transformers() {
+    let gpu = common::gpu();
+    for model in MODELS {
+        let bart = bart(&gpu, model);
+        let run = &json(&format!("{model}/generate.json"))["runs"][0];
+        let input = ids(&run["decoder_logits_input_ids"]);
+        let t = input.len();
+        let v = features(&gpu, model, run["image"].as_str().unwrap());
+        let cache = bart.prefill(&gpu, &v, &ids(&run["prompt_ids"]), t).unwrap();
+        let positions: Vec<u32> = (0..t as u32).collect();
+        let input = Tensor::from_u32(&gpu, &[1, t], &input, "ids").unwrap();
+        let positions = Tensor::from_u32(&gpu, &[1, t], &positions, "positions").unwrap();
+        let mut g = Graph::new(&gpu);
+        let (i, p) = (g.external(&input), g.external(&positions));
+        let logits = bart.decode(&mut g, i, p, &cache).unwrap();
+        g.keep(logits);
+        let exe = g.build().unwrap();
+        exe.run(&gpu, &[0, t as u32]).unwrap();
+        let got = exe.tensor(logits).read_f32(&gpu).unwrap();
+        let rel = format!("{model}/expected_decoder_caption.safetensors");
+        let (_, want) = fixture_tensor(&rel, "logits");
+        let e = max_rel_error(&got, &want);
+        eprintln!("{model}: teacher-forced decoder logits {e:.2e}");
+        assert!(e <= F32_BUDGET, "{model}: logits {e:e}");
+    }
+}
+
+#[test]
+fn greedy_generation_matches_transformers() {
+    let gpu = common::gpu();
+    for model in MODELS {
+        for dir in [model.to_string(), format!("{model}-original")] {
+            let bart = bart(&gpu, &dir);
+            let expected = json(&format!("{dir}/generate.json"));
+            let max_new = expected["modes"]["greedy"]["max_new_tokens"]
+                .as_u64()
+                .unwrap();
+            for run in expected["runs"].as_array().unwrap() {
+                let v = features(&gpu, model, run["image"].as_str().unwrap());
+                let want = ids(&run["greedy"]["ids"]);
+                let got = bart
+                    .greedy(&gpu, &v, &ids(&run["prompt_ids"]), max_new as usize)
+                    .unwrap();
+                assert_eq!(got, want, "{dir} {}", run["task"]);
+            }
+        }
+    }
+}

@@ -10,11 +10,11 @@
 //! q, k and v are fused into one projection (the three weights stacked on the host), so a layer
 //! reads its input once and attention reads q, k and v as strided views.
 
-use crate::gpu::{DType, Gpu, Graph, Tensor, TensorId};
+use crate::gpu::{DType, Executable, Gpu, Graph, Tensor, TensorId};
 use crate::ops::attention::{attention, Attention};
 use crate::ops::copy::{copy, Block};
 use crate::ops::eltwise::{self, Unary};
-use crate::ops::{embed, matmul, RunValue, View};
+use crate::ops::{embed, matmul, sample, RunValue, View};
 use crate::weights::florence2::{Florence2Checkpoint, TextConfig, FINAL_LOGITS_BIAS};
 use crate::{Error, Result};
 
@@ -22,8 +22,8 @@ use super::layers::{add, param, LayerNorm, Linear, Source};
 
 const PREFIX: &str = "model.language_model";
 const SHARED: &str = "model.language_model.shared.weight";
-/// Row of the position table used for position 0 (BART's learned-position offset).
-const POSITION_OFFSET: u32 = 2;
+/// Row of the stored position table used for position 0 (BART's learned-position offset).
+const POSITION_OFFSET: usize = 2;
 /// Run slot holding the cache row where this replay's new keys/values go (the past length).
 pub const PAST_SLOT: u32 = 0;
 /// Run slot holding the keys in use after this replay's rows are appended (past + new).
@@ -81,29 +81,32 @@ impl FeedForward {
 
 /// Token embeddings + learned positions → `layernorm_embedding`, as both stacks begin.
 struct Embeddings {
-    /// `[max_position_embeddings + 2, D]`.
+    /// `[max_position_embeddings, D]`: the stored table without its first two rows (BART's
+    /// learned positions start at row 2), so position p is row p.
     positions: Tensor,
     norm: LayerNorm,
 }
 
 impl Embeddings {
     fn load(gpu: &Gpu, src: &Source, part: &str, cfg: &TextConfig) -> Result<Self> {
-        let d = cfg.d_model;
+        let (d, n) = (cfg.d_model, cfg.max_position_embeddings);
         let p = format!("{PREFIX}.{part}");
+        let name = format!("{p}.embed_positions.weight");
+        let table = src(&name, &[n + POSITION_OFFSET, d])?;
         Ok(Embeddings {
-            positions: param(
+            positions: Tensor::from_f32(
                 gpu,
-                src,
-                &format!("{p}.embed_positions.weight"),
-                &[cfg.max_position_embeddings + 2, d],
+                &[n, d],
                 DType::F32,
+                &table[POSITION_OFFSET * d..],
+                &name,
             )?,
             norm: LayerNorm::load(gpu, src, &format!("{p}.layernorm_embedding"), d, 1e-5)?,
         })
     }
 
-    /// `LN(x + positions[ids])`; `ids` are table rows (position + 2), u32 with `x`'s shape
-    /// less its last dimension.
+    /// `LN(x + positions[ids])`; `ids` are positions, u32 with `x`'s shape less its last
+    /// dimension.
     fn forward(&self, g: &mut Graph, x: TensorId, ids: TensorId) -> Result<TensorId> {
         let pos = g.tensor(&g.shape(x).to_vec(), DType::F32)?;
         let table = g.external(&self.positions);
@@ -399,9 +402,7 @@ impl Bart {
             };
             copy(g, text, x, &prompt)?;
         }
-        let rows: Vec<u32> = (0..batch)
-            .flat_map(|_| (0..seq as u32).map(|p| p + POSITION_OFFSET))
-            .collect();
+        let rows: Vec<u32> = (0..batch).flat_map(|_| 0..seq as u32).collect();
         let rows = Tensor::from_u32(g.gpu(), &[batch, seq], &rows, "encoder positions")?;
         let rows = g.external(&rows);
         let mut x = self.enc_embed.forward(g, x, rows)?;
@@ -490,5 +491,94 @@ impl Bart {
         let b = self.final_logits_bias.as_ref().map(|b| g.external(b));
         matmul::linear(g, x, w, b, logits)?;
         Ok(logits)
+    }
+}
+
+impl Bart {
+    /// Runs the encoder on one prompt over image features `features` (`[N, D]`) and projects
+    /// the cross-attention K/V: the state for decoding up to `capacity` positions.
+    pub fn prefill(
+        &self,
+        gpu: &Gpu,
+        features: &Tensor,
+        prompt: &[u32],
+        capacity: usize,
+    ) -> Result<DecoderCache> {
+        let rows = features.shape().iter().rev().nth(1).copied().unwrap_or(0);
+        let cache = self.new_cache(gpu, 1, capacity, rows + prompt.len())?;
+        let ids = Tensor::from_u32(gpu, &[1, prompt.len()], prompt, "prompt ids")?;
+        let mut g = Graph::new(gpu);
+        let (v, ids) = (g.external(features), g.external(&ids));
+        let enc = self.encode(&mut g, v, ids)?;
+        self.cross_kv(&mut g, enc, &cache)?;
+        g.build()?.run(gpu, &[])?;
+        Ok(cache)
+    }
+
+    /// Greedy decoding as HF `generate` with `num_beams = 1`: the decoder starts from
+    /// `decoder_start_token_id`, step 1 is forced to `<s>` and the last allowed step
+    /// (`max_new_tokens`) to `</s>`; stops after `</s>`. The argmax runs on the GPU and only
+    /// the id is read back. Returns the whole decoder sequence, start token included.
+    pub fn greedy(
+        &self,
+        gpu: &Gpu,
+        features: &Tensor,
+        prompt: &[u32],
+        max_new_tokens: usize,
+    ) -> Result<Vec<u32>> {
+        let cache = self.prefill(gpu, features, prompt, max_new_tokens)?;
+        let step = GreedyStep::new(gpu, self, &cache)?;
+        let (bos, eos) = (self.cfg.bos_token_id, self.cfg.eos_token_id);
+        let mut seq = vec![self.cfg.decoder_start_token_id];
+        while seq.len() <= max_new_tokens {
+            let argmax = step.run(gpu, &seq)?;
+            // HF's forced-EOS processor runs after forced-BOS, so it wins when both apply.
+            let next = match seq.len() {
+                n if n == max_new_tokens => eos,
+                1 => bos,
+                _ => argmax,
+            };
+            seq.push(next);
+            if next == eos {
+                break;
+            }
+        }
+        Ok(seq)
+    }
+}
+
+/// One decoder step for a single sequence, built once and replayed per token: the last token
+/// in, its argmax out.
+struct GreedyStep {
+    exe: Executable,
+    ids: Tensor,
+    positions: Tensor,
+    next: Tensor,
+}
+
+impl GreedyStep {
+    fn new(gpu: &Gpu, bart: &Bart, cache: &DecoderCache) -> Result<GreedyStep> {
+        let ids = Tensor::from_u32(gpu, &[1, 1], &[0], "decoder id")?;
+        let positions = Tensor::from_u32(gpu, &[1, 1], &[0], "decoder position")?;
+        let next = Tensor::from_u32(gpu, &[1], &[0], "next id")?;
+        let mut g = Graph::new(gpu);
+        let (i, p, n) = (g.external(&ids), g.external(&positions), g.external(&next));
+        let logits = bart.decode(&mut g, i, p, cache)?;
+        sample::argmax(&mut g, logits, 0, n, RunValue::Fixed(0))?;
+        Ok(GreedyStep {
+            exe: g.build()?,
+            ids,
+            positions,
+            next,
+        })
+    }
+
+    /// Decodes the last token of `seq` (the rest is cached) and returns the argmax.
+    fn run(&self, gpu: &Gpu, seq: &[u32]) -> Result<u32> {
+        let past = seq.len() as u32 - 1;
+        self.ids.write_words(gpu, &seq[seq.len() - 1..]);
+        self.positions.write_words(gpu, &[past]);
+        self.exe.run(gpu, &[past, past + 1])?;
+        Ok(self.next.read_u32(gpu)?[0])
     }
 }
