@@ -7,6 +7,7 @@ mod common;
 use common::{fixture_path, fixture_tensor, max_rel_error};
 use fvl_wgpu::gpu::{DType, Gpu, Graph, Tensor};
 use fvl_wgpu::model::bart::Bart;
+use fvl_wgpu::tasks::{prompt, Tokenizer};
 use fvl_wgpu::weights::florence2::Florence2Checkpoint;
 use serde_json::Value;
 
@@ -126,4 +127,49 @@ fn greedy_generation_matches_transformers() {
             }
         }
     }
+}
+
+#[test]
+fn task_prompts_tokenize_as_the_processor_does() {
+    for model in MODELS {
+        let tok = Tokenizer::open(fixture_path(model)).unwrap();
+        for run in json(&format!("{model}/generate.json"))["runs"]
+            .as_array()
+            .unwrap()
+        {
+            let task = run["task"].as_str().unwrap();
+            assert_eq!(prompt(task).unwrap(), run["prompt_text"].as_str().unwrap());
+            assert_eq!(
+                tok.encode_task(task).unwrap(),
+                ids(&run["prompt_ids"]),
+                "{task}"
+            );
+            let greedy = &run["greedy"];
+            assert_eq!(
+                tok.decode(&ids(&greedy["ids"])).unwrap(),
+                greedy["text"].as_str().unwrap(),
+                "{model} {task}"
+            );
+        }
+        let florence_vl = json(&format!("{model}/encoder.json"));
+        for (text, want) in florence_vl["prompts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(florence_vl["encoder_prompt_ids"].as_array().unwrap())
+        {
+            let mut got = tok.encode(text.as_str().unwrap()).unwrap();
+            got.resize(want.as_array().unwrap().len(), 1);
+            assert_eq!(got, ids(want), "{text}");
+        }
+    }
+}
+
+#[test]
+fn task_errors_name_the_problem() {
+    let err = |t: &str| prompt(t).unwrap_err().to_string();
+    assert!(err("<CAPTON>").contains("unknown task <CAPTON>"));
+    assert!(err("<CAPTION_TO_PHRASE_GROUNDING>").contains("needs text"));
+    assert!(err("<OD>cars").contains("takes no text"));
+    assert_eq!(prompt("free text").unwrap(), "free text");
 }
