@@ -6,12 +6,14 @@
 //! * [`weights`]: checkpoints on disk (safetensors, shards, `config.json`) and per-model name maps.
 //! * [`image`]: image decoding and Florence-2 preprocessing (CPU only, no GPU use).
 //! * [`model`]: the forward passes (DaViT, Florence-2), reading like the spec.
+//! * [`tasks`]: Florence-2 task prompts and the BART tokenizer (CPU only).
 
 pub mod error;
 pub mod gpu;
 pub mod image;
 pub mod model;
 pub mod ops;
+pub mod tasks;
 pub mod weights;
 
 pub use error::{Error, Result};

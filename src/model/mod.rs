@@ -1,6 +1,7 @@
 //! The models' forward passes, written to be read beside the paper and the spec. Layers hold
 //! GPU tensors and record into a [`Graph`](crate::gpu::Graph); no wgpu types appear here.
 
+pub mod bart;
 pub mod davit;
 pub mod florence2;
 pub mod layers;

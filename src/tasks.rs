@@ -1,0 +1,128 @@
+//! Florence-2 tasks (spec §5.4): a task token, with or without text after it, becomes the
+//! encoder prompt as `Florence2Processor` builds it, and the BART tokenizer turns that into
+//! `<s> … </s>` ids.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Task token → encoder prompt; `{}` marks where a task's text input goes.
+const TASKS: &[(&str, &str)] = &[
+    ("<OCR>", "What is the text in the image?"),
+    (
+        "<OCR_WITH_REGION>",
+        "What is the text in the image, with regions?",
+    ),
+    ("<CAPTION>", "What does the image describe?"),
+    (
+        "<DETAILED_CAPTION>",
+        "Describe in detail what is shown in the image.",
+    ),
+    (
+        "<MORE_DETAILED_CAPTION>",
+        "Describe with a paragraph what is shown in the image.",
+    ),
+    (
+        "<OD>",
+        "Locate the objects with category name in the image.",
+    ),
+    (
+        "<DENSE_REGION_CAPTION>",
+        "Locate the objects in the image, with their descriptions.",
+    ),
+    (
+        "<REGION_PROPOSAL>",
+        "Locate the region proposals in the image.",
+    ),
+    (
+        "<CAPTION_TO_PHRASE_GROUNDING>",
+        "Locate the phrases in the caption: {}",
+    ),
+    (
+        "<REFERRING_EXPRESSION_SEGMENTATION>",
+        "Locate {} in the image with mask",
+    ),
+    (
+        "<REGION_TO_SEGMENTATION>",
+        "What is the polygon mask of region {}",
+    ),
+    ("<OPEN_VOCABULARY_DETECTION>", "Locate {} in the image."),
+    ("<REGION_TO_CATEGORY>", "What is the region {}?"),
+    (
+        "<REGION_TO_DESCRIPTION>",
+        "What does the region {} describe?",
+    ),
+    ("<REGION_TO_OCR>", "What text is in the region {}?"),
+];
+
+/// The task tokens, in the spec's order.
+pub fn task_tokens() -> impl Iterator<Item = &'static str> {
+    TASKS.iter().map(|t| t.0)
+}
+
+/// The encoder prompt for `text`: a task token alone (`<OD>`), or a task token that takes
+/// text followed by it (`<CAPTION_TO_PHRASE_GROUNDING>a red car`). Text that does not start
+/// with `<` is a free-form prompt and is used as it is.
+pub fn prompt(text: &str) -> Result<String> {
+    if !text.starts_with('<') {
+        return Ok(text.to_string());
+    }
+    let token = text.find('>').map_or(text, |end| &text[..=end]);
+    let input = &text[token.len()..];
+    let Some(&(_, template)) = TASKS.iter().find(|t| t.0 == token) else {
+        let known: Vec<_> = task_tokens().collect();
+        return Err(Error::input(format!(
+            "unknown task {token}; known tasks: {}",
+            known.join(" ")
+        )));
+    };
+    match (template.contains("{}"), input.is_empty()) {
+        (true, false) => Ok(template.replace("{}", input)),
+        (true, true) => Err(Error::input(format!(
+            "task {token} needs text after it, e.g. {token}a red car"
+        ))),
+        (false, true) => Ok(template.to_string()),
+        (false, false) => Err(Error::input(format!(
+            "task {token} takes no text, got {input:?} after it"
+        ))),
+    }
+}
+
+/// The BART byte-level BPE tokenizer of a Florence-2 model folder (`tokenizer.json`).
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+}
+
+impl Tokenizer {
+    /// Loads `dir/tokenizer.json`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Tokenizer> {
+        let path = dir.as_ref().join("tokenizer.json");
+        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::File {
+            path: path.display().to_string(),
+            msg: e.to_string(),
+        })?;
+        Ok(Tokenizer { inner })
+    }
+
+    /// Token ids of `text` with `<s>` … `</s>` added.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| Error::input(format!("tokenizing {text:?}: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// The encoder prompt ids for a task (see [`prompt`]).
+    pub fn encode_task(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode(&prompt(text)?)
+    }
+
+    /// Text of `ids`, special tokens (`<s>`, `<loc_k>`, …) kept, as Florence-2's
+    /// post-processing expects.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| Error::input(format!("decoding {} ids: {e}", ids.len())))
+    }
+}

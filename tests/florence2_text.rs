@@ -1,0 +1,175 @@
+//! Florence-2 language model parity with HF transformers: the batched encoder over the three
+//! Florence-VL prompts, teacher-forced decoder logits and greedy generation, for every fixture
+//! model in both naming schemes (f32, 1e-4 max relative error; generated ids exact).
+
+mod common;
+
+use common::{fixture_path, fixture_tensor, max_rel_error};
+use fvl_wgpu::gpu::{DType, Gpu, Graph, Tensor};
+use fvl_wgpu::model::bart::Bart;
+use fvl_wgpu::tasks::{prompt, Tokenizer};
+use fvl_wgpu::weights::florence2::Florence2Checkpoint;
+use serde_json::Value;
+
+const MODELS: &[&str] = &["florence2-a", "florence2-b"];
+const F32_BUDGET: f64 = 1e-4;
+
+fn json(rel: &str) -> Value {
+    let text = std::fs::read_to_string(fixture_path(rel)).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn bart(gpu: &Gpu, dir: &str) -> Bart {
+    let ck = Florence2Checkpoint::open(fixture_path(dir)).unwrap();
+    Bart::from_checkpoint(gpu, &ck, DType::F32).unwrap()
+}
+
+/// Runs the encoder on the fixture's V and padded prompts; returns `[B, N + L, D]` values.
+fn encode(gpu: &Gpu, bart: &Bart, model: &str) -> Vec<f32> {
+    let (shape, v) = fixture_tensor(
+        &format!("{model}/expected_encoder.safetensors"),
+        "image_features",
+    );
+    let prompts: Vec<Vec<u32>> = json(&format!("{model}/encoder.json"))["encoder_prompt_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(ids)
+        .collect();
+    let (b, l) = (prompts.len(), prompts[0].len());
+    let v = Tensor::from_f32(gpu, &shape[1..], DType::F32, &v, "V").unwrap();
+    let p = Tensor::from_u32(gpu, &[b, l], &prompts.concat(), "prompts").unwrap();
+    let mut g = Graph::new(gpu);
+    let (vi, pi) = (g.external(&v), g.external(&p));
+    let out = bart.encode(&mut g, vi, pi).unwrap();
+    g.keep(out);
+    let exe = g.build().unwrap();
+    exe.run(gpu, &[]).unwrap();
+    exe.tensor(out).read_f32(gpu).unwrap()
+}
+
+#[test]
+fn batched_encoder_matches_transformers() {
+    let gpu = common::gpu();
+    for model in MODELS {
+        let rel = format!("{model}/expected_encoder.safetensors");
+        let (_, want) = fixture_tensor(&rel, "encoder_hidden_states");
+        let got = encode(&gpu, &bart(&gpu, model), model);
+        let e = max_rel_error(&got, &want);
+        eprintln!("{model}: encoder hidden states {e:.2e}");
+        assert!(e <= F32_BUDGET, "{model}: encoder {e:e}");
+        let original = encode(&gpu, &bart(&gpu, &format!("{model}-original")), model);
+        assert_eq!(original, got, "{model}: both layouts must agree exactly");
+    }
+}
+
+/// V of a fixture image (`[N, D]` on the GPU) — the vision path has its own parity test.
+fn features(gpu: &Gpu, model: &str, image: &str) -> Tensor {
+    let stem = image.split('.').next().unwrap();
+    let rel = format!("{model}/expected_{stem}.safetensors");
+    let (shape, v) = fixture_tensor(&rel, "image_features");
+    Tensor::from_f32(gpu, &shape[1..], DType::F32, &v, "V").unwrap()
+}
+
+#[test]
+fn teacher_forced_decoder_logits_match_transformers() {
+    let gpu = common::gpu();
+    for model in MODELS {
+        let bart = bart(&gpu, model);
+        let run = &json(&format!("{model}/generate.json"))["runs"][0];
+        let input = ids(&run["decoder_logits_input_ids"]);
+        let t = input.len();
+        let v = features(&gpu, model, run["image"].as_str().unwrap());
+        let cache = bart.prefill(&gpu, &v, &ids(&run["prompt_ids"]), t).unwrap();
+        let positions: Vec<u32> = (0..t as u32).collect();
+        let input = Tensor::from_u32(&gpu, &[1, t], &input, "ids").unwrap();
+        let positions = Tensor::from_u32(&gpu, &[1, t], &positions, "positions").unwrap();
+        let mut g = Graph::new(&gpu);
+        let (i, p) = (g.external(&input), g.external(&positions));
+        let logits = bart.decode(&mut g, i, p, &cache).unwrap();
+        g.keep(logits);
+        let exe = g.build().unwrap();
+        exe.run(&gpu, &[0, t as u32]).unwrap();
+        let got = exe.tensor(logits).read_f32(&gpu).unwrap();
+        let rel = format!("{model}/expected_decoder_caption.safetensors");
+        let (_, want) = fixture_tensor(&rel, "logits");
+        let e = max_rel_error(&got, &want);
+        eprintln!("{model}: teacher-forced decoder logits {e:.2e}");
+        assert!(e <= F32_BUDGET, "{model}: logits {e:e}");
+    }
+}
+
+#[test]
+fn greedy_generation_matches_transformers() {
+    let gpu = common::gpu();
+    for model in MODELS {
+        for dir in [model.to_string(), format!("{model}-original")] {
+            let bart = bart(&gpu, &dir);
+            let expected = json(&format!("{dir}/generate.json"));
+            let max_new = expected["modes"]["greedy"]["max_new_tokens"]
+                .as_u64()
+                .unwrap();
+            for run in expected["runs"].as_array().unwrap() {
+                let v = features(&gpu, model, run["image"].as_str().unwrap());
+                let want = ids(&run["greedy"]["ids"]);
+                let got = bart
+                    .greedy(&gpu, &v, &ids(&run["prompt_ids"]), max_new as usize)
+                    .unwrap();
+                assert_eq!(got, want, "{dir} {}", run["task"]);
+            }
+        }
+    }
+}
+
+#[test]
+fn task_prompts_tokenize_as_the_processor_does() {
+    for model in MODELS {
+        let tok = Tokenizer::open(fixture_path(model)).unwrap();
+        for run in json(&format!("{model}/generate.json"))["runs"]
+            .as_array()
+            .unwrap()
+        {
+            let task = run["task"].as_str().unwrap();
+            assert_eq!(prompt(task).unwrap(), run["prompt_text"].as_str().unwrap());
+            assert_eq!(
+                tok.encode_task(task).unwrap(),
+                ids(&run["prompt_ids"]),
+                "{task}"
+            );
+            let greedy = &run["greedy"];
+            assert_eq!(
+                tok.decode(&ids(&greedy["ids"])).unwrap(),
+                greedy["text"].as_str().unwrap(),
+                "{model} {task}"
+            );
+        }
+        let florence_vl = json(&format!("{model}/encoder.json"));
+        for (text, want) in florence_vl["prompts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(florence_vl["encoder_prompt_ids"].as_array().unwrap())
+        {
+            let mut got = tok.encode(text.as_str().unwrap()).unwrap();
+            got.resize(want.as_array().unwrap().len(), 1);
+            assert_eq!(got, ids(want), "{text}");
+        }
+    }
+}
+
+#[test]
+fn task_errors_name_the_problem() {
+    let err = |t: &str| prompt(t).unwrap_err().to_string();
+    assert!(err("<CAPTON>").contains("unknown task <CAPTON>"));
+    assert!(err("<CAPTION_TO_PHRASE_GROUNDING>").contains("needs text"));
+    assert!(err("<OD>cars").contains("takes no text"));
+    assert_eq!(prompt("free text").unwrap(), "free text");
+}
