@@ -88,6 +88,10 @@ pub fn prompt(text: &str) -> Result<String> {
     }
 }
 
+/// Florence-VL's three prompts (spec §6.1), in the order their encoder outputs are fused:
+/// detailed caption, OCR, dense region caption.
+pub const FLORENCE_VL_TASKS: [&str; 3] = ["<DETAILED_CAPTION>", "<OCR>", "<DENSE_REGION_CAPTION>"];
+
 /// The BART byte-level BPE tokenizer of a Florence-2 model folder (`tokenizer.json`).
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -116,6 +120,22 @@ impl Tokenizer {
     /// The encoder prompt ids for a task (see [`prompt`]).
     pub fn encode_task(&self, text: &str) -> Result<Vec<u32>> {
         self.encode(&prompt(text)?)
+    }
+
+    /// [`FLORENCE_VL_TASKS`] tokenized (with `<s>`/`</s>`) and right-padded with `pad` to the
+    /// longest, as Florence-VL feeds them (no attention mask): `([3·L] row-major, L)`. With the
+    /// real BART tokenizer these are the 14-long ids Florence-VL hard-codes.
+    pub fn florence_vl_prompts(&self, pad: u32) -> Result<(Vec<u32>, usize)> {
+        let prompts = FLORENCE_VL_TASKS
+            .iter()
+            .map(|t| self.encode_task(t))
+            .collect::<Result<Vec<_>>>()?;
+        let len = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let ids = prompts.into_iter().flat_map(|mut p| {
+            p.resize(len, pad);
+            p
+        });
+        Ok((ids.collect(), len))
     }
 
     /// Text of `ids`, special tokens (`<s>`, `<loc_k>`, …) kept, as Florence-2's

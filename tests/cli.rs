@@ -3,6 +3,8 @@
 
 use std::process::Command;
 
+mod common;
+
 fn fvl(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fvl-wgpu"));
     cmd.args(args);
@@ -149,6 +151,25 @@ fn features_writes_pixels_and_image_features() {
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     assert_eq!(st.tensor("pixel_values").unwrap().shape(), [1, 3, 64, 64]);
     assert_eq!(st.tensor("image_features").unwrap().shape(), [1, 5, 32]);
+    // The three Florence-VL prompts' image rows, against HF's batched encoder on this image.
+    let (_, want) = common::fixture_tensor(
+        "florence2-a/expected_encoder.safetensors",
+        "encoder_image_rows",
+    );
+    for (p, name) in ["encoder_caption", "encoder_ocr", "encoder_grounding"]
+        .iter()
+        .enumerate()
+    {
+        let t = st.tensor(name).unwrap();
+        assert_eq!(t.shape(), [1, 5, 32], "{name}");
+        let got: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let e = common::max_rel_error(&got, &want[p * 160..(p + 1) * 160]);
+        assert!(e < 1e-4, "{name}: {e:e}");
+    }
     let _ = std::fs::remove_file(out);
 }
 

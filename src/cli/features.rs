@@ -1,5 +1,7 @@
-//! `fvl-wgpu features`: one image through the Florence-2 vision path, tensors written to a
-//! safetensors file (`pixel_values`, `image_features`).
+//! `fvl-wgpu features`: one image through the Florence-2 vision path and encoder, tensors
+//! written to a safetensors file: `pixel_values`, `image_features` (V) and, where the folder
+//! has a tokenizer, `encoder_caption`, `encoder_ocr`, `encoder_grounding` — the image-token
+//! rows of the encoder output for Florence-VL's three prompts, run as one batch.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -7,9 +9,11 @@ use std::time::Instant;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
-use fvl_wgpu::gpu::{Graph, Tensor};
+use fvl_wgpu::gpu::{DType, Graph, Tensor};
 use fvl_wgpu::image::{preprocess, PreprocessConfig};
+use fvl_wgpu::model::bart::Bart;
 use fvl_wgpu::model::florence2::VisionTower;
+use fvl_wgpu::tasks::Tokenizer;
 use fvl_wgpu::weights::florence2::Florence2Checkpoint;
 use fvl_wgpu::{Error, Result};
 
@@ -65,12 +69,21 @@ pub fn run(args: &FeaturesArgs) -> Result<()> {
     );
     let tower = VisionTower::from_checkpoint(&gpu, &ck, dtype, &|| bar.inc(1))?;
     bar.finish_and_clear();
+    // The encoder outputs need the BART tokenizer; a folder without one gets V only.
+    let encoder = if dir.join("tokenizer.json").exists() {
+        let (ids, len) = Tokenizer::open(dir)?.florence_vl_prompts(ck.text().pad_token_id)?;
+        let ids = Tensor::from_u32(&gpu, &[3, len], &ids, "prompts")?;
+        Some((Bart::from_checkpoint(&gpu, &ck, dtype)?, ids))
+    } else {
+        None
+    };
     let t_load = t0.elapsed();
 
+    let shape = [3, image.height, image.width];
     let pixels = Tensor::from_f32(
         &gpu,
-        &[3, image.height, image.width],
-        fvl_wgpu::gpu::DType::F32,
+        &shape,
+        DType::F32,
         &image.pixel_values,
         "pixel_values",
     )?;
@@ -78,6 +91,13 @@ pub fn run(args: &FeaturesArgs) -> Result<()> {
     let p = g.external(&pixels);
     let out = tower.forward(&mut g, p)?;
     g.keep(out.features);
+    let mut encoded = None;
+    if let Some((bart, ids)) = &encoder {
+        let ids = g.external(ids);
+        let e = bart.encode(&mut g, out.features, ids)?;
+        g.keep(e);
+        encoded = Some(e);
+    }
     let exe = g.build()?;
     let t1 = Instant::now();
     exe.run(&gpu, &[])?;
@@ -86,17 +106,26 @@ pub fn run(args: &FeaturesArgs) -> Result<()> {
     let shape = exe.tensor(out.features).shape().to_vec();
     let batched = [&[1][..], &shape].concat();
 
-    write_safetensors(
-        &args.out,
-        &[
-            (
-                "pixel_values",
-                vec![1, 3, image.height, image.width],
-                &image.pixel_values,
-            ),
-            ("image_features", batched.clone(), &features),
-        ],
-    )?;
+    let pixel_shape = vec![1, 3, image.height, image.width];
+    let mut tensors = vec![
+        ("pixel_values", pixel_shape, image.pixel_values.clone()),
+        ("image_features", batched.clone(), features),
+    ];
+    if let Some(e) = encoded {
+        // [3, N + L, D]: the first N (image-token) rows of each prompt's output.
+        let all = exe.tensor(e).read_f32(&gpu)?;
+        let (seq, d) = (exe.tensor(e).shape()[1], shape[1]);
+        let names = ["encoder_caption", "encoder_ocr", "encoder_grounding"];
+        for (p, name) in names.into_iter().enumerate() {
+            let rows = all[p * seq * d..(p * seq + shape[0]) * d].to_vec();
+            tensors.push((name, batched.clone(), rows));
+        }
+    }
+    let views: Vec<_> = tensors
+        .iter()
+        .map(|(n, s, d)| (*n, s.clone(), &d[..]))
+        .collect();
+    write_safetensors(&args.out, &views)?;
     let summary = serde_json::json!({
         "model": dir.display().to_string(),
         "layout": format!("{:?}", ck.layout()),
@@ -105,6 +134,7 @@ pub fn run(args: &FeaturesArgs) -> Result<()> {
         "original_size": [image.original_size.0, image.original_size.1],
         "pixel_values": [1, 3, image.height, image.width],
         "image_features": batched,
+        "tensors": tensors.iter().map(|t| t.0).collect::<Vec<_>>(),
         "grid": [out.grid.0, out.grid.1],
         "dispatches": exe.dispatches(),
         "load_ms": t_load.as_secs_f64() * 1e3,
