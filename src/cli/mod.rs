@@ -53,6 +53,18 @@ enum BenchWhat {
         #[arg(long, value_name = "TEXT")]
         only: Option<String>,
     },
+    /// Florence-2 language model at the real sizes, random weights: the encoder on the three
+    /// Florence-VL prompts as one batch, and greedy decoder tokens/s.
+    Florence2 {
+        #[command(flatten)]
+        device: DeviceArgs,
+        /// Model size: base or large.
+        #[arg(long, default_value = "large")]
+        config: String,
+        /// Weight precision (default: f16 where the adapter has SHADER_F16, else f32).
+        #[arg(long, value_enum)]
+        precision: Option<Precision>,
+    },
     /// Florence-2 vision path (DaViT + image head) at the real sizes, random weights.
     Vision {
         #[command(flatten)]
@@ -159,6 +171,14 @@ pub fn run() -> Result<()> {
                     only,
                 },
         } => bench::kernels(&device, quick, only.as_deref()),
+        Command::Bench {
+            what:
+                BenchWhat::Florence2 {
+                    device,
+                    config,
+                    precision,
+                },
+        } => bench::florence2(&device, &config, precision),
         Command::Bench {
             what:
                 BenchWhat::Vision {

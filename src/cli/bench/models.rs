@@ -1,0 +1,254 @@
+//! `fvl-wgpu bench vision|florence2`: whole model paths at the real sizes with random weights
+//! in memory (no download).
+
+use std::time::Instant;
+
+use fvl_wgpu::gpu::{DType, Graph};
+use fvl_wgpu::model::bart::Bart;
+use fvl_wgpu::model::florence2::VisionTower;
+use fvl_wgpu::weights::florence2::{TextConfig, VisionConfig};
+use fvl_wgpu::{Error, Result};
+
+use super::{copy_bandwidth, input, linear_row, noise};
+use crate::cli::{progress, DeviceArgs, ModelArgs, Precision};
+
+/// Florence-2 vision configs at the real sizes (spec §3.1): `base` or `large`.
+fn florence2_vision_config(name: &str) -> Result<VisionConfig> {
+    let (dims, heads, proj) = match name {
+        "base" => ([128, 256, 512, 1024], [4, 8, 16, 32], 768),
+        "large" => ([256, 512, 1024, 2048], [8, 16, 32, 64], 1024),
+        other => {
+            return Err(Error::input(format!(
+                "--config {other:?}: expected base or large"
+            )))
+        }
+    };
+    let vc = serde_json::json!({
+        "embed_dim": dims, "num_heads": heads, "num_groups": heads, "depths": [1, 1, 9, 1],
+        "patch_size": [7, 3, 3, 3], "patch_stride": [4, 2, 2, 2], "patch_padding": [3, 1, 1, 1],
+        "patch_prenorm": [false, true, true, true], "window_size": 12, "projection_dim": proj,
+        "mlp_ratio": 4.0, "qkv_bias": true, "max_position_embeddings": 50, "max_temporal_embeddings": 100,
+    });
+    VisionConfig::from_json(&vc, &serde_json::json!({})).map_err(Error::Input)
+}
+
+/// Napkin FLOPs of DaViT + image head at `size`² (spec §9.1): linear layers, window and
+/// channel attention, depthwise and patch convolutions, the projection.
+fn vision_flops(cfg: &VisionConfig, size: usize) -> f64 {
+    let (mut hw, mut cin, mut total) = (size, cfg.in_channels, 0.0);
+    for s in 0..cfg.stages() {
+        let (k, st, pad) = (cfg.patch_size[s], cfg.patch_stride[s], cfg.patch_padding[s]);
+        hw = (hw + 2 * pad - k) / st + 1;
+        let (n, c) = ((hw * hw) as f64, cfg.embed_dim[s] as f64);
+        total += 2.0 * n * c * cin as f64 * (k * k) as f64;
+        let w = cfg.window_size as f64;
+        let block = 24.0 * n * c * c + 36.0 * n * c; // linears + two depthwise convs
+        total += cfg.depths[s] as f64 * (2.0 * block + 4.0 * n * w * w * c + 4.0 * n * c * 32.0);
+        cin = cfg.embed_dim[s];
+    }
+    total + 2.0 * (hw * hw + 1) as f64 * cin as f64 * cfg.projection_dim as f64
+}
+
+/// `fvl-wgpu bench vision`: DaViT + image head at the real sizes with random weights.
+pub fn vision(
+    args: &DeviceArgs,
+    config: &str,
+    size: usize,
+    precision: Option<Precision>,
+) -> Result<()> {
+    let cfg = florence2_vision_config(config)?;
+    let gpu = args.open()?;
+    let dtype = ModelArgs::dtype_for(precision, &gpu);
+    eprintln!("measuring ceilings…");
+    let copy = copy_bandwidth(&gpu, (128u64 << 20).min(gpu.limits.max_buffer_size / 2))?;
+    let ceiling = linear_row(&gpu, 1024, 1024, 1024, DType::F32)?;
+    let best_matmul = ceiling.flops / ceiling.seconds;
+
+    let bar = progress(
+        VisionTower::tensor_count(&cfg),
+        &format!("random {config} weights"),
+    );
+    let mut weight_bytes = 0u64;
+    let counted = std::cell::Cell::new(0u64);
+    let src = |_: &str, shape: &[usize]| {
+        bar.inc(1);
+        let n: usize = shape.iter().product();
+        counted.set(counted.get() + n as u64);
+        Ok(noise(n).iter().map(|v| v * 0.02).collect())
+    };
+    let tower = VisionTower::load(&gpu, &src, &cfg, dtype)?;
+    bar.finish_and_clear();
+    weight_bytes += counted.get() * if dtype == DType::F32 { 4 } else { 2 };
+
+    let pixels = input(&gpu, &[3, size, size], DType::F32)?;
+    let mut g = Graph::new(&gpu);
+    let p = g.external(&pixels);
+    let out = tower.forward(&mut g, p)?;
+    g.keep(out.features);
+    let exe = g.build()?;
+    eprintln!(
+        "{} dispatches, arena {} MiB; warm-up run…",
+        exe.dispatches(),
+        exe.arena_bytes >> 20
+    );
+    exe.run(&gpu, &[])?;
+    let mut best = f64::INFINITY;
+    for _ in 0..2 {
+        let t = Instant::now();
+        exe.run(&gpu, &[])?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    if let Some(profile) = exe.profile(&gpu, &[])? {
+        let total: f64 = profile.iter().map(|k| k.1).sum();
+        eprintln!(
+            "GPU time by kernel (timestamps, one replay; {:.1} ms in all):",
+            total * 1e3
+        );
+        for (label, t, n) in &profile {
+            eprintln!(
+                "  {label:<28} {:>10.1} ms {:>5.1}%  {n} dispatches",
+                t * 1e3,
+                100.0 * t / total
+            );
+        }
+    }
+    let flops = vision_flops(&cfg, size);
+    let gflops = flops / best / 1e9;
+    let peak = weight_bytes + exe.arena_bytes + pixels.layout.bytes();
+    let summary = serde_json::json!({
+        "device": gpu.describe(), "config": config, "image_size": size, "precision": dtype.name(),
+        "ms_per_image": best * 1e3, "gflop": flops / 1e9, "gflops": gflops,
+        "best_matmul_gflops": best_matmul / 1e9, "fraction_of_best_matmul": gflops * 1e9 / best_matmul,
+        "copy_gb_per_s": copy / 1e9, "dispatches": exe.dispatches(), "submits_per_image": 1,
+        "weight_bytes": weight_bytes, "arena_bytes": exe.arena_bytes, "peak_gpu_bytes": peak,
+    });
+    eprintln!(
+        "DaViT-{config} + image head at {size}²: {:.1} ms/image, {:.1} GFLOP → {:.2} GFLOP/s = {:.0}% of the best matmul ({:.2} GFLOP/s)",
+        best * 1e3,
+        flops / 1e9,
+        gflops,
+        100.0 * gflops * 1e9 / best_matmul,
+        best_matmul / 1e9
+    );
+    eprintln!(
+        "peak GPU memory ≈ {} MiB = weights {} MiB + activations arena {} MiB (+ input); {} dispatches, 1 submit",
+        peak >> 20,
+        weight_bytes >> 20,
+        exe.arena_bytes >> 20,
+        exe.dispatches()
+    );
+    if args.json {
+        println!("{summary}");
+    }
+    Ok(())
+}
+
+/// Florence-2 language-model configs at the real sizes (spec §5.1): `base` or `large`.
+fn florence2_text_config(name: &str) -> Result<TextConfig> {
+    let (d, layers, heads, ffn, max_pos) = match name {
+        "base" => (768, 6, 12, 3072, 1024),
+        "large" => (1024, 12, 16, 4096, 4096),
+        other => {
+            return Err(Error::input(format!(
+                "--config {other:?}: expected base or large"
+            )))
+        }
+    };
+    let tc = serde_json::json!({
+        "d_model": d, "encoder_layers": layers, "decoder_layers": layers,
+        "encoder_attention_heads": heads, "decoder_attention_heads": heads,
+        "encoder_ffn_dim": ffn, "decoder_ffn_dim": ffn, "vocab_size": 51289,
+        "max_position_embeddings": max_pos,
+    });
+    TextConfig::from_json(&tc, &serde_json::json!({})).map_err(Error::Input)
+}
+
+/// `fvl-wgpu bench florence2`: the BART encoder on Florence-VL's three prompts as one batch
+/// over 577 image rows (a 768² image), and greedy decoder tokens/s, random weights.
+pub fn florence2(args: &DeviceArgs, config: &str, precision: Option<Precision>) -> Result<()> {
+    let cfg = florence2_text_config(config)?;
+    let gpu = args.open()?;
+    let dtype = ModelArgs::dtype_for(precision, &gpu);
+    eprintln!("measuring ceilings…");
+    let copy = copy_bandwidth(&gpu, (128u64 << 20).min(gpu.limits.max_buffer_size / 2))?;
+    let ceiling = linear_row(&gpu, 1024, 1024, 1024, DType::F32)?;
+    let best_matmul = ceiling.flops / ceiling.seconds;
+
+    let src = |_: &str, shape: &[usize]| {
+        Ok(noise(shape.iter().product())
+            .iter()
+            .map(|v| v * 0.02)
+            .collect())
+    };
+    let bart = Bart::load(&gpu, &src, &cfg, dtype, true)?;
+    let (d, n, len) = (cfg.d_model, 577, 14);
+    let v = input(&gpu, &[n, d], DType::F32)?;
+    let prompts: Vec<u32> = (0..3 * len as u32).map(|i| 3 + i * 7919 % 50000).collect();
+    let ids = fvl_wgpu::gpu::Tensor::from_u32(&gpu, &[3, len], &prompts, "prompts")?;
+
+    // Encoder: three prompts in one pass over the weights.
+    let mut g = Graph::new(&gpu);
+    let (vi, ii) = (g.external(&v), g.external(&ids));
+    let enc = bart.encode(&mut g, vi, ii)?;
+    g.keep(enc);
+    let exe = g.build()?;
+    exe.run(&gpu, &[])?;
+    let mut enc_s = f64::INFINITY;
+    for _ in 0..2 {
+        let t = Instant::now();
+        exe.run(&gpu, &[])?;
+        enc_s = enc_s.min(t.elapsed().as_secs_f64());
+    }
+    let l = (n + len) as f64;
+    let (df, ff) = (d as f64, cfg.encoder_ffn_dim as f64);
+    let enc_flops = 3.0
+        * cfg.encoder_layers as f64
+        * (8.0 * l * df * df + 4.0 * l * df * ff + 4.0 * l * l * df);
+
+    // Decoder: greedy steps after one prompt's prefill; the prefill is timed apart.
+    let steps = 32;
+    let t = Instant::now();
+    bart.prefill(&gpu, &v, &prompts[..len], steps)?;
+    let prefill_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let seq = bart.greedy(&gpu, &v, &prompts[..len], steps)?;
+    let decode_s = (t.elapsed().as_secs_f64() - prefill_s).max(1e-9);
+    let tokens = seq.len() - 1;
+    let wbytes = if dtype == DType::F32 { 4.0 } else { 2.0 };
+    // Per token: self-attention q,k,v,o and cross q,o (cross k,v are cached), FFN, LM head.
+    let per_token = (cfg.decoder_layers as f64 * (6.0 * df * df + 2.0 * df * ff)
+        + cfg.vocab_size as f64 * df)
+        * wbytes;
+    let tok_s = tokens as f64 / decode_s;
+    let gflops = enc_flops / enc_s / 1e9;
+    eprintln!(
+        "Florence-2-{config} encoder, 3 prompts × {} tokens: {:.1} ms, {:.1} GFLOP → {:.2} GFLOP/s = {:.0}% of the best matmul ({:.2} GFLOP/s)",
+        n + len,
+        enc_s * 1e3,
+        enc_flops / 1e9,
+        gflops,
+        100.0 * gflops * 1e9 / best_matmul,
+        best_matmul / 1e9
+    );
+    eprintln!(
+        "decoder: {tokens} greedy tokens at {tok_s:.1} tokens/s; {:.1} MB of weights per token → {:.2} GB/s = {:.0}% of copy bandwidth ({:.1} GB/s)",
+        per_token / 1e6,
+        per_token * tok_s / 1e9,
+        100.0 * per_token * tok_s / copy,
+        copy / 1e9
+    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "device": gpu.describe(), "config": config, "precision": dtype.name(),
+                "encoder_ms": enc_s * 1e3, "encoder_gflop": enc_flops / 1e9, "encoder_gflops": gflops,
+                "best_matmul_gflops": best_matmul / 1e9, "fraction_of_best_matmul": gflops * 1e9 / best_matmul,
+                "decoder_tokens": tokens, "decoder_tokens_per_s": tok_s,
+                "decoder_bytes_per_token": per_token, "decoder_gb_per_s": per_token * tok_s / 1e9,
+                "copy_gb_per_s": copy / 1e9, "fraction_of_copy_bandwidth": per_token * tok_s / copy,
+            })
+        );
+    }
+    Ok(())
+}
