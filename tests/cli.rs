@@ -120,8 +120,27 @@ fn fixture(rel: &str) -> String {
 #[test]
 fn features_writes_pixels_and_image_features() {
     let out = std::env::temp_dir().join(format!("fvl-features-{}.safetensors", std::process::id()));
-    let args = ["features", "--model", &fixture("florence2-a"), "--image", &fixture("images/photo.png")];
-    let (code, stdout, err) = fvl(&[&args[..], &["--out", out.to_str().unwrap(), "--precision", "f32", "--json"]].concat(), &[]);
+    let args = [
+        "features",
+        "--model",
+        &fixture("florence2-a"),
+        "--image",
+        &fixture("images/photo.png"),
+    ];
+    let (code, stdout, err) = fvl(
+        &[
+            &args[..],
+            &[
+                "--out",
+                out.to_str().unwrap(),
+                "--precision",
+                "f32",
+                "--json",
+            ],
+        ]
+        .concat(),
+        &[],
+    );
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v["image_features"], serde_json::json!([1, 5, 32]));
@@ -139,14 +158,40 @@ fn features_bad_input_is_one_line_naming_the_culprit() {
     let out = out.to_str().unwrap();
     let not_image = fixture("florence2-a/config.json");
     let cases: [(&[&str], &str); 3] = [
-        (&["--model", &fixture("florence2-a"), "--image", &not_image], "config.json"),
-        (&["--model", &fixture("florence2-a"), "--image", "/no/such/image.png"], "/no/such/image.png"),
-        (&["--model", "/no/such/model", "--image", &fixture("images/photo.png")], "/no/such/model"),
+        (
+            &["--model", &fixture("florence2-a"), "--image", &not_image],
+            "config.json",
+        ),
+        (
+            &[
+                "--model",
+                &fixture("florence2-a"),
+                "--image",
+                "/no/such/image.png",
+            ],
+            "/no/such/image.png",
+        ),
+        (
+            &[
+                "--model",
+                "/no/such/model",
+                "--image",
+                &fixture("images/photo.png"),
+            ],
+            "/no/such/model",
+        ),
     ];
     for (args, culprit) in cases {
         let (code, _, err) = fvl(&[&["features"][..], args, &["--out", out]].concat(), &[]);
         assert_ne!(code, 0, "{args:?}");
-        assert_eq!(err.trim().lines().filter(|l| l.starts_with("error")).count(), 1, "{err}");
+        assert_eq!(
+            err.trim()
+                .lines()
+                .filter(|l| l.starts_with("error"))
+                .count(),
+            1,
+            "{err}"
+        );
         assert!(err.contains(culprit), "{args:?}: {err}");
     }
 }

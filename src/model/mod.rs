@@ -4,3 +4,4 @@
 pub mod davit;
 pub mod florence2;
 pub mod layers;
+pub mod llama;
