@@ -7,6 +7,7 @@ mod common;
 use common::{fixture_path, fixture_tensor, max_rel_error};
 use fvl_wgpu::gpu::{DType, Gpu};
 use fvl_wgpu::model::llama::{Llama, Pick, Prompt, Session};
+use fvl_wgpu::text::llama::{chat_text, LlamaTokenizer, Message, TextStream};
 use fvl_wgpu::weights::Checkpoint;
 
 const MODELS: &[&str] = &["llama-a", "llama-b"];
@@ -226,5 +227,48 @@ fn q8_q4_kl_and_top1_agreement_vs_f32() {
                 quant.name()
             );
         }
+    }
+}
+
+#[test]
+fn tokenizer_prompt_chat_template_and_stop_ids_match_transformers() {
+    for model in MODELS {
+        let text =
+            std::fs::read_to_string(fixture_path(&format!("{model}/expected.json"))).unwrap();
+        let j: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let ids = |k: &str| -> Vec<u32> {
+            j[k].as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect()
+        };
+        let tok = LlamaTokenizer::open(&fixture_path(model)).unwrap();
+        assert_eq!(tok.stop_ids, ids("eos_token_ids"), "{model}");
+        let prompt = j["prompt"].as_str().unwrap();
+        assert_eq!(
+            tok.encode(prompt, true).unwrap(),
+            ids("prompt_ids"),
+            "{model}"
+        );
+
+        let chat = chat_text(&[Message::new("user", "Hello world!")]);
+        assert_eq!(chat, j["chat_text"].as_str().unwrap(), "{model}");
+        // The fixture tokenised the template's text with special tokens: a doubled BOS.
+        let chat_ids = ids("chat_ids");
+        assert_eq!(chat_ids[..2], [chat_ids[0]; 2]);
+        assert_eq!(tok.encode(&chat, true).unwrap(), chat_ids, "{model}");
+        let once = tok
+            .encode_chat(&[Message::new("user", "Hello world!")])
+            .unwrap();
+        assert_eq!(once, chat_ids[1..], "{model}: one BOS in the chat prompt");
+
+        let mut stream = TextStream::default();
+        let mut streamed = String::new();
+        for &id in &ids("prompt_ids") {
+            streamed += &stream.push(&tok, id).unwrap().unwrap_or_default();
+        }
+        assert_eq!(streamed, tok.decode(&ids("prompt_ids")).unwrap(), "{model}");
+        assert!(streamed.ends_with(prompt), "{model}: {streamed:?}");
     }
 }
