@@ -163,6 +163,8 @@ pub struct Llama {
     pub cfg: LlamaConfig,
     /// The dtype asked for the linear weights (some may fall back, see [`Llama::load`]).
     pub quant: DType,
+    /// Number of weights stored as f16 instead of a quantized `quant`.
+    pub f16_fallbacks: usize,
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
@@ -206,8 +208,14 @@ impl Llama {
         };
         let (h, d) = (cfg.hidden, cfg.head_dim);
         let (q_dim, kv_dim) = (cfg.heads * d, cfg.kv_dim());
+        let fallbacks = std::cell::Cell::new(0);
+        let dtype = |cols: usize| {
+            let dt = weight_dtype(quant, cols);
+            fallbacks.set(fallbacks.get() + usize::from(dt != quant));
+            dt
+        };
         let linear = |name: &str, out: usize, inp: usize| {
-            Linear::load(gpu, &src, name, out, inp, false, weight_dtype(quant, inp))
+            Linear::load(gpu, &src, name, out, inp, false, dtype(inp))
         };
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
@@ -228,7 +236,7 @@ impl Llama {
                     weight: Tensor::from_f32(
                         gpu,
                         &qkv_shape,
-                        weight_dtype(quant, h),
+                        dtype(h),
                         &qkv,
                         &format!("{p}.self_attn.qkv"),
                     )?,
@@ -252,7 +260,7 @@ impl Llama {
             &src,
             "model.embed_tokens.weight",
             &[vocab, h],
-            weight_dtype(quant, h),
+            dtype(h),
         )?;
         let lm_head = if cfg.tie_word_embeddings {
             None
@@ -267,6 +275,7 @@ impl Llama {
             lm_head,
             inv_freq: Tensor::from_f32(gpu, &[d / 2], DType::F32, &freqs, "inv_freq")?,
             quant,
+            f16_fallbacks: fallbacks.get(),
             cfg,
         })
     }
