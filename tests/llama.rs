@@ -272,3 +272,35 @@ fn tokenizer_prompt_chat_template_and_stop_ids_match_transformers() {
         assert!(streamed.ends_with(prompt), "{model}: {streamed:?}");
     }
 }
+
+/// Prefill from embeddings supplied by the caller: florence-vl-tiny's language model on its
+/// `inputs_embeds` (text rows with the projected image rows spliced in), last-position logits
+/// within the f32 budget and 16 greedy ids as HF.
+#[test]
+fn prefill_from_embeddings_matches_transformers() {
+    let gpu = common::gpu();
+    let dir = "florence-vl-tiny";
+    let llama = load(&gpu, dir, DType::F32);
+    let rel = format!("{dir}/expected.safetensors");
+    let (shape, embeds) = fixture_tensor(&rel, "inputs_embeds");
+    let (_, want) = fixture_tensor(&rel, "last_logits");
+    let text = std::fs::read_to_string(fixture_path(&format!("{dir}/expected.json"))).unwrap();
+    let j: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let answer: Vec<u32> = j["answer_ids_16_no_eos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let x =
+        fvl_wgpu::gpu::Tensor::from_f32(&gpu, &shape[1..], DType::F32, &embeds, "embeds").unwrap();
+    let mut s = Session::new(&gpu, &llama, 128, Pick::Greedy, 0).unwrap();
+    let mut ids = vec![s.prefill(Prompt::Embeddings(&x), false).unwrap()];
+    let err = max_rel_error(&s.logits().unwrap(), &want);
+    eprintln!("{dir} f32 from embeddings: last logits max rel error {err:.2e}");
+    assert!(err <= F32_BUDGET, "{err:e}");
+    while ids.len() < answer.len() {
+        ids.push(s.decode(None).unwrap());
+    }
+    assert_eq!(ids, answer);
+}
