@@ -304,3 +304,32 @@ fn prefill_from_embeddings_matches_transformers() {
     }
     assert_eq!(ids, answer);
 }
+
+/// Config styles the fixtures do not cover: transformers-4 `rope_scaling` with a llama3
+/// block, defaults for `head_dim` and `num_key_value_heads`, and an unsupported rope type.
+#[test]
+fn config_parses_both_rope_styles_and_defaults() {
+    use fvl_wgpu::model::llama::LlamaConfig;
+    let base = serde_json::json!({
+        "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "max_position_embeddings": 128, "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    });
+    let c = LlamaConfig::from_json(&base, 300).unwrap();
+    assert_eq!((c.head_dim, c.kv_heads, c.vocab), (16, 4, 300));
+    assert_eq!(c.rope_theta, 500000.0);
+    assert_eq!(c.rope_scaling.unwrap().factor, 8.0);
+    assert!(!c.tie_word_embeddings);
+    let mut other = base.clone();
+    other["rope_scaling"] = serde_json::json!({"type": "yarn", "factor": 4.0});
+    let err = LlamaConfig::from_json(&other, 300).unwrap_err().to_string();
+    assert!(err.contains("yarn"), "{err}");
+    let mut missing = base;
+    missing.as_object_mut().unwrap().remove("num_hidden_layers");
+    let err = LlamaConfig::from_json(&missing, 300)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("num_hidden_layers"), "{err}");
+}
