@@ -5,8 +5,9 @@
 //! * [`ops`]: one module per kernel family, the Rust side of each WGSL file in `shaders/`.
 //! * [`weights`]: checkpoints on disk (safetensors, shards, `config.json`) and per-model name maps.
 //! * [`image`]: image decoding and Florence-2 preprocessing (CPU only, no GPU use).
-//! * [`model`]: the forward passes (DaViT, Florence-2), reading like the spec.
-//! * [`tasks`]: Florence-2 task prompts and the BART tokenizer (CPU only).
+//! * [`text`]: the Llama-3 tokenizer and chat template; [`tasks`]: Florence-2 task prompts and
+//!   the BART tokenizer (CPU only).
+//! * [`model`]: the forward passes (DaViT, Florence-2, Llama), reading like the spec.
 
 pub mod error;
 pub mod gpu;
@@ -14,6 +15,7 @@ pub mod image;
 pub mod model;
 pub mod ops;
 pub mod tasks;
+pub mod text;
 pub mod weights;
 
 pub use error::{Error, Result};

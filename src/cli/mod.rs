@@ -11,6 +11,7 @@ use fvl_wgpu::Result;
 mod bench;
 mod devices;
 mod features;
+mod generate;
 mod selfcheck;
 
 /// Florence-VL and Florence-2 inference on any GPU (Vulkan, Metal, DX12) through wgpu.
@@ -33,6 +34,8 @@ enum Command {
     Selfcheck(DeviceArgs),
     /// Run the Florence-2 vision path on one image and write its tensors to safetensors.
     Features(features::FeaturesArgs),
+    /// Generate text with a Llama-3 checkpoint, streamed to stdout.
+    Generate(generate::GenerateArgs),
     /// Measure kernels (or, later, whole models) against the device's own ceilings.
     Bench {
         #[command(subcommand)]
@@ -163,6 +166,7 @@ pub fn run() -> Result<()> {
         Command::Devices { json } => devices::run(json),
         Command::Selfcheck(args) => selfcheck::run(&args),
         Command::Features(args) => features::run(&args),
+        Command::Generate(args) => generate::run(&args),
         Command::Bench {
             what:
                 BenchWhat::Kernels {

@@ -516,12 +516,24 @@ impl Executable {
 
     /// Replays the graph: one compute pass, one submit. Does not wait.
     pub fn submit(&self, gpu: &Gpu, run_values: &[u32]) -> Result<()> {
+        self.submit_with(gpu, run_values, |_| ())
+    }
+
+    /// Replays the graph and lets `after` record more commands (e.g. copying a sampled token
+    /// id to a mappable buffer) into the same submit. Does not wait.
+    pub fn submit_with(
+        &self,
+        gpu: &Gpu,
+        run_values: &[u32],
+        after: impl FnOnce(&mut wgpu::CommandEncoder),
+    ) -> Result<()> {
         self.set_run_values(gpu, run_values);
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             self.record(&mut pass);
         }
+        after(&mut enc);
         gpu.queue.submit([enc.finish()]);
         gpu.count_submit();
         gpu.check()

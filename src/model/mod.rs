@@ -5,3 +5,4 @@ pub mod bart;
 pub mod davit;
 pub mod florence2;
 pub mod layers;
+pub mod llama;

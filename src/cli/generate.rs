@@ -1,0 +1,196 @@
+//! `fvl-wgpu generate`: text generation with a Llama-3 checkpoint, streamed to stdout as it
+//! decodes, or one JSON object with `--json`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::ValueEnum;
+
+use fvl_wgpu::gpu::DType;
+use fvl_wgpu::model::llama::{Llama, LlamaConfig, Pick, Prompt, Session};
+use fvl_wgpu::text::llama::{LlamaTokenizer, Message, TextStream};
+use fvl_wgpu::weights::Checkpoint;
+use fvl_wgpu::{Error, Result};
+
+use super::{progress, DeviceArgs};
+
+/// Weight storage of the linear layers and the embedding table.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Quant {
+    /// f32: the exact path the parity tests use.
+    F32,
+    /// f16 (accumulation stays f32).
+    F16,
+    /// 8-bit blocks of 32 with an f16 scale (8.5 bits a weight).
+    Q8,
+    /// 4-bit blocks of 32 with an f16 scale (4.5 bits a weight).
+    Q4,
+}
+
+/// Arguments of `generate`.
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["prompt", "prompt_ids"])))]
+pub struct GenerateArgs {
+    /// Model folder (config.json, safetensors single or sharded, tokenizer.json).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Prompt text (tokenised with a leading <|begin_of_text|>).
+    #[arg(long, value_name = "TEXT")]
+    pub prompt: Option<String>,
+    /// Prompt as token ids, comma-separated (used as given).
+    #[arg(long, value_name = "ID,ID,...", value_delimiter = ',')]
+    pub prompt_ids: Option<Vec<u32>>,
+    /// Wrap --prompt as a user message in the Llama-3 chat template.
+    #[arg(long, requires = "prompt")]
+    pub chat: bool,
+    /// Most tokens to generate (stops earlier at an end-of-sequence id).
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature; 0 (the default) is greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Sample from the K most likely tokens only (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: u32,
+    /// Sample from the smallest set of tokens holding this much probability.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Sampling seed: the same seed and settings give the same tokens.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u32,
+    /// Weight storage (default: f16 where the adapter has SHADER_F16, else f32).
+    #[arg(long, value_enum)]
+    pub quant: Option<Quant>,
+    /// Context length in positions, prompt included (default: max_position_embeddings).
+    #[arg(long, value_name = "N")]
+    pub context: Option<usize>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+pub fn run(args: &GenerateArgs) -> Result<()> {
+    let ck = Checkpoint::open(&args.model)?;
+    let vocab = ck.info("model.embed_tokens.weight")?.0[0];
+    let cfg = LlamaConfig::from_json(ck.config(), vocab)?;
+    let tok_path = args.model.join("tokenizer.json");
+    let tok = if args.prompt.is_some() || tok_path.is_file() {
+        Some(LlamaTokenizer::open(&args.model)?)
+    } else {
+        None
+    };
+    let prompt = match (&args.prompt, &args.prompt_ids, &tok) {
+        (Some(text), _, Some(tok)) if args.chat => {
+            tok.encode_chat(&[Message::new("user", text)])?
+        }
+        (Some(text), _, Some(tok)) => tok.encode(text, true)?,
+        (_, Some(ids), _) => ids.clone(),
+        _ => unreachable!("clap requires --prompt or --prompt-ids"),
+    };
+    if prompt.is_empty() {
+        return Err(Error::input("the prompt has no tokens"));
+    }
+    if let Some(&bad) = prompt.iter().find(|&&id| id as usize >= vocab) {
+        return Err(Error::input(format!(
+            "prompt id {bad} is outside the vocabulary of {vocab} tokens"
+        )));
+    }
+    let context = args.context.unwrap_or(cfg.max_position_embeddings);
+    if prompt.len() >= context {
+        return Err(Error::input(format!(
+            "the prompt has {} tokens, the context holds {context} positions (prompt plus at least one new token); shorten the prompt or raise --context",
+            prompt.len()
+        )));
+    }
+    let pick = if args.temperature > 0.0 {
+        Pick::Sample {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+        }
+    } else {
+        Pick::Greedy
+    };
+
+    let gpu = args.device.open()?;
+    let quant = match args.quant {
+        Some(Quant::F32) => DType::F32,
+        Some(Quant::F16) => DType::F16,
+        Some(Quant::Q8) => DType::Q8,
+        Some(Quant::Q4) => DType::Q4,
+        None if gpu.shader_f16 => DType::F16,
+        None => DType::F32,
+    };
+    let bar = progress(Llama::tensor_count(&cfg), "loading Llama");
+    let llama = Llama::load(&gpu, &ck, quant, &|| bar.inc(1))?;
+    bar.finish_and_clear();
+    if llama.f16_fallbacks > 0 {
+        eprintln!(
+            "note: {} weight(s) with rows that are not a multiple of 32 long are stored as f16, not {}",
+            llama.f16_fallbacks,
+            quant.name()
+        );
+    }
+    let cache_len = context.min(prompt.len() + args.max_new_tokens);
+    let mut session = Session::new(&gpu, &llama, cache_len, pick, args.seed)?;
+
+    let t0 = Instant::now();
+    let mut id = session.prefill(Prompt::Ids(&prompt), false)?;
+    let prefill_s = t0.elapsed().as_secs_f64();
+    let mut ids = Vec::new();
+    let mut stream = TextStream::default();
+    let mut text = String::new();
+    let mut stdout = std::io::stdout();
+    let t1 = Instant::now();
+    let stopped = loop {
+        ids.push(id);
+        if tok.as_ref().is_some_and(|t| t.is_stop(id)) {
+            break "eos";
+        }
+        if let Some(tok) = &tok {
+            if let Some(piece) = stream.push(tok, id)? {
+                if !args.device.json {
+                    print!("{piece}");
+                    stdout.flush().ok();
+                }
+                text += &piece;
+            }
+        }
+        if ids.len() == args.max_new_tokens {
+            break "length";
+        }
+        if session.position() == cache_len {
+            break "context";
+        }
+        id = session.decode(None)?;
+    };
+    let decode_steps = ids.len() - 1;
+    let decode_s = t1.elapsed().as_secs_f64();
+    let prefill_tps = prompt.len() as f64 / prefill_s;
+    let decode_tps = if decode_steps > 0 {
+        decode_steps as f64 / decode_s
+    } else {
+        0.0
+    };
+    if args.device.json {
+        let summary = serde_json::json!({
+            "token_ids": ids,
+            "text": text,
+            "prompt_tokens": prompt.len(),
+            "stopped": stopped,
+            "quant": quant.name(),
+            "prefill_tokens_per_s": prefill_tps,
+            "decode_tokens_per_s": decode_tps,
+        });
+        println!("{summary}");
+    } else {
+        println!();
+        eprintln!(
+            "{} tokens ({stopped}); prefill {} tokens at {prefill_tps:.1} tokens/s, decode {decode_tps:.1} tokens/s ({})",
+            ids.len(),
+            prompt.len(),
+            quant.name()
+        );
+    }
+    Ok(())
+}

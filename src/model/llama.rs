@@ -1,0 +1,645 @@
+//! Llama 3 decoder (HF `LlamaForCausalLM`): RMSNorm, RoPE with Llama 3 frequency scaling,
+//! grouped-query attention over a KV cache, SwiGLU MLP, tied or untied LM head.
+//!
+//! A forward is recorded once per shape: a prefill graph for a prompt of `T` tokens and a
+//! decode graph for one token. Both write into the same KV cache (one `[S, kv_heads·head_dim]`
+//! tensor per layer for keys and one for values) at the row given by a run slot, and both end
+//! by choosing the next token on the GPU into a one-id tensor that the decode graph's embedding
+//! reads: a decode step is one submit, and only that 4-byte id comes back.
+
+use serde_json::Value;
+
+use crate::gpu::{DType, Executable, Gpu, Graph, Tensor, TensorId};
+use crate::ops::attention::{self, Attention};
+use crate::ops::copy::{self, Block};
+use crate::ops::rope::{self, inv_freq, Llama3Scaling, Rope};
+use crate::ops::sample::{self, Sampling};
+use crate::ops::{eltwise, embed, norm, RunValue, View};
+use crate::weights::Checkpoint;
+use crate::{Error, Result};
+
+use super::layers::{add, param, Linear};
+
+/// Run slot holding the position of the graph's first token (= rows already in the cache).
+pub const POS_SLOT: u32 = 0;
+/// Run slot holding the number of cache rows in use after this step (`pos + tokens`).
+pub const LEN_SLOT: u32 = 1;
+/// Run slot holding the sampling seed.
+pub const SEED_SLOT: u32 = 2;
+/// Run slot holding the sampling step (the index of the draw).
+pub const STEP_SLOT: u32 = 3;
+
+/// The `config.json` fields the forward pass needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaConfig {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Rows of the embedding table (may differ from `vocab_size` in the config).
+    pub vocab: usize,
+    pub rms_norm_eps: f32,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<Llama3Scaling>,
+    pub tie_word_embeddings: bool,
+    pub max_position_embeddings: usize,
+}
+
+fn field<'a>(cfg: &'a Value, key: &str) -> Result<&'a Value> {
+    cfg.get(key)
+        .filter(|v| !v.is_null())
+        .ok_or_else(|| Error::input(format!("config.json: missing \"{key}\"")))
+}
+
+fn usize_field(cfg: &Value, key: &str) -> Result<usize> {
+    field(cfg, key)?
+        .as_u64()
+        .map(|v| v as usize)
+        .ok_or_else(|| Error::input(format!("config.json: \"{key}\" is not an integer")))
+}
+
+fn f64_field(cfg: &Value, key: &str) -> Result<f64> {
+    field(cfg, key)?
+        .as_f64()
+        .ok_or_else(|| Error::input(format!("config.json: \"{key}\" is not a number")))
+}
+
+impl LlamaConfig {
+    /// Parses a transformers Llama `config.json`; `vocab` is the embedding table's row count.
+    /// RoPE settings come from `rope_parameters` (transformers 5) or from `rope_theta` plus
+    /// `rope_scaling` (transformers 4; `null` or absent means unscaled).
+    pub fn from_json(cfg: &Value, vocab: usize) -> Result<LlamaConfig> {
+        let hidden = usize_field(cfg, "hidden_size")?;
+        let heads = usize_field(cfg, "num_attention_heads")?;
+        let kv_heads = match cfg.get("num_key_value_heads").filter(|v| !v.is_null()) {
+            Some(_) => usize_field(cfg, "num_key_value_heads")?,
+            None => heads,
+        };
+        let head_dim = match cfg.get("head_dim").filter(|v| !v.is_null()) {
+            Some(_) => usize_field(cfg, "head_dim")?,
+            None => hidden / heads.max(1),
+        };
+        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+            return Err(Error::input(format!(
+                "config.json: {heads} attention heads are not a multiple of {kv_heads} kv heads"
+            )));
+        }
+        let (theta, scaling) = match cfg.get("rope_parameters").filter(|v| !v.is_null()) {
+            Some(p) => (f64_field(p, "rope_theta")?, rope_scaling(p)?),
+            None => (
+                cfg.get("rope_theta")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(10000.0),
+                match cfg.get("rope_scaling").filter(|v| !v.is_null()) {
+                    Some(s) => rope_scaling(s)?,
+                    None => None,
+                },
+            ),
+        };
+        Ok(LlamaConfig {
+            hidden,
+            intermediate: usize_field(cfg, "intermediate_size")?,
+            layers: usize_field(cfg, "num_hidden_layers")?,
+            heads,
+            kv_heads,
+            head_dim,
+            vocab,
+            rms_norm_eps: cfg
+                .get("rms_norm_eps")
+                .and_then(Value::as_f64)
+                .unwrap_or(1e-6) as f32,
+            rope_theta: theta,
+            rope_scaling: scaling,
+            tie_word_embeddings: cfg
+                .get("tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            max_position_embeddings: usize_field(cfg, "max_position_embeddings")?,
+        })
+    }
+
+    /// Width of the keys (and of the values) of one token: `kv_heads · head_dim`.
+    pub fn kv_dim(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+}
+
+/// The scaling part of a RoPE settings object (`rope_type`, or the older `type`).
+fn rope_scaling(p: &Value) -> Result<Option<Llama3Scaling>> {
+    let kind = p
+        .get("rope_type")
+        .or_else(|| p.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    match kind {
+        "default" => Ok(None),
+        "llama3" => Ok(Some(Llama3Scaling {
+            factor: f64_field(p, "factor")?,
+            low_freq_factor: f64_field(p, "low_freq_factor")?,
+            high_freq_factor: f64_field(p, "high_freq_factor")?,
+            original_max_position_embeddings: f64_field(p, "original_max_position_embeddings")?,
+        })),
+        other => Err(Error::input(format!(
+            "config.json: rope type \"{other}\" is not supported (default and llama3 are)"
+        ))),
+    }
+}
+
+/// One decoder layer's weights. q, k and v are one fused projection `[(H + 2·Hkv)·D, hidden]`.
+struct Layer {
+    attn_norm: Tensor,
+    qkv: Linear,
+    o: Linear,
+    mlp_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// A Llama model on the GPU.
+pub struct Llama {
+    pub cfg: LlamaConfig,
+    /// The dtype asked for the linear weights (some may fall back, see [`Llama::load`]).
+    pub quant: DType,
+    /// Number of weights stored as f16 instead of a quantized `quant`.
+    pub f16_fallbacks: usize,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    /// `None` when tied to the embedding table.
+    lm_head: Option<Linear>,
+    inv_freq: Tensor,
+}
+
+/// A weight dtype for rows `cols` long: quantized rows must be whole 32-element blocks, so a
+/// weight with other rows (tiny test models) falls back to f16.
+fn weight_dtype(quant: DType, cols: usize) -> DType {
+    if quant.check_cols(cols).is_ok() {
+        quant
+    } else {
+        DType::F16
+    }
+}
+
+impl Llama {
+    /// Number of tensors [`Llama::load`] reads, for progress bars.
+    pub fn tensor_count(cfg: &LlamaConfig) -> usize {
+        2 + 9 * cfg.layers + usize::from(!cfg.tie_word_embeddings)
+    }
+
+    /// Loads a HF Llama checkpoint with the linear weights and the embedding table as `quant`
+    /// (F32, F16, Q8 or Q4; a quantized weight whose rows are not a multiple of 32 long is
+    /// kept as f16). Norm weights stay f32. `on_tensor` is called after each tensor.
+    pub fn load(gpu: &Gpu, ck: &Checkpoint, quant: DType, on_tensor: &dyn Fn()) -> Result<Llama> {
+        if !matches!(quant, DType::F32 | DType::F16 | DType::Q8 | DType::Q4) {
+            return Err(Error::input(format!(
+                "weights cannot be stored as {}",
+                quant.name()
+            )));
+        }
+        let vocab = ck.info("model.embed_tokens.weight")?.0[0];
+        let cfg = LlamaConfig::from_json(ck.config(), vocab)?;
+        let src = |name: &str, shape: &[usize]| {
+            let v = ck.load_f32(name, shape);
+            on_tensor();
+            v
+        };
+        let (h, d) = (cfg.hidden, cfg.head_dim);
+        let (q_dim, kv_dim) = (cfg.heads * d, cfg.kv_dim());
+        let fallbacks = std::cell::Cell::new(0);
+        let dtype = |cols: usize| {
+            let dt = weight_dtype(quant, cols);
+            fallbacks.set(fallbacks.get() + usize::from(dt != quant));
+            dt
+        };
+        let linear = |name: &str, out: usize, inp: usize| {
+            Linear::load(gpu, &src, name, out, inp, false, dtype(inp))
+        };
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for i in 0..cfg.layers {
+            let p = format!("model.layers.{i}");
+            let mut qkv = src(&format!("{p}.self_attn.q_proj.weight"), &[q_dim, h])?;
+            qkv.extend(src(&format!("{p}.self_attn.k_proj.weight"), &[kv_dim, h])?);
+            qkv.extend(src(&format!("{p}.self_attn.v_proj.weight"), &[kv_dim, h])?);
+            let qkv_shape = [q_dim + 2 * kv_dim, h];
+            layers.push(Layer {
+                attn_norm: param(
+                    gpu,
+                    &src,
+                    &format!("{p}.input_layernorm.weight"),
+                    &[h],
+                    DType::F32,
+                )?,
+                qkv: Linear {
+                    weight: Tensor::from_f32(
+                        gpu,
+                        &qkv_shape,
+                        dtype(h),
+                        &qkv,
+                        &format!("{p}.self_attn.qkv"),
+                    )?,
+                    bias: None,
+                },
+                o: linear(&format!("{p}.self_attn.o_proj"), h, q_dim)?,
+                mlp_norm: param(
+                    gpu,
+                    &src,
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    &[h],
+                    DType::F32,
+                )?,
+                gate: linear(&format!("{p}.mlp.gate_proj"), cfg.intermediate, h)?,
+                up: linear(&format!("{p}.mlp.up_proj"), cfg.intermediate, h)?,
+                down: linear(&format!("{p}.mlp.down_proj"), h, cfg.intermediate)?,
+            });
+        }
+        let embed = param(
+            gpu,
+            &src,
+            "model.embed_tokens.weight",
+            &[vocab, h],
+            dtype(h),
+        )?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(linear("lm_head", vocab, h)?)
+        };
+        let freqs = inv_freq(d, cfg.rope_theta, cfg.rope_scaling);
+        Ok(Llama {
+            embed,
+            layers,
+            norm: param(gpu, &src, "model.norm.weight", &[h], DType::F32)?,
+            lm_head,
+            inv_freq: Tensor::from_f32(gpu, &[d / 2], DType::F32, &freqs, "inv_freq")?,
+            quant,
+            f16_fallbacks: fallbacks.get(),
+            cfg,
+        })
+    }
+
+    /// Allocates a KV cache for `max_context` positions.
+    pub fn kv_cache(&self, gpu: &Gpu, max_context: usize) -> Result<KvCache> {
+        let shape = [max_context, self.cfg.kv_dim()];
+        let layers = (0..self.cfg.layers)
+            .map(|i| {
+                Ok((
+                    Tensor::empty(gpu, &shape, DType::F32, &format!("k cache {i}"))?,
+                    Tensor::empty(gpu, &shape, DType::F32, &format!("v cache {i}"))?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        Ok(KvCache {
+            layers,
+            max_context,
+        })
+    }
+
+    /// Records the decoder on `t` embedded tokens `x` (`[t, hidden]`) at positions
+    /// `run[POS_SLOT]..`, appending their keys and values to `cache`. Returns the logits,
+    /// `[t, vocab]` with `all_logits`, else `[1, vocab]` for the last token only.
+    pub fn forward(
+        &self,
+        g: &mut Graph,
+        x: TensorId,
+        cache: &KvCache,
+        all_logits: bool,
+    ) -> Result<TensorId> {
+        let c = &self.cfg;
+        let t = g.shape(x)[0];
+        let (d, q_dim, kv_dim) = (c.head_dim, c.heads * c.head_dim, c.kv_dim());
+        let qkv_width = q_dim + 2 * kv_dim;
+        let inv_freq = g.external(&self.inv_freq);
+        let mut x = x;
+        for (layer, (k_cache, v_cache)) in self.layers.iter().zip(&cache.layers) {
+            // Attention: x += o(attn(rope(q), cache ⊕ rope(k), cache ⊕ v)).
+            let h = rmsnorm(g, x, &layer.attn_norm, c.rms_norm_eps)?;
+            let qkv = layer.qkv.forward(g, h)?;
+            for (col, heads) in [(0, c.heads), (q_dim, c.kv_heads)] {
+                let r = Rope {
+                    batch: 1,
+                    tokens: t,
+                    n_heads: heads,
+                    head_dim: d,
+                    pos0: RunValue::Slot(POS_SLOT),
+                };
+                rope::rope(g, View::strided(qkv, col, qkv_width), inv_freq, &r)?;
+            }
+            let (k_cache, v_cache) = (g.external(k_cache), g.external(v_cache));
+            for (col, dst) in [(q_dim, k_cache), (q_dim + kv_dim, v_cache)] {
+                let append = Block {
+                    src_col: col,
+                    rows: t,
+                    cols: kv_dim,
+                    dst_row_slot: Some(POS_SLOT as usize),
+                    ..Default::default()
+                };
+                copy::copy(g, qkv, dst, &append)?;
+            }
+            let attn = g.tensor(&[t, q_dim], DType::F32)?;
+            let a = Attention {
+                batch: 1,
+                tq: t,
+                s_max: cache.max_context,
+                q_heads: c.heads,
+                kv_heads: c.kv_heads,
+                head_dim: d,
+                kv_len: RunValue::Slot(LEN_SLOT),
+                causal: true,
+                scale: (d as f32).powf(-0.5),
+            };
+            let (k, v) = (View::rows(g, k_cache), View::rows(g, v_cache));
+            attention::attention(g, View::strided(qkv, 0, qkv_width), k, v, attn, &a)?;
+            let o = layer.o.forward(g, attn)?;
+            x = add(g, x, o)?;
+
+            // MLP: x += down(silu(gate(h)) · up(h)).
+            let h = rmsnorm(g, x, &layer.mlp_norm, c.rms_norm_eps)?;
+            let (gate, up) = (layer.gate.forward(g, h)?, layer.up.forward(g, h)?);
+            let act = g.tensor(&[t, c.intermediate], DType::F32)?;
+            eltwise::swiglu(g, gate, up, act)?;
+            let down = layer.down.forward(g, act)?;
+            x = add(g, x, down)?;
+        }
+        if !all_logits && t > 1 {
+            let last = g.tensor(&[1, c.hidden], DType::F32)?;
+            let row = Block {
+                src_row: t - 1,
+                rows: 1,
+                cols: c.hidden,
+                ..Default::default()
+            };
+            copy::copy(g, x, last, &row)?;
+            x = last;
+        }
+        let h = rmsnorm(g, x, &self.norm, c.rms_norm_eps)?;
+        match &self.lm_head {
+            Some(head) => head.forward(g, h),
+            None => Linear {
+                weight: self.embed.clone(),
+                bias: None,
+            }
+            .forward(g, h),
+        }
+    }
+
+    /// Records the embedding lookup of the u32 ids in `ids` (`[t]`), returning `[t, hidden]`.
+    pub fn embed(&self, g: &mut Graph, ids: TensorId) -> Result<TensorId> {
+        let t = g.shape(ids)[0];
+        let out = g.tensor(&[t, self.cfg.hidden], DType::F32)?;
+        let table = g.external(&self.embed);
+        embed::embed(g, ids, table, None, out)?;
+        Ok(out)
+    }
+}
+
+fn rmsnorm(g: &mut Graph, x: TensorId, weight: &Tensor, eps: f32) -> Result<TensorId> {
+    let shape = g.shape(x).to_vec();
+    let out = g.tensor(&shape, DType::F32)?;
+    let w = g.external(weight);
+    norm::rmsnorm(g, x, w, eps, out)?;
+    Ok(out)
+}
+
+/// Keys and values of every layer for up to `max_context` positions.
+pub struct KvCache {
+    layers: Vec<(Tensor, Tensor)>,
+    max_context: usize,
+}
+
+impl KvCache {
+    /// Number of positions the cache holds.
+    pub fn max_context(&self) -> usize {
+        self.max_context
+    }
+}
+
+/// How the next token is chosen.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Pick {
+    /// The largest logit.
+    Greedy,
+    /// A draw with temperature, top-k and top-p (seed and step from run slots).
+    Sample {
+        temperature: f32,
+        top_k: u32,
+        top_p: f32,
+    },
+}
+
+/// What a prompt is given as.
+pub enum Prompt<'a> {
+    /// Token ids.
+    Ids(&'a [u32]),
+    /// Input embeddings `[t, hidden]` computed by the caller (e.g. with image rows spliced in).
+    Embeddings(&'a Tensor),
+}
+
+/// A generation in progress: the KV cache, the next-token tensor and the decode graph.
+pub struct Session<'m> {
+    model: &'m Llama,
+    gpu: &'m Gpu,
+    cache: KvCache,
+    /// The one id the samplers write and the decode graph embeds.
+    next: Tensor,
+    /// 4-byte mappable copy of `next`.
+    staging: wgpu::Buffer,
+    decode: Executable,
+    decode_logits: TensorId,
+    /// The last prefill, kept for its logits.
+    prefill: Option<(Executable, TensorId)>,
+    pick: Pick,
+    seed: u32,
+    /// Positions filled in the cache.
+    pos: usize,
+    /// Draws so far (the sampler's step).
+    step: u32,
+}
+
+impl<'m> Session<'m> {
+    /// Allocates a cache of `max_context` positions and records the decode graph.
+    pub fn new(
+        gpu: &'m Gpu,
+        model: &'m Llama,
+        max_context: usize,
+        pick: Pick,
+        seed: u32,
+    ) -> Result<Session<'m>> {
+        let cache = model.kv_cache(gpu, max_context)?;
+        let next = Tensor::from_u32(gpu, &[1], &[0], "next token")?;
+        let mut g = Graph::new(gpu);
+        let ids = g.external(&next);
+        let x = model.embed(&mut g, ids)?;
+        let logits = model.forward(&mut g, x, &cache, false)?;
+        choose(&mut g, logits, ids, pick)?;
+        g.keep(logits);
+        let decode = g.build()?;
+        let staging = gpu.buffer(
+            "next token readback",
+            4,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )?;
+        Ok(Session {
+            model,
+            gpu,
+            cache,
+            next,
+            staging,
+            decode,
+            decode_logits: logits,
+            prefill: None,
+            pick,
+            seed,
+            pos: 0,
+            step: 0,
+        })
+    }
+
+    /// Positions filled in the cache so far.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Runs the prompt from position 0 (a fresh cache) and returns the first generated id.
+    /// With `all_logits` the prefill keeps every prompt position's logits for
+    /// [`Session::logits`]; otherwise only the last.
+    pub fn prefill(&mut self, prompt: Prompt, all_logits: bool) -> Result<u32> {
+        let gpu = self.gpu;
+        let t = match prompt {
+            Prompt::Ids(ids) => ids.len(),
+            Prompt::Embeddings(e) => e.shape()[0],
+        };
+        self.check_room(t)?;
+        let mut g = Graph::new(gpu);
+        let x = match prompt {
+            Prompt::Ids(ids) => {
+                let ids = Tensor::from_u32(gpu, &[t], ids, "prompt ids")?;
+                let ids = g.external(&ids);
+                self.model.embed(&mut g, ids)?
+            }
+            Prompt::Embeddings(e) => {
+                if e.shape() != [t, self.model.cfg.hidden] {
+                    return Err(Error::input(format!(
+                        "prompt embeddings have shape {:?}, expected [tokens, {}]",
+                        e.shape(),
+                        self.model.cfg.hidden
+                    )));
+                }
+                g.external(e)
+            }
+        };
+        let logits = self.model.forward(&mut g, x, &self.cache, all_logits)?;
+        let next = g.external(&self.next);
+        choose(&mut g, logits, next, self.pick)?;
+        g.keep(logits);
+        let exe = g.build()?;
+        self.pos = 0;
+        self.step = 0;
+        let id = read_next(gpu, &exe, self.run_values(t), &self.next, &self.staging)?;
+        self.advance(t);
+        self.prefill = Some((exe, logits));
+        Ok(id)
+    }
+
+    /// Feeds the last chosen id (or `force`, teacher forcing) and returns the next one: one
+    /// submit, 4 bytes read back.
+    pub fn decode(&mut self, force: Option<u32>) -> Result<u32> {
+        self.check_room(1)?;
+        if let Some(id) = force {
+            self.next.write_words(self.gpu, &[id]);
+        }
+        self.prefill = None;
+        let id = read_next(
+            self.gpu,
+            &self.decode,
+            self.run_values(1),
+            &self.next,
+            &self.staging,
+        )?;
+        self.advance(1);
+        Ok(id)
+    }
+
+    /// Logits of the last step: every prompt position after a prefill with `all_logits`,
+    /// else `[1, vocab]` for the last token. For tests and tools: this reads back a lot.
+    pub fn logits(&self) -> Result<Vec<f32>> {
+        let (exe, id) = match &self.prefill {
+            Some((exe, id)) => (exe, *id),
+            None => (&self.decode, self.decode_logits),
+        };
+        exe.tensor(id).read_f32(self.gpu)
+    }
+
+    fn check_room(&self, t: usize) -> Result<()> {
+        if self.pos + t > self.cache.max_context {
+            return Err(Error::input(format!(
+                "{} tokens after {} do not fit the context of {} positions",
+                t, self.pos, self.cache.max_context
+            )));
+        }
+        Ok(())
+    }
+
+    /// Run values for `t` tokens at the current position.
+    fn run_values(&self, t: usize) -> [u32; 4] {
+        [self.pos as u32, (self.pos + t) as u32, self.seed, self.step]
+    }
+
+    fn advance(&mut self, t: usize) {
+        self.pos += t;
+        self.step += 1;
+    }
+}
+
+/// One submit of `exe` that also copies the chosen id to `staging`; waits and returns the id.
+fn read_next(
+    gpu: &Gpu,
+    exe: &Executable,
+    values: [u32; 4],
+    next: &Tensor,
+    staging: &wgpu::Buffer,
+) -> Result<u32> {
+    let src = &next.chunks[0];
+    exe.submit_with(gpu, &values, |enc| {
+        enc.copy_buffer_to_buffer(&src.buffer, src.offset, staging, 0, 4)
+    })?;
+    let slice = staging.slice(..);
+    slice.map_async(wgpu::MapMode::Read, |_| ());
+    gpu.wait()?;
+    let id = {
+        let view = slice
+            .get_mapped_range()
+            .map_err(|e| Error::Device(format!("reading the next token: {e}")))?;
+        u32::from_le_bytes([view[0], view[1], view[2], view[3]])
+    };
+    staging.unmap();
+    Ok(id)
+}
+
+/// Records the choice of the next token from the last row of `logits` into `ids[0]`.
+fn choose(g: &mut Graph, logits: TensorId, ids: TensorId, pick: Pick) -> Result<()> {
+    let row = g.layout(logits).rows() - 1;
+    match pick {
+        Pick::Greedy => sample::argmax(g, logits, row, ids, RunValue::Fixed(0)),
+        Pick::Sample {
+            temperature,
+            top_k,
+            top_p,
+        } => sample::sample(
+            g,
+            logits,
+            row,
+            ids,
+            RunValue::Fixed(0),
+            &Sampling {
+                temperature,
+                top_k,
+                top_p,
+                seed_slot: SEED_SLOT,
+                step_slot: STEP_SLOT,
+            },
+        ),
+    }
+}

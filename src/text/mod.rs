@@ -1,0 +1,3 @@
+//! Text: tokenizers (HF `tokenizer.json`) and chat templates. CPU only, no GPU use.
+
+pub mod llama;
