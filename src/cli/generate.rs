@@ -5,28 +5,12 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use clap::ValueEnum;
-
-use fvl_wgpu::gpu::DType;
 use fvl_wgpu::model::llama::{Llama, LlamaConfig, Pick, Prompt, Session};
 use fvl_wgpu::text::llama::{LlamaTokenizer, Message, TextStream};
 use fvl_wgpu::weights::Checkpoint;
 use fvl_wgpu::{Error, Result};
 
-use super::{progress, DeviceArgs};
-
-/// Weight storage of the linear layers and the embedding table.
-#[derive(Clone, Copy, ValueEnum)]
-pub enum Quant {
-    /// f32: the exact path the parity tests use.
-    F32,
-    /// f16 (accumulation stays f32).
-    F16,
-    /// 8-bit blocks of 32 with an f16 scale (8.5 bits a weight).
-    Q8,
-    /// 4-bit blocks of 32 with an f16 scale (4.5 bits a weight).
-    Q4,
-}
+use super::{default_dtype, progress, DeviceArgs, Quant};
 
 /// Arguments of `generate`.
 #[derive(clap::Args)]
@@ -113,14 +97,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     };
 
     let gpu = args.device.open()?;
-    let quant = match args.quant {
-        Some(Quant::F32) => DType::F32,
-        Some(Quant::F16) => DType::F16,
-        Some(Quant::Q8) => DType::Q8,
-        Some(Quant::Q4) => DType::Q4,
-        None if gpu.shader_f16 => DType::F16,
-        None => DType::F32,
-    };
+    let quant = args.quant.map_or_else(|| default_dtype(&gpu), Quant::dtype);
     let bar = progress(Llama::tensor_count(&cfg), "loading Llama");
     let llama = Llama::load(&gpu, &ck, quant, &|| bar.inc(1))?;
     bar.finish_and_clear();

@@ -68,6 +68,24 @@ enum BenchWhat {
         #[arg(long, value_enum)]
         precision: Option<Precision>,
     },
+    /// Llama prefill and decode at the real sizes, random weights: tokens/s and GB/s against
+    /// the copy bandwidth.
+    Decode {
+        #[command(flatten)]
+        device: DeviceArgs,
+        /// Model size: llama-1b or llama-8b.
+        #[arg(long, default_value = "llama-1b")]
+        config: String,
+        /// Linear weight format.
+        #[arg(long, value_enum, default_value = "q4")]
+        quant: Quant,
+        /// Prompt tokens for the prefill.
+        #[arg(long, default_value_t = 64)]
+        prompt: usize,
+        /// Decode steps to time.
+        #[arg(long, default_value_t = 16)]
+        tokens: usize,
+    },
     /// Florence-2 vision path (DaViT + image head) at the real sizes, random weights.
     Vision {
         #[command(flatten)]
@@ -117,6 +135,40 @@ pub enum Precision {
     F16,
 }
 
+/// Weight storage of the Llama linear layers and the embedding table.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Quant {
+    /// f32: the exact path the parity tests use.
+    F32,
+    /// f16 (accumulation stays f32).
+    F16,
+    /// 8-bit blocks of 32 with an f16 scale (8.5 bits a weight).
+    Q8,
+    /// 4-bit blocks of 32 with an f16 scale (4.5 bits a weight).
+    Q4,
+}
+
+impl Quant {
+    /// The tensor dtype.
+    pub fn dtype(self) -> DType {
+        match self {
+            Quant::F32 => DType::F32,
+            Quant::F16 => DType::F16,
+            Quant::Q8 => DType::Q8,
+            Quant::Q4 => DType::Q4,
+        }
+    }
+}
+
+/// f16 where the adapter has SHADER_F16, else f32.
+pub fn default_dtype(gpu: &Gpu) -> DType {
+    if gpu.shader_f16 {
+        DType::F16
+    } else {
+        DType::F32
+    }
+}
+
 /// Options every model command takes.
 #[derive(Args, Clone)]
 pub struct ModelArgs {
@@ -141,8 +193,7 @@ impl ModelArgs {
         match precision {
             Some(Precision::F32) => DType::F32,
             Some(Precision::F16) => DType::F16,
-            None if gpu.shader_f16 => DType::F16,
-            None => DType::F32,
+            None => default_dtype(gpu),
         }
     }
 }
@@ -175,6 +226,16 @@ pub fn run() -> Result<()> {
                     only,
                 },
         } => bench::kernels(&device, quick, only.as_deref()),
+        Command::Bench {
+            what:
+                BenchWhat::Decode {
+                    device,
+                    config,
+                    quant,
+                    prompt,
+                    tokens,
+                },
+        } => bench::decode(&device, &config, quant.dtype(), prompt, tokens),
         Command::Bench {
             what:
                 BenchWhat::Florence2 {

@@ -18,7 +18,7 @@ use crate::ops::{eltwise, embed, norm, RunValue, View};
 use crate::weights::Checkpoint;
 use crate::{Error, Result};
 
-use super::layers::{add, param, Linear};
+use super::layers::{add, param, Linear, Source};
 
 /// Run slot holding the position of the graph's first token (= rows already in the cache).
 pub const POS_SLOT: u32 = 0;
@@ -193,12 +193,6 @@ impl Llama {
     /// (F32, F16, Q8 or Q4; a quantized weight whose rows are not a multiple of 32 long is
     /// kept as f16). Norm weights stay f32. `on_tensor` is called after each tensor.
     pub fn load(gpu: &Gpu, ck: &Checkpoint, quant: DType, on_tensor: &dyn Fn()) -> Result<Llama> {
-        if !matches!(quant, DType::F32 | DType::F16 | DType::Q8 | DType::Q4) {
-            return Err(Error::input(format!(
-                "weights cannot be stored as {}",
-                quant.name()
-            )));
-        }
         let vocab = ck.info("model.embed_tokens.weight")?.0[0];
         let cfg = LlamaConfig::from_json(ck.config(), vocab)?;
         let src = |name: &str, shape: &[usize]| {
@@ -206,6 +200,18 @@ impl Llama {
             on_tensor();
             v
         };
+        Llama::load_from(gpu, &src, cfg, quant)
+    }
+
+    /// [`Llama::load`] from any weight source (HF names), e.g. random weights for benchmarks.
+    pub fn load_from(gpu: &Gpu, src: &Source, cfg: LlamaConfig, quant: DType) -> Result<Llama> {
+        if !matches!(quant, DType::F32 | DType::F16 | DType::Q8 | DType::Q4) {
+            return Err(Error::input(format!(
+                "weights cannot be stored as {}",
+                quant.name()
+            )));
+        }
+        let vocab = cfg.vocab;
         let (h, d) = (cfg.hidden, cfg.head_dim);
         let (q_dim, kv_dim) = (cfg.heads * d, cfg.kv_dim());
         let fallbacks = std::cell::Cell::new(0);
@@ -495,6 +501,11 @@ impl<'m> Session<'m> {
             pos: 0,
             step: 0,
         })
+    }
+
+    /// Dispatches in one decode step (the whole step is one submit).
+    pub fn decode_dispatches(&self) -> usize {
+        self.decode.dispatches()
     }
 
     /// Positions filled in the cache so far.

@@ -6,6 +6,7 @@ use std::time::Instant;
 use fvl_wgpu::gpu::{DType, Graph};
 use fvl_wgpu::model::bart::Bart;
 use fvl_wgpu::model::florence2::VisionTower;
+use fvl_wgpu::model::llama::{Llama, LlamaConfig, Pick, Prompt, Session};
 use fvl_wgpu::weights::florence2::{TextConfig, VisionConfig};
 use fvl_wgpu::{Error, Result};
 
@@ -247,6 +248,114 @@ pub fn florence2(args: &DeviceArgs, config: &str, precision: Option<Precision>) 
                 "decoder_tokens": tokens, "decoder_tokens_per_s": tok_s,
                 "decoder_bytes_per_token": per_token, "decoder_gb_per_s": per_token * tok_s / 1e9,
                 "copy_gb_per_s": copy / 1e9, "fraction_of_copy_bandwidth": per_token * tok_s / copy,
+            })
+        );
+    }
+    Ok(())
+}
+
+/// Llama configs at the real sizes: Llama-3.2-1B and Llama-3.1-8B (+ Florence-VL's pad token).
+fn llama_config(name: &str) -> Result<LlamaConfig> {
+    let (hidden, layers, heads, kv, inter, vocab, tied) = match name {
+        "llama-1b" => (2048, 16, 32, 8, 8192, 128256, true),
+        "llama-8b" => (4096, 32, 32, 8, 14336, 128257, false),
+        other => {
+            return Err(Error::input(format!(
+                "--config {other:?}: expected llama-1b or llama-8b"
+            )))
+        }
+    };
+    let c = serde_json::json!({
+        "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+        "num_key_value_heads": kv, "intermediate_size": inter, "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 131072, "tie_word_embeddings": tied,
+        "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+    });
+    LlamaConfig::from_json(&c, vocab)
+}
+
+/// Bytes one weight takes in `dtype` (q8/q4 include the f16 block scale).
+fn bytes_per_weight(dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 | DType::U32 => 4.0,
+        DType::F16 => 2.0,
+        DType::Q8 => 34.0 / 32.0,
+        DType::Q4 => 18.0 / 32.0,
+    }
+}
+
+/// `fvl-wgpu bench decode`: Llama prefill and decode at the real sizes, random weights.
+pub fn decode(
+    args: &DeviceArgs,
+    config: &str,
+    quant: DType,
+    prompt: usize,
+    tokens: usize,
+) -> Result<()> {
+    let cfg = llama_config(config)?;
+    let gpu = args.open()?;
+    eprintln!("measuring copy bandwidth…");
+    let copy = copy_bandwidth(&gpu, (128u64 << 20).min(gpu.limits.max_buffer_size / 2))?;
+    let bar = progress(
+        Llama::tensor_count(&cfg),
+        &format!("random {config} weights as {}", quant.name()),
+    );
+    let src = |_: &str, shape: &[usize]| {
+        bar.inc(1);
+        Ok(noise(shape.iter().product())
+            .iter()
+            .map(|v| v * 0.02)
+            .collect())
+    };
+    let (h, inter, vocab, layers) = (cfg.hidden, cfg.intermediate, cfg.vocab, cfg.layers);
+    let per_layer =
+        (h * (cfg.heads * cfg.head_dim) * 2 + h * cfg.kv_dim() * 2 + 3 * h * inter) as f64;
+    let llama = Llama::load_from(&gpu, &src, cfg, quant)?;
+    bar.finish_and_clear();
+    let weights = (layers as f64 * per_layer + (vocab * h) as f64) * bytes_per_weight(quant);
+
+    let mut session = Session::new(&gpu, &llama, prompt + tokens + 1, Pick::Greedy, 0)?;
+    let ids: Vec<u32> = (0..prompt as u32).map(|i| 1000 + i * 37 % 100000).collect();
+    let t = Instant::now();
+    session.prefill(Prompt::Ids(&ids), false)?;
+    let prefill_s = t.elapsed().as_secs_f64();
+    session.decode(None)?; // warm-up
+    let t = Instant::now();
+    for _ in 1..tokens {
+        session.decode(None)?;
+    }
+    let decode_s = t.elapsed().as_secs_f64() / (tokens - 1).max(1) as f64;
+    // Per token: every weight once (one embedding row aside) and the KV cache so far.
+    let kv = (2 * llama.cfg.layers * llama.cfg.kv_dim() * 4 * (prompt + tokens / 2)) as f64;
+    let bytes = weights + kv;
+    let gbs = bytes / decode_s / 1e9;
+    eprintln!(
+        "{config} {}: prefill {prompt} tokens in {:.1} ms ({:.1} tokens/s); decode {:.2} tokens/s",
+        quant.name(),
+        prefill_s * 1e3,
+        prompt as f64 / prefill_s,
+        1.0 / decode_s
+    );
+    eprintln!(
+        "decode reads {:.1} MB/token → {gbs:.2} GB/s = {:.0}% of copy bandwidth ({:.1} GB/s); {} dispatches, 1 submit per token; GPU memory ≈ weights {:.0} MB + KV cache {:.0} MB",
+        bytes / 1e6,
+        100.0 * gbs * 1e9 / copy,
+        copy / 1e9,
+        session.decode_dispatches(),
+        weights / 1e6,
+        (2 * llama.cfg.layers * llama.cfg.kv_dim() * 4 * (prompt + tokens + 1)) as f64 / 1e6
+    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "device": gpu.describe(), "config": config, "quant": quant.name(),
+                "prefill_tokens": prompt, "prefill_tokens_per_s": prompt as f64 / prefill_s,
+                "decode_tokens_per_s": 1.0 / decode_s, "bytes_per_token": bytes,
+                "gb_per_s": gbs, "copy_gb_per_s": copy / 1e9, "fraction_of_copy_bandwidth": gbs * 1e9 / copy,
+                "dispatches_per_token": session.decode_dispatches(), "submits_per_token": 1,
+                "weight_bytes": weights,
             })
         );
     }
