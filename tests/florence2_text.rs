@@ -1,7 +1,7 @@
 //! Florence-2 language model parity with HF transformers: the batched encoder over the three
-//! Florence-VL prompts, teacher-forced decoder logits, greedy generation, for every
-//! fixture model in both naming schemes (f32, 1e-4 max relative error; generated ids exact),
-//! and the beam search's rules on made-up logits.
+//! Florence-VL prompts, teacher-forced decoder logits, greedy generation and beam search, for
+//! every fixture model in both naming schemes (f32, 1e-4 max relative error; generated ids
+//! exact), and the beam search's rules on made-up logits.
 
 mod common;
 
@@ -126,6 +126,40 @@ fn greedy_generation_matches_transformers() {
                     .greedy(&gpu, &v, &ids(&run["prompt_ids"]), max_new as usize)
                     .unwrap();
                 assert_eq!(got, want, "{dir} {}", run["task"]);
+            }
+        }
+    }
+}
+
+#[test]
+fn beam_search_matches_transformers() {
+    let gpu = common::gpu();
+    for model in MODELS {
+        for dir in [model.to_string(), format!("{model}-original")] {
+            let bart = bart(&gpu, &dir);
+            let expected = json(&format!("{dir}/generate.json"));
+            let mode = &expected["modes"]["beam3"];
+            let opts = BeamOptions {
+                num_beams: mode["num_beams"].as_u64().unwrap() as usize,
+                no_repeat_ngram_size: mode["no_repeat_ngram_size"].as_u64().unwrap() as usize,
+                max_new_tokens: mode["max_new_tokens"].as_u64().unwrap() as usize,
+                early_stopping: mode["early_stopping"].as_bool().unwrap(),
+                length_penalty: 1.0,
+            };
+            for run in expected["runs"].as_array().unwrap() {
+                let v = features(&gpu, model, run["image"].as_str().unwrap());
+                let prompt = ids(&run["prompt_ids"]);
+                let got = bart.beam_search(&gpu, &v, &prompt, &opts).unwrap();
+                assert_eq!(got, ids(&run["beam3"]["ids"]), "{dir} {}", run["task"]);
+                // One beam with early stopping is greedy search.
+                let one = BeamOptions {
+                    num_beams: 1,
+                    no_repeat_ngram_size: 0,
+                    ..opts.clone()
+                };
+                let got = bart.beam_search(&gpu, &v, &prompt, &one).unwrap();
+                let greedy = ids(&run["greedy"]["ids"]);
+                assert_eq!(got, greedy, "{dir} {}: one beam", run["task"]);
             }
         }
     }
