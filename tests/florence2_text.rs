@@ -1,12 +1,14 @@
 //! Florence-2 language model parity with HF transformers: the batched encoder over the three
-//! Florence-VL prompts, teacher-forced decoder logits and greedy generation, for every fixture
-//! model in both naming schemes (f32, 1e-4 max relative error; generated ids exact).
+//! Florence-VL prompts, teacher-forced decoder logits, greedy generation and beam search, for
+//! every fixture model in both naming schemes (f32, 1e-4 max relative error; generated ids
+//! exact), and the beam search's rules on made-up logits.
 
 mod common;
 
 use common::{fixture_path, fixture_tensor, max_rel_error};
 use fvl_wgpu::gpu::{DType, Gpu, Graph, Tensor};
 use fvl_wgpu::model::bart::Bart;
+use fvl_wgpu::model::beam::{BeamOptions, BeamSearch};
 use fvl_wgpu::tasks::{prompt, Tokenizer};
 use fvl_wgpu::weights::florence2::Florence2Checkpoint;
 use serde_json::Value;
@@ -130,6 +132,40 @@ fn greedy_generation_matches_transformers() {
 }
 
 #[test]
+fn beam_search_matches_transformers() {
+    let gpu = common::gpu();
+    for model in MODELS {
+        for dir in [model.to_string(), format!("{model}-original")] {
+            let bart = bart(&gpu, &dir);
+            let expected = json(&format!("{dir}/generate.json"));
+            let mode = &expected["modes"]["beam3"];
+            let opts = BeamOptions {
+                num_beams: mode["num_beams"].as_u64().unwrap() as usize,
+                no_repeat_ngram_size: mode["no_repeat_ngram_size"].as_u64().unwrap() as usize,
+                max_new_tokens: mode["max_new_tokens"].as_u64().unwrap() as usize,
+                early_stopping: mode["early_stopping"].as_bool().unwrap(),
+                length_penalty: 1.0,
+            };
+            for run in expected["runs"].as_array().unwrap() {
+                let v = features(&gpu, model, run["image"].as_str().unwrap());
+                let prompt = ids(&run["prompt_ids"]);
+                let got = bart.beam_search(&gpu, &v, &prompt, &opts).unwrap();
+                assert_eq!(got, ids(&run["beam3"]["ids"]), "{dir} {}", run["task"]);
+                // One beam with early stopping is greedy search.
+                let one = BeamOptions {
+                    num_beams: 1,
+                    no_repeat_ngram_size: 0,
+                    ..opts.clone()
+                };
+                let got = bart.beam_search(&gpu, &v, &prompt, &one).unwrap();
+                let greedy = ids(&run["greedy"]["ids"]);
+                assert_eq!(got, greedy, "{dir} {}: one beam", run["task"]);
+            }
+        }
+    }
+}
+
+#[test]
 fn task_prompts_tokenize_as_the_processor_does() {
     for model in MODELS {
         let tok = Tokenizer::open(fixture_path(model)).unwrap();
@@ -170,4 +206,38 @@ fn task_errors_name_the_problem() {
     assert!(err("<CAPTION_TO_PHRASE_GROUNDING>").contains("needs text"));
     assert!(err("<OD>cars").contains("takes no text"));
     assert_eq!(prompt("free text").unwrap(), "free text");
+}
+
+/// Logits over a vocabulary of 6 that favour `tok` in each of `beams` beams.
+fn favour(beams: usize, tok: usize) -> Vec<f32> {
+    (0..beams)
+        .flat_map(|_| (0..6).map(move |t| if t == tok { 3.0 } else { 0.0 }))
+        .collect()
+}
+
+#[test]
+fn beam_search_forces_bos_and_eos_and_bans_repeated_trigrams() {
+    let mut s = BeamSearch::new(&BeamOptions::florence2(6), 2, 0, 2).unwrap();
+    while !s.done() {
+        s.step(&favour(3, 4)).unwrap();
+    }
+    let best = s.best();
+    assert_eq!(best[..2], [2, 0], "start, then the forced <s>");
+    assert_eq!(best.len(), 7, "runs to max_new_tokens");
+    assert_eq!(*best.last().unwrap(), 2, "forced </s>");
+    for w in best.windows(3) {
+        let n = best.windows(3).filter(|x| *x == w).count();
+        assert_eq!(n, 1, "{best:?} repeats the trigram {w:?}");
+    }
+}
+
+#[test]
+fn beam_search_stops_early_once_every_beam_finished() {
+    let mut s = BeamSearch::new(&BeamOptions::florence2(20), 2, 0, 2).unwrap();
+    s.step(&favour(3, 4)).unwrap();
+    while !s.done() {
+        s.step(&favour(3, 2)).unwrap();
+    }
+    assert_eq!(s.best(), [2, 0, 2]);
+    assert!(s.cur_len() < 10, "stopped at length {}", s.cur_len());
 }

@@ -10,7 +10,7 @@
 //! q, k and v are fused into one projection (the three weights stacked on the host), so a layer
 //! reads its input once and attention reads q, k and v as strided views.
 
-use crate::gpu::{DType, Executable, Gpu, Graph, Tensor, TensorId};
+use crate::gpu::{DType, Executable, Gpu, Graph, Layout, Tensor, TensorId};
 use crate::ops::attention::{attention, Attention};
 use crate::ops::copy::{copy, Block};
 use crate::ops::eltwise::{self, Unary};
@@ -18,6 +18,7 @@ use crate::ops::{embed, matmul, sample, RunValue, View};
 use crate::weights::florence2::{Florence2Checkpoint, TextConfig, FINAL_LOGITS_BIAS};
 use crate::{Error, Result};
 
+use super::beam::{BeamOptions, BeamSearch};
 use super::layers::{add, param, LayerNorm, Linear, Source};
 
 const PREFIX: &str = "model.language_model";
@@ -504,12 +505,34 @@ impl Bart {
         prompt: &[u32],
         capacity: usize,
     ) -> Result<DecoderCache> {
+        self.prefill_beams(gpu, features, prompt, capacity, 1)
+    }
+
+    /// [`Bart::prefill`] for `beams` sequences over the same prompt: the encoder runs once and
+    /// its output is copied to every beam before the cross K/V projection.
+    fn prefill_beams(
+        &self,
+        gpu: &Gpu,
+        features: &Tensor,
+        prompt: &[u32],
+        capacity: usize,
+        beams: usize,
+    ) -> Result<DecoderCache> {
         let rows = features.shape().iter().rev().nth(1).copied().unwrap_or(0);
-        let cache = self.new_cache(gpu, 1, capacity, rows + prompt.len())?;
+        let enc_len = rows + prompt.len();
+        let cache = self.new_cache(gpu, beams, capacity, enc_len)?;
         let ids = Tensor::from_u32(gpu, &[1, prompt.len()], prompt, "prompt ids")?;
         let mut g = Graph::new(gpu);
         let (v, ids) = (g.external(features), g.external(&ids));
-        let enc = self.encode(&mut g, v, ids)?;
+        let mut enc = self.encode(&mut g, v, ids)?;
+        if beams > 1 {
+            let d = self.cfg.d_model;
+            let all = g.tensor(&[beams, enc_len, d], DType::F32)?;
+            for b in 0..beams {
+                copy(&mut g, enc, all, &Block::whole(enc_len, d, b * enc_len, 0))?;
+            }
+            enc = all;
+        }
         self.cross_kv(&mut g, enc, &cache)?;
         g.build()?.run(gpu, &[])?;
         Ok(cache)
@@ -544,6 +567,36 @@ impl Bart {
             }
         }
         Ok(seq)
+    }
+
+    /// Beam search as HF `generate` with `num_beams > 1` (see [`BeamSearch`]): the beams run
+    /// as one batch, one submit per step; each step reorders the self-attention caches to the
+    /// surviving beams on the GPU, reads back the `[num_beams, V]` logits and selects on the
+    /// host. Returns the best finished sequence, decoder start token first, `</s>` last.
+    ///
+    /// With `num_beams = 1` and `early_stopping` this is HF's greedy search, including a
+    /// `no_repeat_ngram_size` (which [`Bart::greedy`], all on the GPU, does not apply).
+    pub fn beam_search(
+        &self,
+        gpu: &Gpu,
+        features: &Tensor,
+        prompt: &[u32],
+        opts: &BeamOptions,
+    ) -> Result<Vec<u32>> {
+        let (start, bos, eos) = (
+            self.cfg.decoder_start_token_id,
+            self.cfg.bos_token_id,
+            self.cfg.eos_token_id,
+        );
+        let mut search = BeamSearch::new(opts, start, bos, eos)?;
+        let beams = opts.num_beams;
+        let cache = self.prefill_beams(gpu, features, prompt, opts.max_new_tokens, beams)?;
+        let step = BeamStep::new(gpu, self, &cache)?;
+        while !search.done() {
+            let logits = step.run(gpu, &search)?;
+            search.step(&logits)?;
+        }
+        Ok(search.best().to_vec())
     }
 }
 
@@ -580,5 +633,78 @@ impl GreedyStep {
         self.positions.write_words(gpu, &[past]);
         self.exe.run(gpu, &[past, past + 1])?;
         Ok(self.next.read_u32(gpu)?[0])
+    }
+}
+
+/// One batched decoder step over the beams, built once and replayed per token: first every
+/// layer's self-attention cache is gathered row by row from the beams' parents (through a
+/// scratch copy, as a gather can't write its own input), then the last tokens are decoded.
+struct BeamStep {
+    exe: Executable,
+    ids: Tensor,
+    positions: Tensor,
+    /// u32 `[beams · capacity]`: the cache row each cache row is gathered from.
+    sources: Tensor,
+    logits: Tensor,
+    capacity: usize,
+}
+
+impl BeamStep {
+    fn new(gpu: &Gpu, bart: &Bart, cache: &DecoderCache) -> Result<BeamStep> {
+        let (beams, capacity) = (cache.batch, cache.capacity);
+        let zeros = vec![0; beams * capacity];
+        let ids = Tensor::from_u32(gpu, &[beams, 1], &zeros[..beams], "beam ids")?;
+        let positions = Tensor::from_u32(gpu, &[beams, 1], &zeros[..beams], "beam positions")?;
+        let sources = Tensor::from_u32(gpu, &[beams * capacity], &zeros, "beam cache rows")?;
+        let mut g = Graph::new(gpu);
+        let src = g.external(&sources);
+        let d2 = 2 * bart.cfg.d_model;
+        for kv in &cache.self_kv {
+            // The cache as a table of rows, the shape the gather takes (same storage).
+            let rows = Tensor {
+                layout: Layout::new(&[beams * capacity, d2], DType::F32, gpu.max_binding)?,
+                chunks: kv.chunks.clone(),
+            };
+            let rows = g.external(&rows);
+            let scratch = g.tensor(&[beams * capacity, d2], DType::F32)?;
+            embed::embed(&mut g, src, rows, None, scratch)?;
+            copy(
+                &mut g,
+                scratch,
+                rows,
+                &Block::whole(beams * capacity, d2, 0, 0),
+            )?;
+        }
+        let (i, p) = (g.external(&ids), g.external(&positions));
+        let logits = bart.decode(&mut g, i, p, cache)?;
+        g.keep(logits);
+        let exe = g.build()?;
+        let logits = exe.tensor(logits).clone();
+        Ok(BeamStep {
+            exe,
+            ids,
+            positions,
+            sources,
+            logits,
+            capacity,
+        })
+    }
+
+    /// Reorders the caches to `search`'s running beams, decodes their last tokens and returns
+    /// the logits `[beams, V]`.
+    fn run(&self, gpu: &Gpu, search: &BeamSearch) -> Result<Vec<f32>> {
+        let past = search.cur_len() as u32 - 1;
+        let cap = self.capacity;
+        let sources: Vec<u32> = search
+            .parents()
+            .iter()
+            .flat_map(|&p| (p * cap..(p + 1) * cap).map(|r| r as u32))
+            .collect();
+        let beams = sources.len() / cap;
+        self.sources.write_words(gpu, &sources);
+        self.ids.write_words(gpu, &search.last_tokens());
+        self.positions.write_words(gpu, &vec![past; beams]);
+        self.exe.run(gpu, &[past, past + 1])?;
+        self.logits.read_f32(gpu)
     }
 }

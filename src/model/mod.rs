@@ -2,6 +2,7 @@
 //! GPU tensors and record into a [`Graph`](crate::gpu::Graph); no wgpu types appear here.
 
 pub mod bart;
+pub mod beam;
 pub mod davit;
 pub mod florence2;
 pub mod layers;
