@@ -55,8 +55,8 @@ pub struct GenerateArgs {
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
     let ck = Checkpoint::open(&args.model)?;
-    let vocab = ck.info("model.embed_tokens.weight")?.0[0];
-    let cfg = LlamaConfig::from_json(ck.config(), vocab)?;
+    let cfg = LlamaConfig::from_checkpoint(&ck)?;
+    let vocab = cfg.vocab;
     let tok_path = args.model.join("tokenizer.json");
     let tok = if args.prompt.is_some() || tok_path.is_file() {
         Some(LlamaTokenizer::open(&args.model)?)
@@ -97,7 +97,12 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     };
 
     let gpu = args.device.open()?;
-    let quant = args.quant.map_or_else(|| default_dtype(&gpu), Quant::dtype);
+    // A checkpoint written by `quantize` loads in its own format unless told otherwise.
+    let quant = match (args.quant, ck.stored_quant()) {
+        (Some(q), _) => q.dtype(),
+        (None, Some(stored)) => stored,
+        (None, None) => default_dtype(&gpu),
+    };
     let bar = progress(Llama::tensor_count(&cfg), "loading Llama");
     let llama = Llama::load(&gpu, &ck, quant, &|| bar.inc(1))?;
     bar.finish_and_clear();

@@ -12,6 +12,7 @@ mod bench;
 mod devices;
 mod features;
 mod generate;
+mod quantize;
 mod selfcheck;
 
 /// Florence-VL and Florence-2 inference on any GPU (Vulkan, Metal, DX12) through wgpu.
@@ -32,6 +33,8 @@ enum Command {
     },
     /// Run every kernel family on small random inputs against a CPU reference.
     Selfcheck(DeviceArgs),
+    /// Rewrite a Llama checkpoint with its matrices packed as q8/q4 (a later load copies them).
+    Quantize(quantize::QuantizeArgs),
     /// Run the Florence-2 vision path on one image and write its tensors to safetensors.
     Features(features::FeaturesArgs),
     /// Generate text with a Llama-3 checkpoint, streamed to stdout.
@@ -217,6 +220,7 @@ pub fn run() -> Result<()> {
         Command::Devices { json } => devices::run(json),
         Command::Selfcheck(args) => selfcheck::run(&args),
         Command::Features(args) => features::run(&args),
+        Command::Quantize(args) => quantize::run(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Bench {
             what:

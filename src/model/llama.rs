@@ -67,6 +67,16 @@ fn f64_field(cfg: &Value, key: &str) -> Result<f64> {
 }
 
 impl LlamaConfig {
+    /// The config of a checkpoint (plain or written by `quantize`), see [`LlamaConfig::from_json`].
+    pub fn from_checkpoint(ck: &Checkpoint) -> Result<LlamaConfig> {
+        // The vocabulary is the embedding's row count, packed (`quantize`) or not.
+        let packed = ck.stored_quant().map(|q| format!("{EMBED}.{}", q.name()));
+        let embed = packed
+            .filter(|n| ck.contains(n))
+            .unwrap_or_else(|| EMBED.to_string());
+        LlamaConfig::from_json(ck.config(), ck.info(&embed)?.0[0])
+    }
+
     /// Parses a transformers Llama `config.json`; `vocab` is the embedding table's row count.
     /// RoPE settings come from `rope_parameters` (transformers 5) or from `rope_theta` plus
     /// `rope_scaling` (transformers 4; `null` or absent means unscaled).
@@ -173,6 +183,22 @@ pub struct Llama {
     inv_freq: Tensor,
 }
 
+/// Whether `fvl-wgpu quantize` packs a tensor: the matrices a decode step streams (and the
+/// embedding table, which [`Llama::load`] stores in the same format).
+pub fn quantizable(name: &str) -> bool {
+    let layer_matrix = name.starts_with("model.layers.")
+        && (name.contains(".self_attn.") || name.contains(".mlp."))
+        && name.ends_with("_proj.weight");
+    layer_matrix || name == "lm_head.weight" || name == EMBED
+}
+
+/// The token embedding table's name.
+const EMBED: &str = "model.embed_tokens.weight";
+
+/// Pre-quantized matrices: `(name, dtype, [rows, cols])` → the packed words, or `None` when
+/// the source stores that matrix as floats.
+pub type Packed<'a> = dyn Fn(&str, DType, [usize; 2]) -> Result<Option<Vec<u32>>> + 'a;
+
 /// A weight dtype for rows `cols` long: quantized rows must be whole 32-element blocks, so a
 /// weight with other rows (tiny test models) falls back to f16.
 fn weight_dtype(quant: DType, cols: usize) -> DType {
@@ -193,18 +219,41 @@ impl Llama {
     /// (F32, F16, Q8 or Q4; a quantized weight whose rows are not a multiple of 32 long is
     /// kept as f16). Norm weights stay f32. `on_tensor` is called after each tensor.
     pub fn load(gpu: &Gpu, ck: &Checkpoint, quant: DType, on_tensor: &dyn Fn()) -> Result<Llama> {
-        let vocab = ck.info("model.embed_tokens.weight")?.0[0];
-        let cfg = LlamaConfig::from_json(ck.config(), vocab)?;
+        let cfg = LlamaConfig::from_checkpoint(ck)?;
+        if let Some(stored) = ck.stored_quant() {
+            if stored != quant {
+                return Err(Error::input(format!(
+                    "{} is quantized as {}; --quant {} mismatches (re-quantizing loses precision: use the original checkpoint)",
+                    ck.dir().display(),
+                    stored.name(),
+                    quant.name()
+                )));
+            }
+        }
         let src = |name: &str, shape: &[usize]| {
             let v = ck.load_f32(name, shape);
             on_tensor();
             v
         };
-        Llama::load_from(gpu, &src, cfg, quant)
+        let packed = |name: &str, dtype: DType, shape: [usize; 2]| {
+            let v = ck.load_packed(name, dtype, shape)?;
+            if v.is_some() {
+                on_tensor();
+            }
+            Ok(v)
+        };
+        Llama::load_from(gpu, &src, &packed, cfg, quant)
     }
 
     /// [`Llama::load`] from any weight source (HF names), e.g. random weights for benchmarks.
-    pub fn load_from(gpu: &Gpu, src: &Source, cfg: LlamaConfig, quant: DType) -> Result<Llama> {
+    /// `packed` returns a matrix's words when the source stores it already quantized.
+    pub fn load_from(
+        gpu: &Gpu,
+        src: &Source,
+        packed: &Packed,
+        cfg: LlamaConfig,
+        quant: DType,
+    ) -> Result<Llama> {
         if !matches!(quant, DType::F32 | DType::F16 | DType::Q8 | DType::Q4) {
             return Err(Error::input(format!(
                 "weights cannot be stored as {}",
@@ -220,16 +269,43 @@ impl Llama {
             fallbacks.set(fallbacks.get() + usize::from(dt != quant));
             dt
         };
-        let linear = |name: &str, out: usize, inp: usize| {
-            Linear::load(gpu, &src, name, out, inp, false, dtype(inp))
+        // A matrix of `inp` columns made of the row blocks `parts` (several for the fused qkv),
+        // from packed words where the source has them, else quantized from floats here.
+        let matrix = |parts: &[(String, usize)], inp: usize, label: &str| -> Result<Tensor> {
+            let dt = dtype(inp);
+            let rows: usize = parts.iter().map(|p| p.1).sum();
+            let mut words = Vec::new();
+            let mut floats = Vec::new();
+            for (name, r) in parts {
+                match packed(name, dt, [*r, inp])? {
+                    Some(w) if floats.is_empty() => words.extend(w),
+                    None if words.is_empty() => floats.extend(src(name, &[*r, inp])?),
+                    _ => {
+                        return Err(Error::input(format!(
+                            "{label}: {name} mixes packed and float parts"
+                        )))
+                    }
+                }
+            }
+            if words.is_empty() {
+                return Tensor::from_f32(gpu, &[rows, inp], dt, &floats, label);
+            }
+            let t = Tensor::empty(gpu, &[rows, inp], dt, label)?;
+            t.write_words(gpu, &words);
+            Ok(t)
+        };
+        let linear = |name: &str, out: usize, inp: usize| -> Result<Linear> {
+            let weight = matrix(&[(format!("{name}.weight"), out)], inp, name)?;
+            Ok(Linear { weight, bias: None })
         };
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let p = format!("model.layers.{i}");
-            let mut qkv = src(&format!("{p}.self_attn.q_proj.weight"), &[q_dim, h])?;
-            qkv.extend(src(&format!("{p}.self_attn.k_proj.weight"), &[kv_dim, h])?);
-            qkv.extend(src(&format!("{p}.self_attn.v_proj.weight"), &[kv_dim, h])?);
-            let qkv_shape = [q_dim + 2 * kv_dim, h];
+            let qkv_parts = [
+                (format!("{p}.self_attn.q_proj.weight"), q_dim),
+                (format!("{p}.self_attn.k_proj.weight"), kv_dim),
+                (format!("{p}.self_attn.v_proj.weight"), kv_dim),
+            ];
             layers.push(Layer {
                 attn_norm: param(
                     gpu,
@@ -239,13 +315,7 @@ impl Llama {
                     DType::F32,
                 )?,
                 qkv: Linear {
-                    weight: Tensor::from_f32(
-                        gpu,
-                        &qkv_shape,
-                        dtype(h),
-                        &qkv,
-                        &format!("{p}.self_attn.qkv"),
-                    )?,
+                    weight: matrix(&qkv_parts, h, &format!("{p}.self_attn.qkv"))?,
                     bias: None,
                 },
                 o: linear(&format!("{p}.self_attn.o_proj"), h, q_dim)?,
@@ -261,13 +331,7 @@ impl Llama {
                 down: linear(&format!("{p}.mlp.down_proj"), h, cfg.intermediate)?,
             });
         }
-        let embed = param(
-            gpu,
-            &src,
-            "model.embed_tokens.weight",
-            &[vocab, h],
-            dtype(h),
-        )?;
+        let embed = matrix(&[(EMBED.to_string(), vocab)], h, "embed_tokens")?;
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {

@@ -17,6 +17,17 @@ use crate::{Error, Result};
 
 pub use safetensors::Dtype;
 
+use crate::gpu::DType;
+
+/// The packed format named by a tensor's suffix (`.q8`, `.q4`).
+fn packed_suffix(name: &str) -> Option<DType> {
+    match name.rsplit('.').next() {
+        Some("q8") => Some(DType::Q8),
+        Some("q4") => Some(DType::Q4),
+        _ => None,
+    }
+}
+
 /// One mapped safetensors file.
 struct Shard {
     path: PathBuf,
@@ -237,6 +248,58 @@ impl Checkpoint {
         })
     }
 
+    /// The packed format of a checkpoint written by `fvl-wgpu quantize` (its linear weights
+    /// are stored as `NAME.q8` / `NAME.q4` u32 tensors), or `None` for an ordinary one.
+    pub fn stored_quant(&self) -> Option<DType> {
+        self.tensors.keys().find_map(|n| packed_suffix(n))
+    }
+
+    /// Pre-quantized words of `name` (`[rows, cols]` as `dtype`) when the checkpoint stores it
+    /// packed (`NAME.q4`, shape `[rows, row_words]`, u32); `None` when it stores it as floats.
+    pub fn load_packed(
+        &self,
+        name: &str,
+        dtype: DType,
+        [rows, cols]: [usize; 2],
+    ) -> Result<Option<Vec<u32>>> {
+        let packed = format!("{name}.{}", dtype.name());
+        if !self.contains(&packed) {
+            if let Some(other) = [DType::Q8, DType::Q4]
+                .into_iter()
+                .find(|d| self.contains(&format!("{name}.{}", d.name())))
+            {
+                return Err(Error::input(format!(
+                    "{}: {name} is stored quantized as {} (written by fvl-wgpu quantize); it cannot be loaded as {} — use --quant {} or the original checkpoint",
+                    self.dir.display(),
+                    other.name(),
+                    dtype.name(),
+                    other.name()
+                )));
+            }
+            return Ok(None);
+        }
+        let e = self.check_shape(&packed, &[rows, dtype.row_words(cols)])?;
+        if e.dtype != Dtype::U32 {
+            return Err(file_err(
+                &self.shards[e.shard].path,
+                format!("{packed} is {:?}, expected U32 words", e.dtype),
+            ));
+        }
+        let bytes = &self.shards[e.shard].map[e.start..e.end];
+        Ok(Some(
+            bytes
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        ))
+    }
+
+    /// Raw bytes, dtype and shape of a tensor as stored (for copying it unchanged).
+    pub fn raw(&self, name: &str) -> Result<(&[u8], Dtype, &[usize])> {
+        let e = self.entry(name)?;
+        Ok((&self.shards[e.shard].map[e.start..e.end], e.dtype, &e.shape))
+    }
+
     /// Loads a 2-D tensor stored as the transpose of what is wanted: the file holds
     /// `[c, r]`, the result is `[r, c]` = `expected_after`, row-major.
     pub fn load_f32_transposed(&self, name: &str, expected_after: [usize; 2]) -> Result<Vec<f32>> {
@@ -325,4 +388,77 @@ fn describe(err: &SafeTensorError, bytes: &[u8]) -> String {
         }
         _ => format!("corrupt safetensors file: {err:?}"),
     }
+}
+
+/// Writes `ck` to `out` with every 2-D tensor that `quantize(name)` selects (and whose rows
+/// are whole blocks) stored packed as `NAME.q8`/`NAME.q4` u32 words, the rest unchanged, plus
+/// the folder's other files (config, tokenizer). A later load copies the words straight to the
+/// GPU. Host memory: the packed result plus one tensor being quantized. Returns
+/// `(quantized tensors, bytes written)`.
+pub fn write_quantized(
+    ck: &Checkpoint,
+    out: &Path,
+    dtype: DType,
+    quantize: &dyn Fn(&str) -> bool,
+) -> Result<(usize, u64)> {
+    if !dtype.is_quantized() {
+        return Err(Error::input(format!(
+            "--quant {}: expected q8 or q4",
+            dtype.name()
+        )));
+    }
+    if let Some(q) = ck.stored_quant() {
+        return Err(Error::input(format!(
+            "{} is already quantized as {}",
+            ck.dir().display(),
+            q.name()
+        )));
+    }
+    std::fs::create_dir_all(out).map_err(|e| file_err(out, e))?;
+    for entry in std::fs::read_dir(ck.dir()).map_err(|e| file_err(ck.dir(), e))? {
+        let path = entry.map_err(|e| file_err(ck.dir(), e))?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        if path.is_file() && !name.ends_with(".safetensors") && name != INDEX {
+            std::fs::copy(&path, out.join(&name)).map_err(|e| file_err(&path, e))?;
+        }
+    }
+    let mut tensors: Vec<(String, Dtype, Vec<usize>, std::borrow::Cow<[u8]>)> = Vec::new();
+    let mut quantized = 0;
+    for name in ck.names() {
+        let (bytes, dt, shape) = ck.raw(name)?;
+        if let [rows, cols] = *shape {
+            if quantize(name) && dtype.check_cols(cols).is_ok() {
+                let words = crate::gpu::format::encode(dtype, &ck.load_f32(name, shape)?, cols);
+                let packed = bytemuck::cast_slice(&words).to_vec();
+                tensors.push((
+                    format!("{name}.{}", dtype.name()),
+                    Dtype::U32,
+                    vec![rows, dtype.row_words(cols)],
+                    packed.into(),
+                ));
+                quantized += 1;
+                continue;
+            }
+        }
+        tensors.push((name.to_string(), dt, shape.to_vec(), bytes.into()));
+    }
+    let views = tensors
+        .iter()
+        .map(|(n, dt, shape, b)| {
+            safetensors::tensor::TensorView::new(*dt, shape.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::input(format!("{n}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let path = out.join(SINGLE);
+    let meta =
+        std::collections::HashMap::from([("fvl_wgpu_quant".to_string(), dtype.name().to_string())]);
+    safetensors::serialize_to_file(views, Some(meta), &path).map_err(|e| file_err(&path, e))?;
+    let written = std::fs::metadata(&path)
+        .map_err(|e| file_err(&path, e))?
+        .len();
+    Ok((quantized, written))
 }

@@ -311,7 +311,7 @@ pub fn decode(
     let (h, inter, vocab, layers) = (cfg.hidden, cfg.intermediate, cfg.vocab, cfg.layers);
     let per_layer =
         (h * (cfg.heads * cfg.head_dim) * 2 + h * cfg.kv_dim() * 2 + 3 * h * inter) as f64;
-    let llama = Llama::load_from(&gpu, &src, cfg, quant)?;
+    let llama = Llama::load_from(&gpu, &src, &|_: &str, _, _| Ok(None), cfg, quant)?;
     bar.finish_and_clear();
     let weights = (layers as f64 * per_layer + (vocab * h) as f64) * bytes_per_weight(quant);
 

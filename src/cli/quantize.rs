@@ -1,0 +1,55 @@
+//! `fvl-wgpu quantize`: a Llama checkpoint rewritten with its matrices packed as q8 or q4, so
+//! the next load copies them straight to the GPU.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use fvl_wgpu::model::llama::quantizable;
+use fvl_wgpu::weights::{write_quantized, Checkpoint};
+use fvl_wgpu::{Error, Result};
+
+use super::Quant;
+
+/// Arguments of `quantize`.
+#[derive(clap::Args)]
+pub struct QuantizeArgs {
+    /// Llama model folder (config.json, safetensors single or sharded, tokenizer).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Output folder (created; its model.safetensors is overwritten).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Packed format: q8 or q4.
+    #[arg(long, value_enum)]
+    pub quant: Quant,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: &QuantizeArgs) -> Result<()> {
+    if args.out == args.model {
+        return Err(Error::input(
+            "--out must differ from --model (the source files are read while writing)",
+        ));
+    }
+    let dtype = args.quant.dtype();
+    let ck = Checkpoint::open(&args.model)?;
+    let t = Instant::now();
+    let (count, bytes) = write_quantized(&ck, &args.out, dtype, &quantizable)?;
+    let secs = t.elapsed().as_secs_f64();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"out": args.out.display().to_string(), "quant": dtype.name(), "quantized_tensors": count, "bytes": bytes, "seconds": secs})
+        );
+    } else {
+        eprintln!(
+            "{count} matrices packed as {} → {} ({:.1} MB) in {secs:.1} s",
+            dtype.name(),
+            args.out.display(),
+            bytes as f64 / 1e6
+        );
+    }
+    Ok(())
+}
