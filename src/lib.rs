@@ -7,12 +7,14 @@
 //! * [`image`]: image decoding and Florence-2 preprocessing (CPU only, no GPU use).
 //! * [`model`]: the forward passes (DaViT, Florence-2), reading like the spec.
 //! * [`tasks`]: Florence-2 task prompts and the BART tokenizer (CPU only).
+//! * [`postprocess`]: Florence-2 answers (text, boxes, quads, polygons) from generated text (CPU only).
 
 pub mod error;
 pub mod gpu;
 pub mod image;
 pub mod model;
 pub mod ops;
+pub mod postprocess;
 pub mod tasks;
 pub mod weights;
 
