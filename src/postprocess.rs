@@ -352,15 +352,9 @@ fn strip_specials(text: &str) -> Vec<char> {
         .collect()
 }
 
+/// Whether `pat` occurs in `t` at `i`.
 fn starts(t: &[char], i: usize, pat: &str) -> bool {
-    let mut j = i;
-    for p in pat.chars() {
-        if t.get(j) != Some(&p) {
-            return false;
-        }
-        j += 1;
-    }
-    true
+    (i..).zip(pat.chars()).all(|(j, p)| t.get(j) == Some(&p))
 }
 
 /// `<loc_(\d+)>` at `i`: (bin, end).

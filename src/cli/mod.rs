@@ -8,9 +8,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use fvl_wgpu::gpu::{DType, Gpu, GpuOptions};
 use fvl_wgpu::Result;
 
+mod annotate;
 mod bench;
 mod devices;
 mod features;
+mod florence2;
 mod selfcheck;
 
 /// Florence-VL and Florence-2 inference on any GPU (Vulkan, Metal, DX12) through wgpu.
@@ -33,6 +35,8 @@ enum Command {
     Selfcheck(DeviceArgs),
     /// Run the Florence-2 vision path on one image and write its tensors to safetensors.
     Features(features::FeaturesArgs),
+    /// Run one Florence-2 task (caption, detection, OCR, grounding, …) on one image.
+    Florence2(florence2::Florence2Args),
     /// Measure kernels (or, later, whole models) against the device's own ceilings.
     Bench {
         #[command(subcommand)]
@@ -151,6 +155,7 @@ pub fn run() -> Result<()> {
         Command::Devices { json } => devices::run(json),
         Command::Selfcheck(args) => selfcheck::run(&args),
         Command::Features(args) => features::run(&args),
+        Command::Florence2(args) => florence2::run(&args),
         Command::Bench {
             what:
                 BenchWhat::Kernels {
