@@ -101,6 +101,8 @@ fn describe(answer: &Answer) -> String {
     }
 }
 
+/// Runs the task: input errors (unknown task, text where none is taken or missing, a prompt
+/// or length over the position table) come before any GPU work.
 pub fn run(args: &Florence2Args) -> Result<()> {
     let dir = &args.model.model;
     if !task_tokens().any(|t| t == args.task) {
