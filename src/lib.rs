@@ -8,12 +8,14 @@
 //! * [`text`]: the Llama-3 tokenizer and chat template; [`tasks`]: Florence-2 task prompts and
 //!   the BART tokenizer (CPU only).
 //! * [`model`]: the forward passes (DaViT, Florence-2, Llama), reading like the spec.
+//! * [`postprocess`]: Florence-2 answers (text, boxes, quads, polygons) from generated text (CPU only).
 
 pub mod error;
 pub mod gpu;
 pub mod image;
 pub mod model;
 pub mod ops;
+pub mod postprocess;
 pub mod tasks;
 pub mod text;
 pub mod weights;

@@ -8,9 +8,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use fvl_wgpu::gpu::{DType, Gpu, GpuOptions};
 use fvl_wgpu::Result;
 
+mod annotate;
 mod bench;
 mod devices;
 mod features;
+mod florence2;
 mod generate;
 mod quantize;
 mod selfcheck;
@@ -39,6 +41,8 @@ enum Command {
     Features(features::FeaturesArgs),
     /// Generate text with a Llama-3 checkpoint, streamed to stdout.
     Generate(generate::GenerateArgs),
+    /// Run one Florence-2 task (caption, detection, OCR, grounding, …) on one image.
+    Florence2(florence2::Florence2Args),
     /// Measure kernels (or, later, whole models) against the device's own ceilings.
     Bench {
         #[command(subcommand)]
@@ -222,6 +226,7 @@ pub fn run() -> Result<()> {
         Command::Features(args) => features::run(&args),
         Command::Quantize(args) => quantize::run(&args),
         Command::Generate(args) => generate::run(&args),
+        Command::Florence2(args) => florence2::run(&args),
         Command::Bench {
             what:
                 BenchWhat::Kernels {

@@ -1,0 +1,134 @@
+//! `fvl-wgpu florence2` on the tiny florence2-a model: one-line errors for bad input before
+//! any GPU work, and greedy ids equal to transformers' for `<OD>` and `<CAPTION>`.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+const MODEL: &str = "tests/fixtures/florence2-a";
+const IMAGE: &str = "tests/fixtures/images/photo.png";
+
+fn fvl(extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec!["florence2", "--model", MODEL, "--image", IMAGE];
+    args.extend_from_slice(extra);
+    let out = Command::new(env!("CARGO_BIN_EXE_fvl-wgpu"))
+        .args(&args)
+        .output()
+        .expect("run fvl-wgpu");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs a command that must fail; returns its single stderr line.
+fn error(extra: &[&str]) -> String {
+    let (code, out, err) = fvl(extra);
+    assert_eq!(code, 1, "{extra:?}: {out}{err}");
+    assert!(out.is_empty(), "{extra:?}: stdout {out}");
+    let lines: Vec<_> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{extra:?}: {err}");
+    assert!(lines[0].starts_with("error: "), "{extra:?}: {err}");
+    lines[0].to_string()
+}
+
+#[test]
+fn bad_input_gives_one_line_errors() {
+    let e = error(&["--task", "<DETECT>"]);
+    assert!(e.contains("unknown task") && e.contains("<OD>"), "{e}");
+    let e = error(&["--task", "OD"]);
+    assert!(e.contains("unknown task"), "{e}");
+    let e = error(&["--task", "<CAPTION>", "--text", "a car"]);
+    assert!(e.contains("takes no text"), "{e}");
+    let e = error(&["--task", "<CAPTION_TO_PHRASE_GROUNDING>"]);
+    assert!(e.contains("needs text"), "{e}");
+    let long = "a red car next to a tree ".repeat(20);
+    let e = error(&["--task", "<CAPTION_TO_PHRASE_GROUNDING>", "--text", &long]);
+    assert!(e.contains("128 positions"), "{e}");
+    let e = error(&["--task", "<OD>", "--max-new-tokens", "129"]);
+    assert!(e.contains("--max-new-tokens 129"), "{e}");
+}
+
+#[test]
+fn greedy_ids_match_transformers() {
+    let gen: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{MODEL}/generate.json")).unwrap())
+            .unwrap();
+    let dir = std::env::temp_dir().join(format!("fvl-cli-florence2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for task in ["<OD>", "<CAPTION>"] {
+        let run = gen["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["task"] == task && r["image"] == "photo.png")
+            .unwrap();
+        let png = dir.join("annotated.png");
+        let png_arg = png.to_str().unwrap();
+        let (code, out, err) = fvl(&[
+            "--task",
+            task,
+            "--max-new-tokens",
+            "20",
+            "--precision",
+            "f32",
+            "--num-beams",
+            "1",
+            "--no-repeat-ngram-size",
+            "0",
+            "--json",
+            "--annotate",
+            png_arg,
+        ]);
+        assert_eq!(code, 0, "{task}: {err}");
+        let got: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(got["task"], task);
+        assert_eq!(got["token_ids"], run["greedy"]["ids"], "{task}");
+        assert_eq!(got["text"], run["greedy"]["text"], "{task}");
+        assert_eq!(got["result"], run["greedy"]["post_processed"], "{task}");
+        let img = image::open(&png).unwrap();
+        assert_eq!((img.width(), img.height()), (72, 52));
+
+        // The default decoding is Florence-2's: 3 beams, no repeated trigram.
+        let (code, out, err) = fvl(&[
+            "--task",
+            task,
+            "--max-new-tokens",
+            "20",
+            "--precision",
+            "f32",
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{task}: {err}");
+        let got: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(got["token_ids"], run["beam3"]["ids"], "{task} beam3");
+        assert_eq!(
+            got["result"], run["beam3"]["post_processed"],
+            "{task} beam3"
+        );
+
+        let (code, out, err) = fvl(&[
+            "--task",
+            task,
+            "--max-new-tokens",
+            "20",
+            "--precision",
+            "f32",
+            "--num-beams",
+            "1",
+            "--no-repeat-ngram-size",
+            "0",
+        ]);
+        assert_eq!(code, 0, "{task}: {err}");
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), run["greedy"]["text"].as_str());
+        let summary = lines.next().unwrap();
+        if task == "<OD>" {
+            assert!(summary.starts_with("3 boxes"), "{out}");
+        } else {
+            assert!(summary.starts_with("answer: <loc_156>"), "{out}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
