@@ -4,5 +4,6 @@
 pub mod bart;
 pub mod davit;
 pub mod florence2;
+pub mod florence_vl;
 pub mod layers;
 pub mod llama;
