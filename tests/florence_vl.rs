@@ -141,3 +141,113 @@ fn a_prompt_over_tokenizer_model_max_length_is_refused() {
     let err = m.prompt_ids("<image> twice").unwrap_err().to_string();
     assert!(err.contains("<image>"), "{err}");
 }
+
+fn infer(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fvl-wgpu"))
+        .arg("infer")
+        .args(args)
+        .output()
+        .expect("run fvl-wgpu");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `--model`, `--image`, `--florence-tokenizer` for the fixture, then `extra`.
+fn fixture_args(model: &str, extra: &[&str]) -> Vec<String> {
+    let path = |rel: &str| fixture_path(rel).display().to_string();
+    let mut args = vec![
+        "--model".into(),
+        model.to_string(),
+        "--image".into(),
+        path("images/photo.png"),
+        "--florence-tokenizer".into(),
+        path("florence2-a"),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// The CLI decodes the image itself (pad to square, bicubic resize) and still gives the 16
+/// greedy ids of transformers.
+#[test]
+fn cli_infer_json_gives_the_greedy_answer() {
+    let j = expected_json();
+    let model = fixture_path(DIR).display().to_string();
+    let args = fixture_args(
+        &model,
+        &[
+            "--prompt",
+            j["question"].as_str().unwrap(),
+            "--max-new-tokens",
+            "16",
+            "--quant",
+            "f32",
+            "--json",
+        ],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = infer(&args);
+    assert_eq!(code, 0, "{err}");
+    let got: serde_json::Value = serde_json::from_str(out.trim()).expect(&out);
+    assert_eq!(got["token_ids"], j["answer_ids_16_no_eos"]);
+    assert_eq!(got["prompt_positions"], j["merged_length"]);
+    for k in ["vision_ms", "prefill_ms", "decode_tokens_per_s"] {
+        assert!(got["timings"][k].as_f64().is_some(), "{k}: {out}");
+    }
+    assert!(got["answer"].is_string());
+}
+
+/// A folder whose index lacks the first projector weight, and a question that overflows
+/// tokenizer_model_max_length: one line each, non-zero exit.
+#[test]
+fn cli_infer_bad_inputs_are_one_clear_line() {
+    let tmp = std::env::temp_dir().join(format!("fvl-infer-{}", std::process::id()));
+    let model = tmp.join(DIR);
+    std::fs::create_dir_all(&model).unwrap();
+    let src = fixture_path(DIR);
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() != "model.safetensors.index.json" {
+            std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
+        }
+    }
+    let tower = fixture_path("florence2-a-original");
+    std::os::unix::fs::symlink(&tower, tmp.join("florence2-a-original")).unwrap();
+    let index = std::fs::read_to_string(src.join("model.safetensors.index.json")).unwrap();
+    let mut index: serde_json::Value = serde_json::from_str(&index).unwrap();
+    let missing = "model.mm_projector.encoder_mlp.0.weight";
+    index["weight_map"].as_object_mut().unwrap().remove(missing);
+    std::fs::write(
+        model.join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    let args = fixture_args(
+        &model.display().to_string(),
+        &["--prompt", "Hi", "--quant", "f32"],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, err) = infer(&args);
+    std::fs::remove_dir_all(&tmp).ok();
+    assert_ne!(code, 0);
+    let line = err.lines().last().unwrap();
+    assert!(
+        line.starts_with("error: ") && line.contains(missing),
+        "{err}"
+    );
+
+    let long = "word ".repeat(3000);
+    let model = fixture_path(DIR).display().to_string();
+    let args = fixture_args(&model, &["--prompt", &long, "--quant", "f32"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, err) = infer(&args);
+    assert_ne!(code, 0);
+    let line = err.lines().last().unwrap();
+    assert!(
+        line.starts_with("error: ") && line.contains("tokenizer_model_max_length = 2048"),
+        "{err}"
+    );
+}

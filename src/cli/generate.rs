@@ -28,6 +28,18 @@ pub enum Quant {
     Q4,
 }
 
+impl Quant {
+    /// The weight dtype.
+    pub fn dtype(self) -> DType {
+        match self {
+            Quant::F32 => DType::F32,
+            Quant::F16 => DType::F16,
+            Quant::Q8 => DType::Q8,
+            Quant::Q4 => DType::Q4,
+        }
+    }
+}
+
 /// Arguments of `generate`.
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["prompt", "prompt_ids"])))]
@@ -114,10 +126,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
 
     let gpu = args.device.open()?;
     let quant = match args.quant {
-        Some(Quant::F32) => DType::F32,
-        Some(Quant::F16) => DType::F16,
-        Some(Quant::Q8) => DType::Q8,
-        Some(Quant::Q4) => DType::Q4,
+        Some(q) => q.dtype(),
         None if gpu.shader_f16 => DType::F16,
         None => DType::F32,
     };

@@ -12,6 +12,7 @@ mod bench;
 mod devices;
 mod features;
 mod generate;
+mod infer;
 mod selfcheck;
 
 /// Florence-VL and Florence-2 inference on any GPU (Vulkan, Metal, DX12) through wgpu.
@@ -36,6 +37,8 @@ enum Command {
     Features(features::FeaturesArgs),
     /// Generate text with a Llama-3 checkpoint, streamed to stdout.
     Generate(generate::GenerateArgs),
+    /// Answer a question about an image with a Florence-VL checkpoint, streamed to stdout.
+    Infer(infer::InferArgs),
     /// Measure kernels (or, later, whole models) against the device's own ceilings.
     Bench {
         #[command(subcommand)]
@@ -167,6 +170,7 @@ pub fn run() -> Result<()> {
         Command::Selfcheck(args) => selfcheck::run(&args),
         Command::Features(args) => features::run(&args),
         Command::Generate(args) => generate::run(&args),
+        Command::Infer(args) => infer::run(&args),
         Command::Bench {
             what:
                 BenchWhat::Kernels {

@@ -177,7 +177,7 @@ fn encoder_prompt_ids(
         return Ok((ids, HARD_CODED_PROMPTS[0].len()));
     }
     Err(Error::input(format!(
-        "{}: no Florence-2 tokenizer.json for the encoder prompts next to {} and the tower's vocabulary ({}) is not Florence-2's; name a folder with one",
+        "{}: no Florence-2 tokenizer.json for the encoder prompts next to {} and the tower's vocabulary ({}) is not Florence-2's; give a folder with the Florence-2 tokenizer.json (infer --florence-tokenizer DIR)",
         dir.display(),
         f2.config_path().display(),
         f2.text().vocab_size
