@@ -14,6 +14,7 @@ mod devices;
 mod features;
 mod florence2;
 mod generate;
+mod infer;
 mod quantize;
 mod selfcheck;
 
@@ -43,6 +44,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Run one Florence-2 task (caption, detection, OCR, grounding, …) on one image.
     Florence2(florence2::Florence2Args),
+    /// Answer a question about an image with a Florence-VL checkpoint, streamed to stdout.
+    Infer(infer::InferArgs),
     /// Measure kernels (or, later, whole models) against the device's own ceilings.
     Bench {
         #[command(subcommand)]
@@ -227,6 +230,7 @@ pub fn run() -> Result<()> {
         Command::Quantize(args) => quantize::run(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Florence2(args) => florence2::run(&args),
+        Command::Infer(args) => infer::run(&args),
         Command::Bench {
             what:
                 BenchWhat::Kernels {

@@ -5,5 +5,6 @@ pub mod bart;
 pub mod beam;
 pub mod davit;
 pub mod florence2;
+pub mod florence_vl;
 pub mod layers;
 pub mod llama;

@@ -1,0 +1,392 @@
+//! Florence-VL (spec §1, §6, §7.3, §8.2): the Florence-2 tower and encoder give four views of
+//! the image (V, and the image rows of the encoder under three prompts), fused on channels and
+//! projected to the LLM width by an MLP; the rows replace `<image>` in a Llama-3 chat prompt.
+//!
+//! Everything comes from one LLaVA-style folder: Llama tensors at the top level, the projector
+//! at `model.mm_projector.encoder_mlp.*`, the Florence-2 model under
+//! `model.vision_tower.vision_tower.` (its config found through `mm_vision_tower`).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::gpu::{DType, Gpu, Graph, Tensor, TensorId};
+use crate::image::PreprocessConfig;
+use crate::model::bart::Bart;
+use crate::model::florence2::VisionTower;
+use crate::model::layers::Linear;
+use crate::model::llama::Llama;
+use crate::ops::copy::{copy, Block};
+use crate::ops::eltwise::{self, Unary};
+use crate::tasks::Tokenizer;
+use crate::text::llama::{LlamaTokenizer, BOS};
+use crate::weights::florence2::Florence2Checkpoint;
+use crate::{Error, Result};
+
+/// The id LLaVA writes where the image rows go.
+pub const IMAGE_TOKEN_INDEX: i64 = -200;
+
+/// The placeholder in the prompt text.
+pub const IMAGE_PLACEHOLDER: &str = "<image>";
+
+/// The system message of Florence-VL's `llama3` conversation template.
+pub const SYSTEM: &str = "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions.";
+
+/// Florence-VL's encoder prompt ids for the real Florence-2 BART tokenizer (spec §6.1: the
+/// reference hard-codes them), right-padded with 1 to 14.
+const HARD_CODED_PROMPTS: [[u32; 14]; 3] = [
+    [
+        0, 47066, 21700, 11, 4617, 99, 16, 2343, 11, 5, 2274, 4, 2, 1,
+    ],
+    [0, 2264, 16, 5, 2788, 11, 5, 2274, 116, 2, 1, 1, 1, 1],
+    [0, 574, 22486, 5, 8720, 11, 5, 2274, 6, 19, 49, 24173, 4, 2],
+];
+
+/// Vocabulary of the real Florence-2 BART (the one [`HARD_CODED_PROMPTS`] belong to).
+const FLORENCE2_VOCAB: usize = 51289;
+
+/// The llama3 template text for one user turn with an image (spec §7.3).
+pub fn prompt_text(question: &str) -> String {
+    format!(
+        "{BOS}<|start_header_id|>system<|end_header_id|>\n\n{SYSTEM}<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n{IMAGE_PLACEHOLDER}\n{question}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+}
+
+/// Florence-VL's settings from `config.json`.
+#[derive(Clone, Debug)]
+pub struct FvlConfig {
+    /// Linear layers of the projector (`mlp{N}x_gelu`).
+    pub projector_depth: usize,
+    /// Width of each of the four fused views (`mm_hidden_size`, = the Florence-2 D).
+    pub mm_hidden_size: usize,
+    /// Pad the image to a square before resizing (`image_aspect_ratio = "pad"`).
+    pub pad_to_square: bool,
+    /// Longest merged prompt (text tokens plus image rows), `tokenizer_model_max_length`.
+    pub max_length: usize,
+}
+
+impl FvlConfig {
+    /// Reads the Florence-VL fields of a LLaVA `config.json`.
+    pub fn from_json(cfg: &Value) -> Result<FvlConfig, String> {
+        let kind = cfg["mm_projector_type"]
+            .as_str()
+            .ok_or("no mm_projector_type")?;
+        let projector_depth = kind
+            .strip_prefix("mlp")
+            .and_then(|s| s.strip_suffix("x_gelu"))
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|&n| n >= 1)
+            .ok_or_else(|| {
+                format!("mm_projector_type = {kind:?}: only mlp<N>x_gelu (e.g. mlp3x_gelu) is supported")
+            })?;
+        let mm_hidden_size = cfg["mm_hidden_size"].as_u64().ok_or("no mm_hidden_size")? as usize;
+        let pad_to_square = match cfg["image_aspect_ratio"].as_str().unwrap_or("square") {
+            "pad" => true,
+            "square" => false,
+            other => {
+                return Err(format!(
+                    "image_aspect_ratio = {other:?}: only \"pad\" and \"square\" are supported"
+                ))
+            }
+        };
+        let max_length = cfg["tokenizer_model_max_length"]
+            .as_u64()
+            .or_else(|| cfg["max_position_embeddings"].as_u64())
+            .ok_or("no tokenizer_model_max_length or max_position_embeddings")?
+            as usize;
+        Ok(FvlConfig {
+            projector_depth,
+            mm_hidden_size,
+            pad_to_square,
+            max_length,
+        })
+    }
+}
+
+/// The fusion MLP: `Linear (4·D → H)`, then `depth − 1` times GELU and `Linear (H → H)`.
+pub struct Projector {
+    pub layers: Vec<Linear>,
+}
+
+impl Projector {
+    /// Stored name of linear `k` (`encoder_mlp.0`, `encoder_mlp.1.1`, `encoder_mlp.2.1`, …).
+    pub fn prefix(k: usize) -> String {
+        if k == 0 {
+            "model.mm_projector.encoder_mlp.0".into()
+        } else {
+            format!("model.mm_projector.encoder_mlp.{k}.1")
+        }
+    }
+
+    /// Records the MLP on `x` (`[rows, 4·D]`) → `[rows, H]`.
+    pub fn forward(&self, g: &mut Graph, x: TensorId) -> Result<TensorId> {
+        let mut x = self.layers[0].forward(g, x)?;
+        for layer in &self.layers[1..] {
+            eltwise::unary(g, Unary::Gelu, x, x)?;
+            x = layer.forward(g, x)?;
+        }
+        Ok(x)
+    }
+}
+
+/// What [`FlorenceVl::features`] recorded.
+pub struct Features {
+    /// V, `[N, D]`.
+    pub v: TensorId,
+    /// `[V | caption | OCR | grounding]`, `[rows, 4·D]` (rows = N, or N − 1 without the mean
+    /// token).
+    pub fused: TensorId,
+    /// The projector output, `[rows, H]`: the rows that replace `<image>`.
+    pub projected: TensorId,
+}
+
+/// A Florence-VL model on the GPU.
+pub struct FlorenceVl {
+    pub config: FvlConfig,
+    pub tower: VisionTower,
+    pub bart: Bart,
+    pub projector: Projector,
+    pub llama: Llama,
+    pub tokenizer: LlamaTokenizer,
+    /// How images are resized and normalised (the tower folder's `preprocessor_config.json`).
+    pub preprocess: PreprocessConfig,
+    /// Keep the mean token (577 rows for the 8B, the default) or drop it (576).
+    pub keep_mean_token: bool,
+    /// The three encoder prompts, u32 `[3, L]`.
+    prompts: Tensor,
+}
+
+/// Where the BART prompt ids come from: `tokenizer.json` in `bart_tokenizer` if given, else
+/// in the tower's folder (when that is not the model folder, whose tokenizer is Llama's), else
+/// Florence-VL's hard-coded ids when the tower has the real Florence-2 vocabulary.
+fn encoder_prompt_ids(
+    f2: &Florence2Checkpoint,
+    dir: &Path,
+    bart_tokenizer: Option<&Path>,
+) -> Result<(Vec<u32>, usize)> {
+    let tower_dir = f2.config_path().parent().map(Path::to_path_buf);
+    let candidate: Option<PathBuf> = match bart_tokenizer {
+        Some(p) => Some(p.to_path_buf()),
+        None => tower_dir.filter(|t| t.join("tokenizer.json").is_file() && !same_dir(t, dir)),
+    };
+    if let Some(t) = candidate {
+        return Tokenizer::open(&t)?.florence_vl_prompts(f2.text().pad_token_id);
+    }
+    if f2.text().vocab_size == FLORENCE2_VOCAB {
+        let ids = HARD_CODED_PROMPTS.iter().flatten().copied().collect();
+        return Ok((ids, HARD_CODED_PROMPTS[0].len()));
+    }
+    Err(Error::input(format!(
+        "{}: no Florence-2 tokenizer.json for the encoder prompts next to {} and the tower's vocabulary ({}) is not Florence-2's; give a folder with the Florence-2 tokenizer.json (infer --florence-tokenizer DIR)",
+        dir.display(),
+        f2.config_path().display(),
+        f2.text().vocab_size
+    )))
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+impl FlorenceVl {
+    /// Loads everything from the LLaVA folder `dir`: the Llama weights as `quant` (F32, F16,
+    /// Q8 or Q4); the tower, encoder and projector as f32 when `quant` is F32, else as f16
+    /// where the adapter has SHADER_F16. `bart_tokenizer` names a folder with the Florence-2
+    /// `tokenizer.json` for the encoder prompts (default: the tower's folder, else the
+    /// hard-coded ids of the real Florence-2 tokenizer).
+    pub fn load(
+        gpu: &Gpu,
+        dir: &Path,
+        quant: DType,
+        bart_tokenizer: Option<&Path>,
+    ) -> Result<FlorenceVl> {
+        let f2 = Florence2Checkpoint::open(dir)?;
+        let ck = f2.checkpoint();
+        let config =
+            FvlConfig::from_json(ck.config()).map_err(|m| file_err(&dir.join("config.json"), m))?;
+        let d = f2.text().d_model;
+        if config.mm_hidden_size != d {
+            return Err(file_err(
+                &dir.join("config.json"),
+                format!(
+                    "mm_hidden_size = {} but the Florence-2 model has d_model {d}",
+                    config.mm_hidden_size
+                ),
+            ));
+        }
+        let vision_dtype = if quant == DType::F32 || !gpu.shader_f16 {
+            DType::F32
+        } else {
+            DType::F16
+        };
+        let (ids, len) = encoder_prompt_ids(&f2, dir, bart_tokenizer)?;
+        let prompts = Tensor::from_u32(gpu, &[3, len], &ids, "encoder prompts")?;
+        let tower = VisionTower::from_checkpoint(gpu, &f2, vision_dtype, &|| {})?;
+        let bart = Bart::from_checkpoint(gpu, &f2, vision_dtype)?;
+        let llama = Llama::load(gpu, ck, quant, &|| {})?;
+        let h = llama.cfg.hidden;
+        let src = |name: &str, shape: &[usize]| ck.load_f32(name, shape);
+        let layers = (0..config.projector_depth)
+            .map(|k| {
+                let inp = if k == 0 { 4 * d } else { h };
+                let p = Projector::prefix(k);
+                if !ck.contains(&format!("{p}.weight")) {
+                    return Err(file_err(
+                        dir,
+                        format!(
+                            "no projector weight {p}.weight (mm_projector_type mlp{}x_gelu)",
+                            config.projector_depth
+                        ),
+                    ));
+                }
+                Linear::load(gpu, &src, &p, h, inp, true, vision_dtype)
+            })
+            .collect::<Result<_>>()?;
+        let pp_path = f2.config_path().with_file_name("preprocessor_config.json");
+        let preprocess = if pp_path.is_file() {
+            PreprocessConfig::from_file(&pp_path)?
+        } else if dir.join("preprocessor_config.json").is_file() {
+            PreprocessConfig::from_file(dir.join("preprocessor_config.json"))?
+        } else {
+            PreprocessConfig::default()
+        };
+        Ok(FlorenceVl {
+            config,
+            tower,
+            bart,
+            projector: Projector { layers },
+            tokenizer: LlamaTokenizer::open(dir)?,
+            llama,
+            preprocess,
+            keep_mean_token: true,
+            prompts,
+        })
+    }
+
+    /// Records pixels (`[3, S, S]`) → V → the encoder on the three prompts as one batch →
+    /// `[V | caption | OCR | grounding]` → projector, all in `g`.
+    pub fn features(&self, g: &mut Graph, pixels: TensorId) -> Result<Features> {
+        let v = self.tower.forward(g, pixels)?.features;
+        let prompts = g.external(&self.prompts);
+        let enc = self.bart.encode(g, v, prompts)?;
+        let (n, d) = (g.layout(v).rows(), g.layout(v).cols());
+        let seq = g.shape(enc)[1];
+        let first = usize::from(!self.keep_mean_token);
+        let rows = n - first;
+        let fused = g.tensor(&[rows, 4 * d], DType::F32)?;
+        let view = |src_row: usize, col: usize| Block {
+            src_row: src_row + first,
+            ..Block::whole(rows, d, 0, col)
+        };
+        copy(g, v, fused, &view(0, 0))?;
+        for p in 0..3 {
+            copy(g, enc, fused, &view(p * seq, (p + 1) * d))?;
+        }
+        let projected = self.projector.forward(g, fused)?;
+        Ok(Features {
+            v,
+            fused,
+            projected,
+        })
+    }
+
+    /// Prompt ids for `question` (spec §7.3): the template split on `<image>`, each chunk
+    /// tokenized with its automatic BOS, kept for the first chunk only (so the sequence starts
+    /// with two BOS), [`IMAGE_TOKEN_INDEX`] between chunks.
+    pub fn prompt_ids(&self, question: &str) -> Result<Vec<i64>> {
+        if question.contains(IMAGE_PLACEHOLDER) {
+            return Err(Error::input(
+                "the question must not contain <image>: the template places the image",
+            ));
+        }
+        let mut ids = Vec::new();
+        for (k, chunk) in prompt_text(question).split(IMAGE_PLACEHOLDER).enumerate() {
+            if k > 0 {
+                ids.push(IMAGE_TOKEN_INDEX);
+            }
+            let chunk = self.tokenizer.encode(chunk, true)?;
+            ids.extend(chunk.iter().skip(usize::from(k > 0)).map(|&i| i as i64));
+        }
+        Ok(ids)
+    }
+
+    /// Length of the merged sequence for `ids` with `image_rows` rows per image marker;
+    /// an error when it exceeds `tokenizer_model_max_length`. The reference truncates the
+    /// merged sequence silently, which cuts the assistant header off and makes the answer
+    /// meaningless, so this refuses instead.
+    pub fn merged_len(&self, ids: &[i64], image_rows: usize) -> Result<usize> {
+        let images = ids.iter().filter(|&&i| i == IMAGE_TOKEN_INDEX).count();
+        let len = ids.len() - images + images * image_rows;
+        if len > self.config.max_length {
+            return Err(Error::input(format!(
+                "the prompt is {len} positions ({} text tokens + {} image rows), more than tokenizer_model_max_length = {}; shorten the question",
+                ids.len() - images,
+                images * image_rows,
+                self.config.max_length
+            )));
+        }
+        Ok(len)
+    }
+
+    /// Records the prompt embeddings `[T, H]`: token embeddings for the text, `projected`
+    /// (`[rows, H]`) in place of each [`IMAGE_TOKEN_INDEX`].
+    pub fn embed_prompt(
+        &self,
+        g: &mut Graph,
+        ids: &[i64],
+        projected: TensorId,
+    ) -> Result<TensorId> {
+        let (rows, h) = (g.layout(projected).rows(), self.llama.cfg.hidden);
+        let len = self.merged_len(ids, rows)?;
+        let text: Vec<u32> = ids
+            .iter()
+            .filter(|&&i| i != IMAGE_TOKEN_INDEX)
+            .map(|&i| {
+                u32::try_from(i)
+                    .ok()
+                    .filter(|&i| (i as usize) < self.llama.cfg.vocab)
+                    .ok_or_else(|| Error::input(format!("prompt id {i} is outside the vocabulary")))
+            })
+            .collect::<Result<_>>()?;
+        let out = g.tensor(&[len, h], DType::F32)?;
+        if !text.is_empty() {
+            let t = Tensor::from_u32(g.gpu(), &[text.len()], &text, "prompt ids")?;
+            let t = g.external(&t);
+            let emb = self.llama.embed(g, t)?;
+            // Each run of text tokens, then the image rows.
+            let (mut src_row, mut dst_row, mut run) = (0, 0, 0);
+            for &id in ids.iter().chain([IMAGE_TOKEN_INDEX].iter()) {
+                if id != IMAGE_TOKEN_INDEX {
+                    run += 1;
+                    continue;
+                }
+                let b = Block {
+                    src_row,
+                    ..Block::whole(run, h, dst_row, 0)
+                };
+                copy(g, emb, out, &b)?;
+                (src_row, dst_row, run) = (src_row + run, dst_row + run + rows, 0);
+            }
+        }
+        let mut dst_row = 0;
+        for &id in ids {
+            if id == IMAGE_TOKEN_INDEX {
+                copy(g, projected, out, &Block::whole(rows, h, dst_row, 0))?;
+                dst_row += rows;
+            } else {
+                dst_row += 1;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn file_err(path: &Path, msg: impl std::fmt::Display) -> Error {
+    Error::File {
+        path: path.display().to_string(),
+        msg: msg.to_string(),
+    }
+}

@@ -1,0 +1,253 @@
+//! Florence-VL end to end on `florence-vl-tiny` (tools/README.md): the fused and projected
+//! features, the prompt ids and embeddings, and the greedy answer against transformers.
+
+mod common;
+
+use common::{fixture_path, fixture_tensor, max_rel_error};
+use fvl_wgpu::gpu::{DType, Gpu, Graph, Tensor};
+use fvl_wgpu::model::florence_vl::{prompt_text, FlorenceVl};
+use fvl_wgpu::model::llama::{Pick, Prompt, Session};
+
+const DIR: &str = "florence-vl-tiny";
+const EXPECTED: &str = "florence-vl-tiny/expected.safetensors";
+/// f32 budget: max abs difference over the largest reference magnitude.
+const F32_BUDGET: f64 = 1e-4;
+
+fn expected_json() -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture_path(&format!("{DIR}/expected.json"))).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The model in f32, with the BART tokenizer of `florence2-a` (the one the fixture used).
+fn load(gpu: &Gpu) -> FlorenceVl {
+    let bart = fixture_path("florence2-a");
+    FlorenceVl::load(gpu, &fixture_path(DIR), DType::F32, Some(&bart)).unwrap()
+}
+
+#[test]
+fn fused_and_projected_features_match_transformers() {
+    let gpu = common::gpu();
+    let m = load(&gpu);
+    let (shape, pixels) = fixture_tensor(EXPECTED, "pixel_values");
+    let pixels = Tensor::from_f32(&gpu, &shape[1..], DType::F32, &pixels, "pixels").unwrap();
+    let mut g = Graph::new(&gpu);
+    let p = g.external(&pixels);
+    let f = m.features(&mut g, p).unwrap();
+    for id in [f.v, f.fused, f.projected] {
+        g.keep(id);
+    }
+    let exe = g.build().unwrap();
+    exe.run(&gpu, &[]).unwrap();
+    for (name, id) in [
+        ("image_features", f.v),
+        ("fused", f.fused),
+        ("projected", f.projected),
+    ] {
+        let (shape, want) = fixture_tensor(EXPECTED, name);
+        assert_eq!(exe.tensor(id).shape(), &shape[1..], "{name}");
+        let err = max_rel_error(&exe.tensor(id).read_f32(&gpu).unwrap(), &want);
+        eprintln!("{name}: max rel error {err:.2e}");
+        assert!(err <= F32_BUDGET, "{name}: {err:e}");
+    }
+}
+
+/// The llama3 template, its ids with the double BOS and the −200 marker, the embeddings with
+/// the projected rows spliced in, and 16 greedy ids from a prefill on those embeddings (one
+/// submit per token).
+#[test]
+fn prompt_embeddings_and_greedy_answer_match_transformers() {
+    let gpu = common::gpu();
+    let m = load(&gpu);
+    let j = expected_json();
+    let question = j["question"].as_str().unwrap();
+    assert_eq!(prompt_text(question), j["prompt_text"].as_str().unwrap());
+    let ids = m.prompt_ids(question).unwrap();
+    let want: Vec<i64> = j["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, want);
+
+    let (shape, pixels) = fixture_tensor(EXPECTED, "pixel_values");
+    let pixels = Tensor::from_f32(&gpu, &shape[1..], DType::F32, &pixels, "pixels").unwrap();
+    let mut g = Graph::new(&gpu);
+    let p = g.external(&pixels);
+    let f = m.features(&mut g, p).unwrap();
+    let embeds = m.embed_prompt(&mut g, &ids, f.projected).unwrap();
+    g.keep(embeds);
+    let exe = g.build().unwrap();
+    exe.run(&gpu, &[]).unwrap();
+    let x = exe.tensor(embeds);
+    let (shape, want) = fixture_tensor(EXPECTED, "inputs_embeds");
+    assert_eq!(x.shape(), &shape[1..]);
+    assert_eq!(shape[1] as u64, j["merged_length"].as_u64().unwrap());
+    let err = max_rel_error(&x.read_f32(&gpu).unwrap(), &want);
+    eprintln!("inputs_embeds: max rel error {err:.2e}");
+    assert!(err <= F32_BUDGET, "{err:e}");
+
+    let answer: Vec<u32> = j["answer_ids_16_no_eos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let mut s = Session::new(&gpu, &m.llama, shape[1] + answer.len(), Pick::Greedy, 0).unwrap();
+    let mut got = vec![s.prefill(Prompt::Embeddings(x), false).unwrap()];
+    let (_, last) = fixture_tensor(EXPECTED, "last_logits");
+    let err = max_rel_error(&s.logits().unwrap(), &last);
+    eprintln!("last logits: max rel error {err:.2e}");
+    assert!(err <= F32_BUDGET, "{err:e}");
+    let submits = gpu.submits();
+    while got.len() < answer.len() {
+        got.push(s.decode(None).unwrap());
+    }
+    assert_eq!(gpu.submits() - submits, answer.len() as u64 - 1);
+    assert_eq!(got, answer);
+}
+
+/// Without the mean token the image is 4 rows (of the fixture's 5) and the prompt one shorter.
+#[test]
+fn dropping_the_mean_token_keeps_the_grid_rows() {
+    let gpu = common::gpu();
+    let mut m = load(&gpu);
+    m.keep_mean_token = false;
+    let (shape, pixels) = fixture_tensor(EXPECTED, "pixel_values");
+    let pixels = Tensor::from_f32(&gpu, &shape[1..], DType::F32, &pixels, "pixels").unwrap();
+    let mut g = Graph::new(&gpu);
+    let p = g.external(&pixels);
+    let f = m.features(&mut g, p).unwrap();
+    g.keep(f.fused);
+    let exe = g.build().unwrap();
+    exe.run(&gpu, &[]).unwrap();
+    let (_, want) = fixture_tensor(EXPECTED, "fused");
+    let got = exe.tensor(f.fused).read_f32(&gpu).unwrap();
+    assert_eq!(exe.tensor(f.fused).shape(), &[4, 128]);
+    assert!(max_rel_error(&got, &want[128..]) <= F32_BUDGET);
+    let ids = m.prompt_ids("What is shown in the image?").unwrap();
+    assert_eq!(m.merged_len(&ids, 4).unwrap(), 89);
+}
+
+/// A question longer than tokenizer_model_max_length allows is refused with one clear line.
+#[test]
+fn a_prompt_over_tokenizer_model_max_length_is_refused() {
+    let gpu = common::gpu();
+    let m = load(&gpu);
+    let ids = m.prompt_ids(&"word ".repeat(3000)).unwrap();
+    let err = m.merged_len(&ids, 5).unwrap_err().to_string();
+    assert!(err.contains("tokenizer_model_max_length = 2048"), "{err}");
+    assert!(!err.contains('\n'), "{err}");
+    let err = m.prompt_ids("<image> twice").unwrap_err().to_string();
+    assert!(err.contains("<image>"), "{err}");
+}
+
+fn infer(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fvl-wgpu"))
+        .arg("infer")
+        .args(args)
+        .output()
+        .expect("run fvl-wgpu");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `--model`, `--image`, `--florence-tokenizer` for the fixture, then `extra`.
+fn fixture_args(model: &str, extra: &[&str]) -> Vec<String> {
+    let path = |rel: &str| fixture_path(rel).display().to_string();
+    let mut args = vec![
+        "--model".into(),
+        model.to_string(),
+        "--image".into(),
+        path("images/photo.png"),
+        "--florence-tokenizer".into(),
+        path("florence2-a"),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// The CLI decodes the image itself (pad to square, bicubic resize) and still gives the 16
+/// greedy ids of transformers.
+#[test]
+fn cli_infer_json_gives_the_greedy_answer() {
+    let j = expected_json();
+    let model = fixture_path(DIR).display().to_string();
+    let args = fixture_args(
+        &model,
+        &[
+            "--prompt",
+            j["question"].as_str().unwrap(),
+            "--max-new-tokens",
+            "16",
+            "--quant",
+            "f32",
+            "--json",
+        ],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = infer(&args);
+    assert_eq!(code, 0, "{err}");
+    let got: serde_json::Value = serde_json::from_str(out.trim()).expect(&out);
+    assert_eq!(got["token_ids"], j["answer_ids_16_no_eos"]);
+    assert_eq!(got["prompt_positions"], j["merged_length"]);
+    for k in ["vision_ms", "prefill_ms", "decode_tokens_per_s"] {
+        assert!(got["timings"][k].as_f64().is_some(), "{k}: {out}");
+    }
+    assert!(got["answer"].is_string());
+}
+
+/// A folder whose index lacks the first projector weight, and a question that overflows
+/// tokenizer_model_max_length: one line each, non-zero exit.
+#[test]
+fn cli_infer_bad_inputs_are_one_clear_line() {
+    let tmp = std::env::temp_dir().join(format!("fvl-infer-{}", std::process::id()));
+    let model = tmp.join(DIR);
+    std::fs::create_dir_all(&model).unwrap();
+    let src = fixture_path(DIR);
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() != "model.safetensors.index.json" {
+            std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
+        }
+    }
+    let tower = fixture_path("florence2-a-original");
+    std::os::unix::fs::symlink(&tower, tmp.join("florence2-a-original")).unwrap();
+    let index = std::fs::read_to_string(src.join("model.safetensors.index.json")).unwrap();
+    let mut index: serde_json::Value = serde_json::from_str(&index).unwrap();
+    let missing = "model.mm_projector.encoder_mlp.0.weight";
+    index["weight_map"].as_object_mut().unwrap().remove(missing);
+    std::fs::write(
+        model.join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    let args = fixture_args(
+        &model.display().to_string(),
+        &["--prompt", "Hi", "--quant", "f32"],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, err) = infer(&args);
+    std::fs::remove_dir_all(&tmp).ok();
+    assert_ne!(code, 0);
+    let line = err.lines().last().unwrap();
+    assert!(
+        line.starts_with("error: ") && line.contains(missing),
+        "{err}"
+    );
+
+    let long = "word ".repeat(3000);
+    let model = fixture_path(DIR).display().to_string();
+    let args = fixture_args(&model, &["--prompt", &long, "--quant", "f32"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, err) = infer(&args);
+    assert_ne!(code, 0);
+    let line = err.lines().last().unwrap();
+    assert!(
+        line.starts_with("error: ") && line.contains("tokenizer_model_max_length = 2048"),
+        "{err}"
+    );
+}
