@@ -92,19 +92,101 @@ pub fn prompt(text: &str) -> Result<String> {
 /// detailed caption, OCR, dense region caption.
 pub const FLORENCE_VL_TASKS: [&str; 3] = ["<DETAILED_CAPTION>", "<OCR>", "<DENSE_REGION_CAPTION>"];
 
+/// The tokens Florence-2's processor adds after BART's vocabulary, in its order.
+fn florence2_added_tokens() -> Vec<String> {
+    let head = ["<od>", "</od>", "<ocr>", "</ocr>"].map(String::from);
+    let locs = (0..1000).map(|k| format!("<loc_{k}>"));
+    let tail = [
+        "<cap>",
+        "</cap>",
+        "<ncap>",
+        "</ncap>",
+        "<dcap>",
+        "</dcap>",
+        "<grounding>",
+        "</grounding>",
+        "<seg>",
+        "</seg>",
+        "<sep>",
+        "<region_cap>",
+        "</region_cap>",
+        "<region_to_desciption>",
+        "</region_to_desciption>",
+        "<proposal>",
+        "</proposal>",
+        "<poly>",
+        "</poly>",
+        "<and>",
+    ]
+    .map(String::from);
+    head.into_iter().chain(locs).chain(tail).collect()
+}
+
 /// The BART byte-level BPE tokenizer of a Florence-2 model folder (`tokenizer.json`).
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
 }
 
 impl Tokenizer {
-    /// Loads `dir/tokenizer.json`.
+    /// Loads `dir/tokenizer.json`, or else the slow-tokenizer files `vocab.json` +
+    /// `merges.txt` (+ `added_tokens.json`), as BART's byte-level BPE.
     pub fn open(dir: impl AsRef<Path>) -> Result<Tokenizer> {
-        let path = dir.as_ref().join("tokenizer.json");
+        let dir = dir.as_ref();
+        let path = dir.join("tokenizer.json");
+        if !path.exists() && dir.join("vocab.json").exists() {
+            return Tokenizer::from_vocab_and_merges(dir);
+        }
         let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::File {
             path: path.display().to_string(),
             msg: e.to_string(),
         })?;
+        Ok(Tokenizer { inner })
+    }
+
+    /// BART's tokenizer from `vocab.json` and `merges.txt`: byte-level pre-tokenizer and
+    /// decoder, `<s> … </s>` around each text. The added tokens come from `added_tokens.json`
+    /// when present, else Florence-2's own list in the order its processor adds them, after
+    /// the vocabulary (spec §5.1).
+    fn from_vocab_and_merges(dir: &Path) -> Result<Tokenizer> {
+        use tokenizers::models::bpe::BPE;
+        use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+        use tokenizers::processors::roberta::RobertaProcessing;
+        use tokenizers::AddedToken;
+        let file_err = |path: &Path, msg: String| Error::File {
+            path: path.display().to_string(),
+            msg,
+        };
+        let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
+        let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
+            .build()
+            .map_err(|e| file_err(&merges, format!("with vocab.json: {e}")))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
+        inner.with_decoder(Some(ByteLevel::default()));
+        let roberta = RobertaProcessing::new(("</s>".into(), 2), ("<s>".into(), 0));
+        inner.with_post_processor(Some(roberta.add_prefix_space(false)));
+        let added_path = dir.join("added_tokens.json");
+        let added: Vec<String> = if added_path.exists() {
+            let text = std::fs::read_to_string(&added_path)
+                .map_err(|e| file_err(&added_path, e.to_string()))?;
+            let map: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&text).map_err(|e| file_err(&added_path, e.to_string()))?;
+            let mut by_id: Vec<(u64, String)> = map
+                .into_iter()
+                .map(|(t, id)| (id.as_u64().unwrap_or(u64::MAX), t))
+                .collect();
+            by_id.sort();
+            by_id.into_iter().map(|(_, t)| t).collect()
+        } else {
+            florence2_added_tokens()
+        };
+        let tokens: Vec<AddedToken> = added
+            .into_iter()
+            .map(|t| AddedToken::from(t, true))
+            .collect();
+        inner
+            .add_special_tokens(tokens)
+            .map_err(|e| file_err(&vocab, format!("adding Florence-2's tokens: {e}")))?;
         Ok(Tokenizer { inner })
     }
 

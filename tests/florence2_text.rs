@@ -241,3 +241,77 @@ fn beam_search_stops_early_once_every_beam_finished() {
     assert_eq!(s.best(), [2, 0, 2]);
     assert!(s.cur_len() < 10, "stopped at length {}", s.cur_len());
 }
+
+/// Writes the fixture's BPE as the slow-tokenizer files `vocab.json` + `merges.txt`
+/// (`<mask>` in the vocabulary as BART's is), with or without `added_tokens.json`.
+fn slow_tokenizer_dir(model: &str, with_added: bool) -> std::path::PathBuf {
+    let t = json(&format!("{model}/tokenizer.json"));
+    let dir = std::env::temp_dir().join(format!(
+        "fvl-slowtok-{model}-{with_added}-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut vocab = t["model"]["vocab"].as_object().unwrap().clone();
+    let added = t["added_tokens"].as_array().unwrap();
+    let mask = added.iter().find(|a| a["content"] == "<mask>").unwrap();
+    vocab.insert("<mask>".into(), mask["id"].clone());
+    std::fs::write(
+        dir.join("vocab.json"),
+        serde_json::to_string(&vocab).unwrap(),
+    )
+    .unwrap();
+    let merges: Vec<String> = t["model"]["merges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| format!("{} {}", m[0].as_str().unwrap(), m[1].as_str().unwrap()))
+        .collect();
+    std::fs::write(
+        dir.join("merges.txt"),
+        format!("#version: 0.2\n{}\n", merges.join("\n")),
+    )
+    .unwrap();
+    if with_added {
+        let map: serde_json::Map<String, Value> = added
+            .iter()
+            .filter(|a| a["id"].as_u64().unwrap() > mask["id"].as_u64().unwrap())
+            .map(|a| (a["content"].as_str().unwrap().to_string(), a["id"].clone()))
+            .collect();
+        std::fs::write(
+            dir.join("added_tokens.json"),
+            serde_json::to_string(&map).unwrap(),
+        )
+        .unwrap();
+    }
+    dir
+}
+
+#[test]
+fn vocab_and_merges_give_the_same_ids() {
+    for model in ["florence2-a", "florence2-b"] {
+        let gen = json(&format!("{model}/generate.json"));
+        for with_added in [true, false] {
+            let dir = slow_tokenizer_dir(model, with_added);
+            let tok = Tokenizer::open(&dir).unwrap();
+            for run in gen["runs"].as_array().unwrap() {
+                let task = run["task"].as_str().unwrap();
+                let want = ids(&run["prompt_ids"]);
+                assert_eq!(
+                    tok.encode_task(task).unwrap(),
+                    want,
+                    "{model} {task}, added_tokens.json: {with_added}"
+                );
+                // Generated ids hold the added tokens (<loc_k>, …): their ids must line up too.
+                for mode in ["greedy", "beam3"] {
+                    let text = tok.decode(&ids(&run[mode]["ids"])).unwrap();
+                    assert_eq!(
+                        text,
+                        run[mode]["text"].as_str().unwrap(),
+                        "{model} {task} {mode}"
+                    );
+                }
+            }
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
