@@ -5,7 +5,7 @@ mod common;
 
 use common::{fixture_path, fixture_tensor, max_rel_error};
 use fvl_wgpu::gpu::{DType, Gpu, Graph, Tensor};
-use fvl_wgpu::model::florence_vl::{prompt_text, FlorenceVl};
+use fvl_wgpu::model::florence_vl::{prompt_text, AskOptions, FlorenceVl};
 use fvl_wgpu::model::llama::{Pick, Prompt, Session};
 
 const DIR: &str = "florence-vl-tiny";
@@ -249,5 +249,42 @@ fn cli_infer_bad_inputs_are_one_clear_line() {
     assert!(
         line.starts_with("error: ") && line.contains("tokenizer_model_max_length = 2048"),
         "{err}"
+    );
+}
+
+/// The library API: load once, ask several times; a cancelled answer stops early and the
+/// next question still gets the full reference answer.
+#[test]
+fn ask_streams_cancels_and_stays_usable() {
+    let gpu = common::gpu();
+    let m = load(&gpu);
+    let j = expected_json();
+    let question = j["question"].as_str().unwrap();
+    let image = fixture_path("images/photo.png");
+    let opts = AskOptions {
+        max_new_tokens: 16,
+        ..Default::default()
+    };
+    let mut pieces = 0;
+    let cancelled = m
+        .ask(&gpu, &image, question, &opts, &mut |_| {
+            pieces += 1;
+            pieces < 2
+        })
+        .unwrap();
+    assert_eq!(cancelled.stopped, "cancelled");
+    assert!(cancelled.token_ids.len() < 16);
+    let mut streamed = String::new();
+    let full = m
+        .ask(&gpu, &image, question, &opts, &mut |piece| {
+            streamed += piece;
+            true
+        })
+        .unwrap();
+    assert_eq!(serde_json::json!(full.token_ids), j["answer_ids_16_no_eos"]);
+    assert_eq!(streamed, full.text);
+    assert_eq!(
+        &full.token_ids[..cancelled.token_ids.len()],
+        &cancelled.token_ids[..]
     );
 }

@@ -6,11 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use fvl_wgpu::gpu::{DType, Graph, Tensor};
-use fvl_wgpu::image::preprocess;
-use fvl_wgpu::model::florence_vl::FlorenceVl;
-use fvl_wgpu::model::llama::{Pick, Prompt, Session};
-use fvl_wgpu::text::llama::TextStream;
+use fvl_wgpu::model::florence_vl::{AskOptions, FlorenceVl};
 use fvl_wgpu::Result;
 
 use super::DeviceArgs;
@@ -62,73 +58,28 @@ pub fn run(args: &InferArgs) -> Result<()> {
     let mut m = FlorenceVl::load(&gpu, &args.model, quant, args.florence_tokenizer.as_deref())?;
     m.keep_mean_token = !args.drop_mean_token;
     let load_s = t0.elapsed().as_secs_f64();
-    let ids = m.prompt_ids(&args.prompt)?;
-    let image = preprocess(&args.image, &m.preprocess, m.config.pad_to_square)?;
-    let shape = [3, image.height, image.width];
-    let pixels = Tensor::from_f32(&gpu, &shape, DType::F32, &image.pixel_values, "pixels")?;
-
-    let mut g = Graph::new(&gpu);
-    let p = g.external(&pixels);
-    let features = m.features(&mut g, p)?;
-    let embeds = m.embed_prompt(&mut g, &ids, features.projected)?;
-    g.keep(embeds);
-    let exe = g.build()?;
-    let t1 = Instant::now();
-    exe.run(&gpu, &[])?;
-    let vision_s = t1.elapsed().as_secs_f64();
-    let x = exe.tensor(embeds);
-    let prompt_len = x.shape()[0];
-
-    let pick = if args.temperature > 0.0 {
-        Pick::Sample {
-            temperature: args.temperature,
-            top_k: 0,
-            top_p: args.top_p,
-        }
-    } else {
-        Pick::Greedy
+    let opts = AskOptions {
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        seed: args.seed,
     };
-    // The merged prompt fits tokenizer_model_max_length (embed_prompt checks) and generation
-    // runs up to that length, with room for at least one token.
-    let context = m.config.max_length.max(prompt_len + 1);
-    let cache_len = context.min(prompt_len + args.max_new_tokens);
-    let mut session = Session::new(&gpu, &m.llama, cache_len, pick, args.seed)?;
-    let t2 = Instant::now();
-    let mut id = session.prefill(Prompt::Embeddings(x), false)?;
-    let prefill_s = t2.elapsed().as_secs_f64();
-
-    let mut ids_out = Vec::new();
-    let mut stream = TextStream::default();
-    let mut answer = String::new();
+    let json = args.device.json;
     let mut stdout = std::io::stdout();
-    let t3 = Instant::now();
-    let stopped = loop {
-        if m.tokenizer.is_stop(id) {
-            break "eos";
+    let answer = m.ask(&gpu, &args.image, &args.prompt, &opts, &mut |piece| {
+        if !json {
+            print!("{piece}");
+            stdout.flush().ok();
         }
-        ids_out.push(id);
-        if let Some(piece) = stream.push(&m.tokenizer, id)? {
-            if !args.device.json {
-                print!("{piece}");
-                stdout.flush().ok();
-            }
-            answer += &piece;
-        }
-        if ids_out.len() == args.max_new_tokens {
-            break "length";
-        }
-        if session.position() == cache_len {
-            break "context";
-        }
-        id = session.decode(None)?;
-    };
-    let decode_s = t3.elapsed().as_secs_f64();
-    let decode_steps = session.position() - prompt_len;
-    let decode_tps = if decode_steps > 0 {
-        decode_steps as f64 / decode_s
-    } else {
-        0.0
-    };
+        true
+    })?;
+    let (stopped, prompt_len, decode_tps) = (
+        answer.stopped,
+        answer.prompt_positions,
+        answer.decode_tokens_per_s,
+    );
+    let (vision_s, prefill_s) = (answer.vision_ms / 1e3, answer.prefill_ms / 1e3);
+    let (answer, ids_out) = (answer.text, answer.token_ids);
     if args.device.json {
         let summary = serde_json::json!({
             "answer": answer,

@@ -390,3 +390,129 @@ fn file_err(path: &Path, msg: impl std::fmt::Display) -> Error {
         msg: msg.to_string(),
     }
 }
+
+/// How [`FlorenceVl::ask`] decodes.
+#[derive(Clone, Debug)]
+pub struct AskOptions {
+    /// Most tokens in the answer.
+    pub max_new_tokens: usize,
+    /// 0: greedy; otherwise sampling with this temperature and `top_p`.
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: u32,
+}
+
+impl Default for AskOptions {
+    fn default() -> Self {
+        AskOptions {
+            max_new_tokens: 128,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+/// An answer from [`FlorenceVl::ask`] with what it cost.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub text: String,
+    pub token_ids: Vec<u32>,
+    /// Why decoding stopped: `eos`, `length`, `context` or `cancelled`.
+    pub stopped: &'static str,
+    /// Prompt positions (text tokens plus image rows).
+    pub prompt_positions: usize,
+    pub vision_ms: f64,
+    pub prefill_ms: f64,
+    pub decode_tokens_per_s: f64,
+}
+
+impl FlorenceVl {
+    /// Answers `question` about the image file `image`: vision path and prompt embeddings in
+    /// one submit, prefill, then one submit per token. `on_text` gets each piece of text as
+    /// it decodes; returning `false` cancels (the answer so far is returned, and the model
+    /// stays ready for the next question — each question has its own KV cache).
+    pub fn ask(
+        &self,
+        gpu: &Gpu,
+        image: &Path,
+        question: &str,
+        opts: &AskOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Answer> {
+        use crate::model::llama::{Pick, Prompt, Session};
+        use std::time::Instant;
+        let ids = self.prompt_ids(question)?;
+        let pre = crate::image::preprocess(image, &self.preprocess, self.config.pad_to_square)?;
+        let shape = [3, pre.height, pre.width];
+        let pixels = Tensor::from_f32(gpu, &shape, DType::F32, &pre.pixel_values, "pixels")?;
+        let mut g = Graph::new(gpu);
+        let p = g.external(&pixels);
+        let features = self.features(&mut g, p)?;
+        let embeds = self.embed_prompt(&mut g, &ids, features.projected)?;
+        g.keep(embeds);
+        let exe = g.build()?;
+        let t = Instant::now();
+        exe.run(gpu, &[])?;
+        let vision_ms = t.elapsed().as_secs_f64() * 1e3;
+        let x = exe.tensor(embeds);
+        let prompt_positions = x.shape()[0];
+
+        let pick = if opts.temperature > 0.0 {
+            Pick::Sample {
+                temperature: opts.temperature,
+                top_k: 0,
+                top_p: opts.top_p,
+            }
+        } else {
+            Pick::Greedy
+        };
+        // The merged prompt fits tokenizer_model_max_length (embed_prompt checks); generation
+        // runs up to that length, with room for at least one token.
+        let context = self.config.max_length.max(prompt_positions + 1);
+        let cache_len = context.min(prompt_positions + opts.max_new_tokens);
+        let mut session = Session::new(gpu, &self.llama, cache_len, pick, opts.seed)?;
+        let t = Instant::now();
+        let mut id = session.prefill(Prompt::Embeddings(x), false)?;
+        let prefill_ms = t.elapsed().as_secs_f64() * 1e3;
+
+        let mut token_ids = Vec::new();
+        let mut stream = crate::text::llama::TextStream::default();
+        let mut text = String::new();
+        let t = Instant::now();
+        let stopped = loop {
+            if self.tokenizer.is_stop(id) {
+                break "eos";
+            }
+            token_ids.push(id);
+            if let Some(piece) = stream.push(&self.tokenizer, id)? {
+                text += &piece;
+                if !on_text(&piece) {
+                    break "cancelled";
+                }
+            }
+            if token_ids.len() == opts.max_new_tokens {
+                break "length";
+            }
+            if session.position() == cache_len {
+                break "context";
+            }
+            id = session.decode(None)?;
+        };
+        let steps = session.position() - prompt_positions;
+        let decode_tokens_per_s = if steps > 0 {
+            steps as f64 / t.elapsed().as_secs_f64()
+        } else {
+            0.0
+        };
+        Ok(Answer {
+            text,
+            token_ids,
+            stopped,
+            prompt_positions,
+            vision_ms,
+            prefill_ms,
+            decode_tokens_per_s,
+        })
+    }
+}
