@@ -216,3 +216,31 @@ fn features_bad_input_is_one_line_naming_the_culprit() {
         assert!(err.contains(culprit), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn inspect_names_the_layout_and_memory_per_format() {
+    for (dir, layout) in [
+        ("florence-vl-tiny", "Florence-VL"),
+        ("florence2-a", "HfNative"),
+        ("florence2-b-original", "Original"),
+        ("llama-b", "Llama"),
+    ] {
+        let (code, out, err) = fvl(&["inspect", "--model", &fixture(dir), "--json"], &[]);
+        assert_eq!(code, 0, "{dir}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert!(
+            v["layout"].as_str().unwrap().contains(layout),
+            "{dir}: {}",
+            v["layout"]
+        );
+        let mem = &v["weight_bytes_by_format"];
+        let (f32, q4) = (mem["f32"].as_u64().unwrap(), mem["q4"].as_u64().unwrap());
+        assert!(
+            f32 >= 4 * v["parameters"].as_u64().unwrap() && q4 < f32,
+            "{dir}: {mem}"
+        );
+    }
+    let (code, _, err) = fvl(&["inspect", "--model", "/no/such/model"], &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("/no/such/model"), "{err}");
+}

@@ -15,6 +15,7 @@ mod features;
 mod florence2;
 mod generate;
 mod infer;
+mod inspect;
 mod quantize;
 mod selfcheck;
 
@@ -36,6 +37,8 @@ enum Command {
     },
     /// Run every kernel family on small random inputs against a CPU reference.
     Selfcheck(DeviceArgs),
+    /// Show what a model folder holds: layout, tensor counts, dtypes, memory per weight format.
+    Inspect(inspect::InspectArgs),
     /// Rewrite a Llama checkpoint with its matrices packed as q8/q4 (a later load copies them).
     Quantize(quantize::QuantizeArgs),
     /// Run the Florence-2 vision path on one image and write its tensors to safetensors.
@@ -228,6 +231,7 @@ pub fn run() -> Result<()> {
         Command::Selfcheck(args) => selfcheck::run(&args),
         Command::Features(args) => features::run(&args),
         Command::Quantize(args) => quantize::run(&args),
+        Command::Inspect(args) => inspect::run(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Florence2(args) => florence2::run(&args),
         Command::Infer(args) => infer::run(&args),

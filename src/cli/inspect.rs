@@ -1,0 +1,107 @@
+//! `fvl-wgpu inspect`: what a model folder holds — the layout detected, tensor counts by dtype,
+//! parameter count, and the GPU memory each weight format would take.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use fvl_wgpu::gpu::DType;
+use fvl_wgpu::weights::florence2::Florence2Layout;
+use fvl_wgpu::weights::Checkpoint;
+use fvl_wgpu::Result;
+
+/// Arguments of `inspect`.
+#[derive(clap::Args)]
+pub struct InspectArgs {
+    /// Model folder (config.json and safetensors, single or sharded).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What kind of checkpoint the tensor names and config say this is.
+fn describe_layout(ck: &Checkpoint) -> String {
+    let llm = ck.contains("model.embed_tokens.weight") || ck.stored_quant().is_some();
+    let projector = ck.contains("model.mm_projector.encoder_mlp.0.weight");
+    match (Florence2Layout::detect(ck), llm, projector) {
+        (Ok(Florence2Layout::FlorenceVl), _, _) | (_, true, true) => {
+            "Florence-VL (LLaVA layout: Llama + projector + Florence-2 tower)".into()
+        }
+        (Ok(layout), _, _) => format!("Florence-2 ({layout:?} names)"),
+        (Err(_), true, _) => match ck.stored_quant() {
+            Some(q) => format!("Llama (packed {} by fvl-wgpu quantize)", q.name()),
+            None => "Llama".into(),
+        },
+        (Err(_), false, _) => "unknown (no Florence-2 or Llama tensors recognised)".into(),
+    }
+}
+
+pub fn run(args: &InspectArgs) -> Result<()> {
+    let ck = Checkpoint::open(&args.model)?;
+    let mut by_dtype: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+    let mut params = 0u64;
+    // Matrices a load could quantize (rows whole blocks of 32), other matrices (f16 at most,
+    // as loads fall back), and vectors (norms, biases: f32).
+    let (mut blockable, mut matrices, mut vectors) = (0u64, 0u64, 0u64);
+    for name in ck.names() {
+        let (shape, dtype) = ck.info(name)?;
+        let n: u64 = shape.iter().map(|&d| d as u64).product();
+        let e = by_dtype.entry(format!("{dtype:?}")).or_default();
+        e.0 += 1;
+        e.1 += n;
+        params += n;
+        match shape {
+            [_, cols] if cols % 32 == 0 => blockable += n,
+            [_, _] => matrices += n,
+            _ => vectors += n,
+        }
+    }
+    // Memory with the matrices stored as each format, as a load would store them.
+    let estimate = |d: DType| -> u64 {
+        let (per_block, per_matrix) = match d {
+            DType::F32 | DType::U32 => (4.0, 4.0),
+            DType::F16 => (2.0, 2.0),
+            DType::Q8 => (34.0 / 32.0, 2.0),
+            DType::Q4 => (18.0 / 32.0, 2.0),
+        };
+        (blockable as f64 * per_block + matrices as f64 * per_matrix) as u64 + vectors * 4
+    };
+    let layout = describe_layout(&ck);
+    let formats = [DType::F32, DType::F16, DType::Q8, DType::Q4];
+    if args.json {
+        let dtypes: serde_json::Map<_, _> = by_dtype
+            .iter()
+            .map(|(k, (c, n))| (k.clone(), serde_json::json!({"tensors": c, "elements": n})))
+            .collect();
+        let memory: serde_json::Map<_, _> = formats
+            .iter()
+            .map(|&d| (d.name().to_string(), serde_json::json!(estimate(d))))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "model": args.model.display().to_string(), "layout": layout, "tensors": ck.names().count(),
+                "parameters": params, "dtypes": dtypes, "weight_bytes_by_format": memory,
+            })
+        );
+        return Ok(());
+    }
+    println!("{}: {layout}", args.model.display());
+    println!(
+        "{} tensors, {:.2} M parameters",
+        ck.names().count(),
+        params as f64 / 1e6
+    );
+    for (dtype, (count, n)) in &by_dtype {
+        println!(
+            "  {dtype:<5} {count:>5} tensors  {:>10.2} M elements",
+            *n as f64 / 1e6
+        );
+    }
+    println!("GPU memory for the weights (matrices in each format, vectors f32; KV cache and activations extra):");
+    for d in formats {
+        println!("  {:<4} {:>10.1} MB", d.name(), estimate(d) as f64 / 1e6);
+    }
+    Ok(())
+}
