@@ -98,6 +98,16 @@ impl Default for PreprocessConfig {
 }
 
 impl PreprocessConfig {
+    /// `dir/preprocessor_config.json` when the folder has one, else the defaults.
+    pub fn from_dir_or_default(dir: &Path) -> Result<PreprocessConfig> {
+        let path = dir.join("preprocessor_config.json");
+        if path.is_file() {
+            PreprocessConfig::from_file(path)
+        } else {
+            Ok(PreprocessConfig::default())
+        }
+    }
+
     /// Reads and parses `preprocessor_config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<PreprocessConfig> {
         let path = path.as_ref();

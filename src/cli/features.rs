@@ -9,7 +9,7 @@ use std::time::Instant;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
-use fvl_wgpu::gpu::{DType, Graph, Tensor};
+use fvl_wgpu::gpu::{Graph, Tensor};
 use fvl_wgpu::image::{preprocess, PreprocessConfig};
 use fvl_wgpu::model::bart::Bart;
 use fvl_wgpu::model::florence2::VisionTower;
@@ -17,7 +17,7 @@ use fvl_wgpu::tasks::Tokenizer;
 use fvl_wgpu::weights::florence2::Florence2Checkpoint;
 use fvl_wgpu::{Error, Result};
 
-use super::{progress, ModelArgs};
+use super::{load_tower, ModelArgs};
 
 /// Arguments of `features`.
 #[derive(clap::Args)]
@@ -53,22 +53,12 @@ fn write_safetensors(path: &Path, tensors: &[(&str, Vec<usize>, &[f32])]) -> Res
 pub fn run(args: &FeaturesArgs) -> Result<()> {
     let dir = &args.model.model;
     let ck = Florence2Checkpoint::open(dir)?;
-    let pp_path = dir.join("preprocessor_config.json");
-    let pp = if pp_path.exists() {
-        PreprocessConfig::from_file(&pp_path)?
-    } else {
-        PreprocessConfig::default()
-    };
+    let pp = PreprocessConfig::from_dir_or_default(dir)?;
     let t0 = Instant::now();
     let image = preprocess(&args.image, &pp, args.pad)?;
     let gpu = args.model.device.open()?;
     let dtype = args.model.dtype(&gpu);
-    let bar = progress(
-        VisionTower::tensor_count(ck.vision()),
-        "loading vision tower",
-    );
-    let tower = VisionTower::from_checkpoint(&gpu, &ck, dtype, &|| bar.inc(1))?;
-    bar.finish_and_clear();
+    let tower = load_tower(&gpu, &ck, dtype)?;
     // The encoder outputs need the BART tokenizer; a folder without one gets V only.
     let encoder = if dir.join("tokenizer.json").exists() {
         let (ids, len) = Tokenizer::open(dir)?.florence_vl_prompts(ck.text().pad_token_id)?;
@@ -79,14 +69,7 @@ pub fn run(args: &FeaturesArgs) -> Result<()> {
     };
     let t_load = t0.elapsed();
 
-    let shape = [3, image.height, image.width];
-    let pixels = Tensor::from_f32(
-        &gpu,
-        &shape,
-        DType::F32,
-        &image.pixel_values,
-        "pixel_values",
-    )?;
+    let pixels = VisionTower::pixels(&gpu, &image)?;
     let mut g = Graph::new(&gpu);
     let p = g.external(&pixels);
     let out = tower.forward(&mut g, p)?;

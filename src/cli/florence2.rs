@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use fvl_wgpu::gpu::{DType, Graph, Tensor};
+use fvl_wgpu::gpu::Graph;
 use fvl_wgpu::image::{load_image, preprocess, PreprocessConfig};
 use fvl_wgpu::model::bart::Bart;
 use fvl_wgpu::model::beam::BeamOptions;
@@ -15,7 +15,7 @@ use fvl_wgpu::tasks::{task_tokens, Tokenizer};
 use fvl_wgpu::weights::florence2::Florence2Checkpoint;
 use fvl_wgpu::{Error, Result};
 
-use super::{annotate, progress, ModelArgs};
+use super::{annotate, load_tower, ModelArgs};
 
 /// Generation length when `--max-new-tokens` is not given (capped by the position table).
 const DEFAULT_MAX_NEW_TOKENS: usize = 1024;
@@ -145,35 +145,18 @@ pub fn run(args: &Florence2Args) -> Result<()> {
         )));
     }
     let post = PostProcessor::for_model(dir)?;
-    let pp_path = dir.join("preprocessor_config.json");
-    let pp = if pp_path.exists() {
-        PreprocessConfig::from_file(&pp_path)?
-    } else {
-        PreprocessConfig::default()
-    };
+    let pp = PreprocessConfig::from_dir_or_default(dir)?;
     let image = preprocess(&args.image, &pp, false)?;
 
     let t0 = Instant::now();
     let gpu = args.model.device.open()?;
     let dtype = args.model.dtype(&gpu);
-    let bar = progress(
-        VisionTower::tensor_count(ck.vision()),
-        "loading vision tower",
-    );
-    let tower = VisionTower::from_checkpoint(&gpu, &ck, dtype, &|| bar.inc(1))?;
-    bar.finish_and_clear();
+    let tower = load_tower(&gpu, &ck, dtype)?;
     let bart = Bart::from_checkpoint(&gpu, &ck, dtype)?;
     let t_load = t0.elapsed();
 
     let t1 = Instant::now();
-    let shape = [3, image.height, image.width];
-    let pixels = Tensor::from_f32(
-        &gpu,
-        &shape,
-        DType::F32,
-        &image.pixel_values,
-        "pixel_values",
-    )?;
+    let pixels = VisionTower::pixels(&gpu, &image)?;
     let mut g = Graph::new(&gpu);
     let p = g.external(&pixels);
     let out = tower.forward(&mut g, p)?;

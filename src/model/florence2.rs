@@ -164,6 +164,12 @@ impl VisionTower {
         VisionTower::load(gpu, &src, ck.vision(), dtype)
     }
 
+    /// Uploads a preprocessed image as the tower's input, `[3, H, W]`.
+    pub fn pixels(gpu: &Gpu, image: &crate::image::Preprocessed) -> Result<Tensor> {
+        let shape = [3, image.height, image.width];
+        Tensor::from_f32(gpu, &shape, DType::F32, &image.pixel_values, "pixel_values")
+    }
+
     /// Number of tensors [`VisionTower::from_checkpoint`] loads, for progress bars.
     pub fn tensor_count(cfg: &VisionConfig) -> usize {
         // Per stage: conv weight, bias, norm ×2; per block pair: 2 × 16; head: 6.

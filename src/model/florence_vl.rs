@@ -245,13 +245,12 @@ impl FlorenceVl {
                 Linear::load(gpu, &src, &p, h, inp, true, vision_dtype)
             })
             .collect::<Result<_>>()?;
-        let pp_path = f2.config_path().with_file_name("preprocessor_config.json");
-        let preprocess = if pp_path.is_file() {
-            PreprocessConfig::from_file(&pp_path)?
-        } else if dir.join("preprocessor_config.json").is_file() {
-            PreprocessConfig::from_file(dir.join("preprocessor_config.json"))?
+        // The tower folder's processor config, else the model folder's, else the defaults.
+        let tower_dir = f2.config_path().parent().unwrap_or(dir);
+        let preprocess = if tower_dir.join("preprocessor_config.json").is_file() {
+            PreprocessConfig::from_dir_or_default(tower_dir)?
         } else {
-            PreprocessConfig::default()
+            PreprocessConfig::from_dir_or_default(dir)?
         };
         Ok(FlorenceVl {
             config,
@@ -444,8 +443,7 @@ impl FlorenceVl {
         use std::time::Instant;
         let ids = self.prompt_ids(question)?;
         let pre = crate::image::preprocess(image, &self.preprocess, self.config.pad_to_square)?;
-        let shape = [3, pre.height, pre.width];
-        let pixels = Tensor::from_f32(gpu, &shape, DType::F32, &pre.pixel_values, "pixels")?;
+        let pixels = VisionTower::pixels(gpu, &pre)?;
         let mut g = Graph::new(gpu);
         let p = g.external(&pixels);
         let features = self.features(&mut g, p)?;
