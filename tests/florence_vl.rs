@@ -288,3 +288,45 @@ fn ask_streams_cancels_and_stays_usable() {
         &cancelled.token_ids[..]
     );
 }
+
+/// A model folder whose tower folder or Llama tokenizer is missing: one line naming it.
+#[test]
+fn missing_tower_or_tokenizer_is_one_clear_line() {
+    for missing in ["tower", "tokenizer.json"] {
+        let tmp =
+            std::env::temp_dir().join(format!("fvl-missing-{missing}-{}", std::process::id()));
+        let model = tmp.join(DIR);
+        std::fs::create_dir_all(&model).unwrap();
+        for e in std::fs::read_dir(fixture_path(DIR)).unwrap() {
+            let e = e.unwrap();
+            if e.file_name() != missing {
+                std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
+            }
+        }
+        if missing != "tower" {
+            std::os::unix::fs::symlink(
+                fixture_path("florence2-a-original"),
+                tmp.join("florence2-a-original"),
+            )
+            .unwrap();
+        }
+        let args = fixture_args(
+            &model.display().to_string(),
+            &["--prompt", "Hi", "--quant", "f32"],
+        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, _, err) = infer(&args);
+        std::fs::remove_dir_all(&tmp).ok();
+        assert_ne!(code, 0, "{missing}");
+        let line = err.lines().last().unwrap();
+        let named = if missing == "tower" {
+            "florence2-a-original"
+        } else {
+            "tokenizer.json"
+        };
+        assert!(
+            line.starts_with("error: ") && line.contains(named),
+            "{missing}: {err}"
+        );
+    }
+}
