@@ -99,6 +99,27 @@ enum BenchWhat {
         #[arg(long, default_value_t = 16)]
         tokens: usize,
     },
+    /// Florence-VL end to end at the real sizes, random weights: time to first token split
+    /// into vision + fusion and prefill, decode tokens/s, memory.
+    E2e {
+        #[command(flatten)]
+        device: DeviceArgs,
+        /// Florence-2 tower and encoder size: base or large (Florence-VL uses large).
+        #[arg(long, default_value = "large")]
+        vision: String,
+        /// Language model: llama-8b (Florence-VL 8B) or llama-1b (fits small machines).
+        #[arg(long, default_value = "llama-8b")]
+        llm: String,
+        /// Llama weight format.
+        #[arg(long, value_enum, default_value = "q4")]
+        quant: Quant,
+        /// Square input image side in pixels.
+        #[arg(long, default_value_t = 768)]
+        size: usize,
+        /// Decode steps to time.
+        #[arg(long, default_value_t = 8)]
+        tokens: usize,
+    },
     /// Florence-2 vision path (DaViT + image head) at the real sizes, random weights.
     Vision {
         #[command(flatten)]
@@ -259,6 +280,17 @@ pub fn run() -> Result<()> {
                     only,
                 },
         } => bench::kernels(&device, quick, only.as_deref()),
+        Command::Bench {
+            what:
+                BenchWhat::E2e {
+                    device,
+                    vision,
+                    llm,
+                    quant,
+                    size,
+                    tokens,
+                },
+        } => bench::e2e(&device, &vision, &llm, quant.dtype(), size, tokens),
         Command::Bench {
             what:
                 BenchWhat::Decode {

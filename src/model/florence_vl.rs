@@ -140,6 +140,51 @@ pub struct Features {
     pub projected: TensorId,
 }
 
+/// The vision side of Florence-VL, "Depth-Breadth Fusion" (spec §6): V from the tower, the
+/// three prompts through the Florence-2 encoder as one batch over V, the image rows of each
+/// output concatenated on channels after V, and the projector.
+pub struct Fusion<'a> {
+    pub tower: &'a VisionTower,
+    pub bart: &'a Bart,
+    pub projector: &'a Projector,
+    /// The three encoder prompts, u32 `[3, L]`.
+    pub prompts: &'a Tensor,
+}
+
+impl Fusion<'_> {
+    /// Records the fusion on `pixels` (`[3, H, W]`) in one graph; `keep_mean_token` keeps
+    /// V's first (mean) row.
+    pub fn record(
+        &self,
+        g: &mut Graph,
+        pixels: TensorId,
+        keep_mean_token: bool,
+    ) -> Result<Features> {
+        let v = self.tower.forward(g, pixels)?.features;
+        let prompts = g.external(self.prompts);
+        let enc = self.bart.encode(g, v, prompts)?;
+        let (n, d) = (g.layout(v).rows(), g.layout(v).cols());
+        let seq = g.shape(enc)[1];
+        let first = usize::from(!keep_mean_token);
+        let rows = n - first;
+        let fused = g.tensor(&[rows, 4 * d], DType::F32)?;
+        let view = |src_row: usize, col: usize| Block {
+            src_row: src_row + first,
+            ..Block::whole(rows, d, 0, col)
+        };
+        copy(g, v, fused, &view(0, 0))?;
+        for p in 0..3 {
+            copy(g, enc, fused, &view(p * seq, (p + 1) * d))?;
+        }
+        let projected = self.projector.forward(g, fused)?;
+        Ok(Features {
+            v,
+            fused,
+            projected,
+        })
+    }
+}
+
 /// A Florence-VL model on the GPU.
 pub struct FlorenceVl {
     pub config: FvlConfig,
@@ -268,28 +313,13 @@ impl FlorenceVl {
     /// Records pixels (`[3, S, S]`) → V → the encoder on the three prompts as one batch →
     /// `[V | caption | OCR | grounding]` → projector, all in `g`.
     pub fn features(&self, g: &mut Graph, pixels: TensorId) -> Result<Features> {
-        let v = self.tower.forward(g, pixels)?.features;
-        let prompts = g.external(&self.prompts);
-        let enc = self.bart.encode(g, v, prompts)?;
-        let (n, d) = (g.layout(v).rows(), g.layout(v).cols());
-        let seq = g.shape(enc)[1];
-        let first = usize::from(!self.keep_mean_token);
-        let rows = n - first;
-        let fused = g.tensor(&[rows, 4 * d], DType::F32)?;
-        let view = |src_row: usize, col: usize| Block {
-            src_row: src_row + first,
-            ..Block::whole(rows, d, 0, col)
+        let parts = Fusion {
+            tower: &self.tower,
+            bart: &self.bart,
+            projector: &self.projector,
+            prompts: &self.prompts,
         };
-        copy(g, v, fused, &view(0, 0))?;
-        for p in 0..3 {
-            copy(g, enc, fused, &view(p * seq, (p + 1) * d))?;
-        }
-        let projected = self.projector.forward(g, fused)?;
-        Ok(Features {
-            v,
-            fused,
-            projected,
-        })
+        parts.record(g, pixels, self.keep_mean_token)
     }
 
     /// Prompt ids for `question` (spec §7.3): the template split on `<image>`, each chunk

@@ -16,7 +16,7 @@ mod kernels;
 mod models;
 
 pub use kernels::kernels;
-pub use models::{decode, florence2, vision};
+pub use models::{decode, e2e, florence2, vision};
 
 pub(super) const REPS: usize = 4;
 pub(super) const TRIALS: usize = 3;

@@ -6,6 +6,8 @@ use std::time::Instant;
 use fvl_wgpu::gpu::{DType, Graph};
 use fvl_wgpu::model::bart::Bart;
 use fvl_wgpu::model::florence2::VisionTower;
+use fvl_wgpu::model::florence_vl::{Fusion, Projector};
+use fvl_wgpu::model::layers::Linear;
 use fvl_wgpu::model::llama::{Llama, LlamaConfig, Pick, Prompt, Session};
 use fvl_wgpu::weights::florence2::{TextConfig, VisionConfig};
 use fvl_wgpu::{Error, Result};
@@ -356,6 +358,132 @@ pub fn decode(
                 "gb_per_s": gbs, "copy_gb_per_s": copy / 1e9, "fraction_of_copy_bandwidth": gbs * 1e9 / copy,
                 "dispatches_per_token": session.decode_dispatches(), "submits_per_token": 1,
                 "weight_bytes": weights,
+            })
+        );
+    }
+    Ok(())
+}
+
+/// `fvl-wgpu bench e2e`: Florence-VL at real sizes with random weights — vision + fusion (one
+/// submit), prefill of the spliced prompt from embeddings, decode — time to first token split
+/// into its parts, decode tokens/s, memory against weights + KV cache.
+pub fn e2e(
+    args: &DeviceArgs,
+    vision: &str,
+    llm: &str,
+    quant: DType,
+    size: usize,
+    tokens: usize,
+) -> Result<()> {
+    let (vcfg, tcfg, lcfg) = (
+        florence2_vision_config(vision)?,
+        florence2_text_config(vision)?,
+        llama_config(llm)?,
+    );
+    let gpu = args.open()?;
+    let side = super::super::default_dtype(&gpu);
+    let bytes = std::cell::Cell::new(0u64);
+    let src = |_: &str, shape: &[usize]| {
+        let n: usize = shape.iter().product();
+        bytes.set(bytes.get() + n as u64);
+        Ok(noise(n).iter().map(|v| v * 0.02).collect())
+    };
+    eprintln!(
+        "random weights: DaViT-{vision}, Florence-2-{vision} encoder, projector, {llm} as {}…",
+        quant.name()
+    );
+    let tower = VisionTower::load(&gpu, &src, &vcfg, side)?;
+    let bart = Bart::load(&gpu, &src, &tcfg, side, false)?;
+    let (d, h) = (tcfg.d_model, lcfg.hidden);
+    let projector = Projector {
+        layers: (0..3)
+            .map(|k| {
+                Linear::load(
+                    &gpu,
+                    &src,
+                    &Projector::prefix(k),
+                    h,
+                    if k == 0 { 4 * d } else { h },
+                    true,
+                    side,
+                )
+            })
+            .collect::<Result<_>>()?,
+    };
+    let side_bytes = bytes.get() * if side == DType::F32 { 4 } else { 2 };
+    let llama = Llama::load_from(&gpu, &src, &|_: &str, _, _| Ok(None), lcfg, quant)?;
+    let prompts: Vec<u32> = (0..42u32).map(|i| 3 + i * 7919 % 50000).collect();
+    let prompts = fvl_wgpu::gpu::Tensor::from_u32(&gpu, &[3, 14], &prompts, "prompts")?;
+
+    // Vision + fusion: one graph, one submit.
+    let pixels = input(&gpu, &[3, size, size], DType::F32)?;
+    let mut g = Graph::new(&gpu);
+    let p = g.external(&pixels);
+    let fusion = Fusion {
+        tower: &tower,
+        bart: &bart,
+        projector: &projector,
+        prompts: &prompts,
+    };
+    let features = fusion.record(&mut g, p, true)?;
+    g.keep(features.projected);
+    let exe = g.build()?;
+    exe.run(&gpu, &[])?; // warm-up: pipeline compilation
+    let t = Instant::now();
+    exe.run(&gpu, &[])?;
+    let vision_s = t.elapsed().as_secs_f64();
+    let busy: f64 = exe
+        .profile(&gpu, &[])?
+        .map_or(f64::NAN, |p| p.iter().map(|k| k.1).sum());
+    let rows = exe.tensor(features.projected).shape()[0];
+
+    // The prompt: ~60 text tokens around the image rows, as embeddings.
+    let positions = rows + 60;
+    let embeds = input(&gpu, &[positions, h], DType::F32)?;
+    let mut session = Session::new(&gpu, &llama, positions + tokens + 1, Pick::Greedy, 0)?;
+    let t = Instant::now();
+    session.prefill(Prompt::Embeddings(&embeds), false)?;
+    let prefill_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for _ in 0..tokens {
+        session.decode(None)?;
+    }
+    let decode_tps = tokens as f64 / t.elapsed().as_secs_f64();
+    let kv = (2 * llama.cfg.layers * llama.cfg.kv_dim() * 4 * (positions + tokens + 1)) as f64;
+    let llm_weights = llama.cfg.layers as f64
+        * ((h * (llama.cfg.heads * llama.cfg.head_dim) * 2
+            + h * llama.cfg.kv_dim() * 2
+            + 3 * h * llama.cfg.intermediate) as f64)
+        * bytes_per_weight(quant)
+        + (2 * llama.cfg.vocab * h) as f64 * bytes_per_weight(quant);
+    let total_weights = side_bytes as f64 + llm_weights;
+    eprintln!(
+        "time to first token {:.1} s = vision + fusion {:.1} s ({:.0}% GPU-busy by timestamps) + prefill of {positions} positions {:.1} s; decode {decode_tps:.2} tokens/s",
+        vision_s + prefill_s,
+        vision_s,
+        100.0 * busy / vision_s,
+        prefill_s
+    );
+    eprintln!(
+        "weights ≈ {:.0} MB (vision side {:.0} MB as {}, {llm} {:.0} MB as {}) + KV cache {:.0} MB + fusion arena {:.0} MB",
+        total_weights / 1e6,
+        side_bytes as f64 / 1e6,
+        side.name(),
+        llm_weights / 1e6,
+        quant.name(),
+        kv / 1e6,
+        exe.arena_bytes as f64 / 1e6
+    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "device": gpu.describe(), "vision": vision, "llm": llm, "quant": quant.name(), "image_size": size,
+                "image_rows": rows, "prompt_positions": positions,
+                "ttft_ms": (vision_s + prefill_s) * 1e3, "vision_fusion_ms": vision_s * 1e3,
+                "vision_gpu_busy_fraction": busy / vision_s, "prefill_ms": prefill_s * 1e3,
+                "decode_tokens_per_s": decode_tps, "weight_bytes": total_weights, "kv_cache_bytes": kv,
+                "fusion_arena_bytes": exe.arena_bytes,
             })
         );
     }
