@@ -330,3 +330,63 @@ fn missing_tower_or_tokenizer_is_one_clear_line() {
         );
     }
 }
+
+/// A follow-up question reuses the cache (image rows and the first turn): its answer equals
+/// recomputing the whole conversation in one prefill from the same ids and image rows.
+#[test]
+fn follow_up_reuses_the_cache_like_a_full_recompute() {
+    use fvl_wgpu::gpu::{Graph, Tensor};
+    use fvl_wgpu::model::florence2::VisionTower;
+    use fvl_wgpu::model::llama::{Pick, Prompt, Session};
+    let gpu = common::gpu();
+    let m = load(&gpu);
+    let image = fixture_path("images/photo.png");
+    let opts = AskOptions {
+        max_new_tokens: 6,
+        ..Default::default()
+    };
+    let (mut chat, first) = m
+        .chat(&gpu, &image, "What is this?", &opts, &mut |_| true)
+        .unwrap();
+    let second = chat.ask("And the colours?", &opts, &mut |_| true).unwrap();
+    assert!(!second.token_ids.is_empty());
+
+    // The same conversation as ids: turn 1 (with the image marker), its answer, the token that
+    // closed it, the follow-up's headers; then one prefill of all of it.
+    let mut ids = m.prompt_ids("What is this?").unwrap();
+    ids.extend(first.token_ids.iter().map(|&i| i as i64));
+    let close = if first.stopped == "eos" {
+        ""
+    } else {
+        "<|eot_id|>"
+    };
+    let follow = format!(
+        "{close}<|start_header_id|>user<|end_header_id|>\n\nAnd the colours?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    );
+    let tok = fvl_wgpu::text::llama::LlamaTokenizer::open(&fixture_path(DIR)).unwrap();
+    if first.stopped == "eos" {
+        ids.push(tok.encode("<|eot_id|>", false).unwrap()[0] as i64);
+    }
+    ids.extend(
+        tok.encode(&follow, false)
+            .unwrap()
+            .into_iter()
+            .map(i64::from),
+    );
+    let pre = fvl_wgpu::image::preprocess(&image, &m.preprocess, m.config.pad_to_square).unwrap();
+    let pixels = VisionTower::pixels(&gpu, &pre).unwrap();
+    let mut g = Graph::new(&gpu);
+    let p = g.external(&pixels);
+    let f = m.features(&mut g, p).unwrap();
+    let e = m.embed_prompt(&mut g, &ids, f.projected).unwrap();
+    g.keep(e);
+    let exe = g.build().unwrap();
+    exe.run(&gpu, &[]).unwrap();
+    let x: &Tensor = exe.tensor(e);
+    let mut s = Session::new(&gpu, &m.llama, x.shape()[0] + 8, Pick::Greedy, 0).unwrap();
+    let mut want = vec![s.prefill(Prompt::Embeddings(x), false).unwrap()];
+    while want.len() < second.token_ids.len() {
+        want.push(s.decode(None).unwrap());
+    }
+    assert_eq!(second.token_ids, want);
+}

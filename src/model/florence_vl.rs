@@ -7,6 +7,7 @@
 //! `model.vision_tower.vision_tower.` (its config found through `mm_vision_tower`).
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use serde_json::Value;
 
@@ -15,7 +16,7 @@ use crate::image::PreprocessConfig;
 use crate::model::bart::Bart;
 use crate::model::florence2::VisionTower;
 use crate::model::layers::Linear;
-use crate::model::llama::Llama;
+use crate::model::llama::{Llama, Pick, Prompt, Session};
 use crate::ops::copy::{copy, Block};
 use crate::ops::eltwise::{self, Unary};
 use crate::tasks::Tokenizer;
@@ -456,11 +457,20 @@ pub struct Answer {
     pub decode_tokens_per_s: f64,
 }
 
+/// A conversation about one image: the KV cache keeps the image rows and every turn, so a
+/// follow-up question only prefills its own tokens.
+pub struct Chat<'m> {
+    vl: &'m FlorenceVl,
+    session: Session<'m>,
+    /// The last chosen id, not yet in the cache.
+    pending: u32,
+}
+
 impl FlorenceVl {
     /// Answers `question` about the image file `image`: vision path and prompt embeddings in
     /// one submit, prefill, then one submit per token. `on_text` gets each piece of text as
     /// it decodes; returning `false` cancels (the answer so far is returned, and the model
-    /// stays ready for the next question — each question has its own KV cache).
+    /// stays ready for the next question).
     pub fn ask(
         &self,
         gpu: &Gpu,
@@ -469,8 +479,19 @@ impl FlorenceVl {
         opts: &AskOptions,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Answer> {
-        use crate::model::llama::{Pick, Prompt, Session};
-        use std::time::Instant;
+        Ok(self.chat(gpu, image, question, opts, on_text)?.1)
+    }
+
+    /// [`FlorenceVl::ask`], keeping the conversation for follow-up questions
+    /// ([`Chat::ask`]). The cache holds `tokenizer_model_max_length` positions.
+    pub fn chat<'m>(
+        &'m self,
+        gpu: &'m Gpu,
+        image: &Path,
+        question: &str,
+        opts: &AskOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<(Chat<'m>, Answer)> {
         let ids = self.prompt_ids(question)?;
         let pre = crate::image::preprocess(image, &self.preprocess, self.config.pad_to_square)?;
         let pixels = VisionTower::pixels(gpu, &pre)?;
@@ -485,7 +506,6 @@ impl FlorenceVl {
         let vision_ms = t.elapsed().as_secs_f64() * 1e3;
         let x = exe.tensor(embeds);
         let prompt_positions = x.shape()[0];
-
         let pick = if opts.temperature > 0.0 {
             Pick::Sample {
                 temperature: opts.temperature,
@@ -495,25 +515,75 @@ impl FlorenceVl {
         } else {
             Pick::Greedy
         };
-        // The merged prompt fits tokenizer_model_max_length (embed_prompt checks); generation
-        // runs up to that length, with room for at least one token.
+        // The merged prompt fits tokenizer_model_max_length (embed_prompt checks); the whole
+        // conversation runs up to that length, with room for at least one token.
         let context = self.config.max_length.max(prompt_positions + 1);
-        let cache_len = context.min(prompt_positions + opts.max_new_tokens);
-        let mut session = Session::new(gpu, &self.llama, cache_len, pick, opts.seed)?;
-        let t = Instant::now();
-        let mut id = session.prefill(Prompt::Embeddings(x), false)?;
-        let prefill_ms = t.elapsed().as_secs_f64() * 1e3;
+        let session = Session::new(gpu, &self.llama, context, pick, opts.seed)?;
+        let mut chat = Chat {
+            vl: self,
+            session,
+            pending: 0,
+        };
+        let answer = chat.turn(
+            Prompt::Embeddings(x),
+            prompt_positions,
+            vision_ms,
+            opts,
+            on_text,
+        )?;
+        Ok((chat, answer))
+    }
+}
 
+impl Chat<'_> {
+    /// A follow-up question about the same image: `{answer}<|eot_id|>` closes the last turn,
+    /// then the user and assistant headers (spec §7.3); only these tokens are prefilled.
+    pub fn ask(
+        &mut self,
+        question: &str,
+        opts: &AskOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Answer> {
+        let tok = &self.vl.tokenizer;
+        let close = if tok.is_stop(self.pending) {
+            ""
+        } else {
+            "<|eot_id|>"
+        };
+        let text = format!(
+            "{close}<|start_header_id|>user<|end_header_id|>\n\n{question}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+        );
+        let mut ids = vec![self.pending];
+        ids.extend(tok.encode(&text, false)?);
+        let positions = ids.len();
+        self.turn(Prompt::Ids(&ids), positions, 0.0, opts, on_text)
+    }
+
+    /// Prefills `prompt` after the cache's contents and streams the answer.
+    fn turn(
+        &mut self,
+        prompt: Prompt,
+        prompt_positions: usize,
+        vision_ms: f64,
+        opts: &AskOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Answer> {
+        let tok = &self.vl.tokenizer;
+        let t = Instant::now();
+        let mut id = self.session.extend(prompt, false)?;
+        let prefill_ms = t.elapsed().as_secs_f64() * 1e3;
+        let limit = self.session.max_context();
         let mut token_ids = Vec::new();
         let mut stream = crate::text::llama::TextStream::default();
         let mut text = String::new();
         let t = Instant::now();
+        let decoded_from = self.session.position();
         let stopped = loop {
-            if self.tokenizer.is_stop(id) {
+            if tok.is_stop(id) {
                 break "eos";
             }
             token_ids.push(id);
-            if let Some(piece) = stream.push(&self.tokenizer, id)? {
+            if let Some(piece) = stream.push(tok, id)? {
                 text += &piece;
                 if !on_text(&piece) {
                     break "cancelled";
@@ -522,12 +592,14 @@ impl FlorenceVl {
             if token_ids.len() == opts.max_new_tokens {
                 break "length";
             }
-            if session.position() == cache_len {
+            // Keep one position free for the token that closes this turn.
+            if self.session.position() + 1 >= limit {
                 break "context";
             }
-            id = session.decode(None)?;
+            id = self.session.decode(None)?;
         };
-        let steps = session.position() - prompt_positions;
+        self.pending = id;
+        let steps = self.session.position() - decoded_from;
         let decode_tokens_per_s = if steps > 0 {
             steps as f64 / t.elapsed().as_secs_f64()
         } else {

@@ -572,6 +572,11 @@ impl<'m> Session<'m> {
         self.decode.dispatches()
     }
 
+    /// Positions the cache holds.
+    pub fn max_context(&self) -> usize {
+        self.cache.max_context
+    }
+
     /// Positions filled in the cache so far.
     pub fn position(&self) -> usize {
         self.pos
@@ -581,6 +586,15 @@ impl<'m> Session<'m> {
     /// With `all_logits` the prefill keeps every prompt position's logits for
     /// [`Session::logits`]; otherwise only the last.
     pub fn prefill(&mut self, prompt: Prompt, all_logits: bool) -> Result<u32> {
+        self.pos = 0;
+        self.step = 0;
+        self.extend(prompt, all_logits)
+    }
+
+    /// Runs more prompt tokens after what the cache already holds (a follow-up turn reuses
+    /// everything before it) and returns the next generated id. The last chosen id is not in
+    /// the cache: a continuation starts with it (or with the turn's end token).
+    pub fn extend(&mut self, prompt: Prompt, all_logits: bool) -> Result<u32> {
         let gpu = self.gpu;
         let t = match prompt {
             Prompt::Ids(ids) => ids.len(),
@@ -610,8 +624,6 @@ impl<'m> Session<'m> {
         choose(&mut g, logits, next, self.pick)?;
         g.keep(logits);
         let exe = g.build()?;
-        self.pos = 0;
-        self.step = 0;
         let id = read_next(gpu, &exe, self.run_values(t), &self.next, &self.staging)?;
         self.advance(t);
         self.prefill = Some((exe, logits));
