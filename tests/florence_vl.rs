@@ -390,3 +390,46 @@ fn follow_up_reuses_the_cache_like_a_full_recompute() {
     }
     assert_eq!(second.token_ids, want);
 }
+
+/// Without --prompt, `infer` chats: one question a line on stdin, an answer line each.
+#[test]
+fn cli_infer_interactive_answers_each_line() {
+    use std::io::Write;
+    let model = fixture_path(DIR).display().to_string();
+    let args = fixture_args(&model, &["--max-new-tokens", "4", "--quant", "f32"]);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fvl-wgpu"))
+        .arg("infer")
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"What is this?\nAnd the colours?\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        2,
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("> ").count(),
+        3,
+        "a prompt before each question and at the end"
+    );
+    let (code, _, err) = infer(
+        &fixture_args(&model, &["--json"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("--json needs --prompt"), "{err}");
+}

@@ -6,8 +6,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use fvl_wgpu::gpu::Gpu;
 use fvl_wgpu::model::florence_vl::{AskOptions, FlorenceVl};
-use fvl_wgpu::Result;
+use fvl_wgpu::{Error, Result};
 
 use super::DeviceArgs;
 use super::{default_dtype, Quant};
@@ -21,9 +22,10 @@ pub struct InferArgs {
     /// Image file (PNG, JPEG, WebP or BMP).
     #[arg(long, value_name = "FILE")]
     pub image: PathBuf,
-    /// The question about the image.
+    /// The question about the image. Without it: an interactive chat about the image (one
+    /// question a line on stdin; follow-ups reuse the cache; an empty line or EOF ends).
     #[arg(long, value_name = "TEXT")]
-    pub prompt: String,
+    pub prompt: Option<String>,
     /// Most tokens to generate (stops earlier at <|eot_id|> or another end id).
     #[arg(long, default_value_t = 128)]
     pub max_new_tokens: usize,
@@ -65,8 +67,16 @@ pub fn run(args: &InferArgs) -> Result<()> {
         seed: args.seed,
     };
     let json = args.device.json;
+    let Some(question) = &args.prompt else {
+        if json {
+            return Err(Error::input(
+                "--json needs --prompt (the interactive chat prints text)",
+            ));
+        }
+        return interactive(&gpu, &m, args, &opts);
+    };
     let mut stdout = std::io::stdout();
-    let answer = m.ask(&gpu, &args.image, &args.prompt, &opts, &mut |piece| {
+    let answer = m.ask(&gpu, &args.image, question, &opts, &mut |piece| {
         if !json {
             print!("{piece}");
             stdout.flush().ok();
@@ -104,6 +114,34 @@ pub fn run(args: &InferArgs) -> Result<()> {
             prefill_s * 1e3,
             quant.name()
         );
+    }
+    Ok(())
+}
+
+/// Questions from stdin, answers streamed to stdout; the first question sees the image, the
+/// rest continue the same conversation (its KV cache).
+fn interactive(gpu: &Gpu, m: &FlorenceVl, args: &InferArgs, opts: &AskOptions) -> Result<()> {
+    let mut lines = std::io::stdin().lines();
+    let mut next_question = || -> Option<String> {
+        eprint!("> ");
+        std::io::stderr().flush().ok();
+        lines
+            .next()
+            .and_then(|l| l.ok())
+            .filter(|l| !l.trim().is_empty())
+    };
+    let print = &mut |piece: &str| {
+        print!("{piece}");
+        std::io::stdout().flush().is_ok()
+    };
+    let Some(first) = next_question() else {
+        return Ok(());
+    };
+    let (mut chat, _) = m.chat(gpu, &args.image, &first, opts, print)?;
+    println!();
+    while let Some(q) = next_question() {
+        chat.ask(&q, opts, print)?;
+        println!();
     }
     Ok(())
 }
