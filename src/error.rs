@@ -24,7 +24,12 @@ pub enum Error {
     Shape(String),
     /// A file could not be read or has the wrong content.
     #[error("{path}: {msg}")]
-    File { path: String, msg: String },
+    File {
+        /// The file's path as given.
+        path: String,
+        /// What is wrong with it.
+        msg: String,
+    },
     /// Invalid user input (arguments, prompts, options).
     #[error("{0}")]
     Input(String),

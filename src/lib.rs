@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! fvl-wgpu: Florence-2 and Florence-VL inference on wgpu with hand-written WGSL kernels.
 //!
 //! Layers, each only using the ones above it in this list:

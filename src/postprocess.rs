@@ -65,24 +65,34 @@ pub enum Answer {
     Text(String),
     /// Boxes with one label each (a label repeats for each of its boxes).
     Boxes {
+        /// Boxes `[x1, y1, x2, y2]`.
         bboxes: Vec<[i32; 4]>,
+        /// One label per box.
         labels: Vec<String>,
     },
     /// OCR quads with their text.
     Quads {
+        /// Quads `[x1, y1, …, x4, y4]`.
         quad_boxes: Vec<[i32; 8]>,
+        /// The text read in each quad.
         labels: Vec<String>,
     },
     /// One entry per instance: its polygons and its label.
     Polygons {
+        /// Per instance, its polygons (each flat `[x, y, …]`).
         polygons: Vec<Vec<Vec<i32>>>,
+        /// One label per instance.
         labels: Vec<String>,
     },
     /// `<OPEN_VOCABULARY_DETECTION>`: boxes and polygons, each with labels (one side empty).
     BoxesOrPolygons {
+        /// Boxes `[x1, y1, x2, y2]`.
         bboxes: Vec<[i32; 4]>,
+        /// One label per box.
         bboxes_labels: Vec<String>,
+        /// Per instance, its polygons (each flat `[x, y, …]`).
         polygons: Vec<Vec<Vec<i32>>>,
+        /// One label per polygon instance.
         polygons_labels: Vec<String>,
     },
 }

@@ -20,15 +20,20 @@ use super::tensor::Layout;
 /// Whether a kernel reads or writes a tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
+    /// The kernel only reads the tensor.
     Read,
+    /// The kernel writes the tensor (bound `read_write`).
     Write,
 }
 
 /// One tensor argument of a kernel, by the name its accessors use.
 #[derive(Clone, Debug)]
 pub struct TensorArg {
+    /// Accessor suffix in WGSL: `ld_{name}`, `st_{name}`, ….
     pub name: &'static str,
+    /// Shape, dtype and chunking of the tensor.
     pub layout: Layout,
+    /// Whether the kernel reads or writes it.
     pub access: Access,
     /// Bind as `read` (only for tensors no other binding of the same dispatch can share a
     /// buffer with: wgpu forbids read and read-write views of one buffer in one dispatch, so

@@ -32,19 +32,33 @@ pub struct GpuOptions {
 /// What `fvl-wgpu devices` prints for one adapter.
 #[derive(Clone, Debug)]
 pub struct AdapterSummary {
+    /// Position in the adapter list (what `--device INDEX` takes).
     pub index: usize,
+    /// Adapter name as the driver reports it.
     pub name: String,
+    /// Graphics API backend (Vulkan, Metal, Dx12, …).
     pub backend: String,
+    /// Discrete, integrated, virtual or CPU.
     pub device_type: String,
+    /// Driver name and version info.
     pub driver: String,
+    /// Largest buffer in bytes.
     pub max_buffer_size: u64,
+    /// Largest storage-buffer binding in bytes.
     pub max_storage_binding: u64,
+    /// Workgroup shared memory in bytes.
     pub max_workgroup_storage: u32,
+    /// Most invocations in one compute workgroup.
     pub max_invocations: u32,
+    /// Most storage buffers one shader stage may bind.
     pub max_storage_buffers_per_stage: u32,
+    /// Subgroup size range `(min, max)` in invocations.
     pub subgroup_size: (u32, u32),
+    /// `SHADER_F16` is offered.
     pub shader_f16: bool,
+    /// `SUBGROUP` is offered.
     pub subgroups: bool,
+    /// `TIMESTAMP_QUERY` is offered.
     pub timestamps: bool,
 }
 
@@ -166,9 +180,13 @@ type ErrorSlot = Arc<Mutex<Option<String>>>;
 
 /// An open device with its queue, capabilities and pipeline cache.
 pub struct Gpu {
+    /// The wgpu device.
     pub device: wgpu::Device,
+    /// The device's submission queue.
     pub queue: wgpu::Queue,
+    /// Name, backend and type of the adapter.
     pub info: wgpu::AdapterInfo,
+    /// Limits the device was opened with (the adapter's maximum).
     pub limits: wgpu::Limits,
     /// Storage-binding size every tensor chunk must fit (possibly lowered by options).
     pub max_binding: u64,

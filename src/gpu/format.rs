@@ -20,10 +20,15 @@ use half::f16;
 /// Element type of a tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// 32-bit float.
     F32,
+    /// IEEE half float, two a word.
     F16,
+    /// 8-bit codes with an f16 scale per 32-weight block.
     Q8,
+    /// 4-bit codes with an f16 scale per 32-weight block.
     Q4,
+    /// 32-bit unsigned integer (token ids, indices).
     U32,
 }
 

@@ -13,7 +13,9 @@ use crate::error::{Error, Result};
 /// How a tensor of a given shape and dtype is split into chunks.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Layout {
+    /// Dimensions, outermost first; the last is the row length.
     pub shape: Vec<usize>,
+    /// Element type.
     pub dtype: DType,
     /// Rows in every chunk but possibly the last.
     pub rows_per_chunk: usize,
@@ -83,15 +85,20 @@ impl Layout {
 /// One chunk: a range of a buffer holding whole rows.
 #[derive(Clone, Debug)]
 pub struct Chunk {
+    /// Buffer holding the chunk (shared between views of it).
     pub buffer: Arc<wgpu::Buffer>,
+    /// Byte offset of the chunk in `buffer`.
     pub offset: u64,
+    /// Byte length of the chunk.
     pub size: u64,
 }
 
 /// A tensor resident on the GPU.
 #[derive(Clone, Debug)]
 pub struct Tensor {
+    /// Shape, dtype and chunking.
     pub layout: Layout,
+    /// Storage of each chunk, in row order.
     pub chunks: Vec<Chunk>,
 }
 

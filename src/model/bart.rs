@@ -284,8 +284,11 @@ impl DecoderLayer {
 /// The decoder's state for one image: per layer the self-attention cache and the projected
 /// encoder K/V, both `[batch, rows, 2D]` (k columns, then v).
 pub struct DecoderCache {
+    /// Per decoder layer, the self-attention K/V cache `[batch, capacity, 2D]`.
     pub self_kv: Vec<Tensor>,
+    /// Per decoder layer, the projected encoder K/V `[batch, enc_len, 2D]`.
     pub cross_kv: Vec<Tensor>,
+    /// Sequences decoded together (one per prompt).
     pub batch: usize,
     /// Decoder positions the self-attention cache holds.
     pub capacity: usize,
@@ -295,6 +298,7 @@ pub struct DecoderCache {
 
 /// The Florence-2 BART: embeddings, encoder, decoder and head.
 pub struct Bart {
+    /// Text (BART) configuration.
     pub cfg: TextConfig,
     /// `[V, D]`: token embeddings of both stacks and the LM head (tied).
     shared: Tensor,

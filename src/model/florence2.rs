@@ -125,7 +125,9 @@ impl ImageHead {
 
 /// DaViT and the image head: pixels → V.
 pub struct VisionTower {
+    /// The DaViT backbone.
     pub davit: Davit,
+    /// Projects DaViT's last stage to the visual tokens V.
     pub head: ImageHead,
 }
 

@@ -106,6 +106,7 @@ impl FvlConfig {
 
 /// The fusion MLP: `Linear (4·D → H)`, then `depth − 1` times GELU and `Linear (H → H)`.
 pub struct Projector {
+    /// The projector's linears, first to last.
     pub layers: Vec<Linear>,
 }
 
@@ -145,8 +146,11 @@ pub struct Features {
 /// three prompts through the Florence-2 encoder as one batch over V, the image rows of each
 /// output concatenated on channels after V, and the projector.
 pub struct Fusion<'a> {
+    /// Florence-2 vision tower (produces V).
     pub tower: &'a VisionTower,
+    /// Florence-2 BART whose encoder runs the three prompts over V.
     pub bart: &'a Bart,
+    /// MLP projecting the fused features to the LLM width.
     pub projector: &'a Projector,
     /// The three encoder prompts, u32 `[3, L]`.
     pub prompts: &'a Tensor,
@@ -188,11 +192,17 @@ impl Fusion<'_> {
 
 /// A Florence-VL model on the GPU.
 pub struct FlorenceVl {
+    /// Florence-VL settings (projector depth, padding, context length).
     pub config: FvlConfig,
+    /// Florence-2 vision tower.
     pub tower: VisionTower,
+    /// Florence-2 BART, used for its encoder.
     pub bart: Bart,
+    /// Fusion MLP into the Llama embedding space.
     pub projector: Projector,
+    /// The Llama language model that writes the answer.
     pub llama: Llama,
+    /// Llama 3 tokenizer for prompts and answers.
     pub tokenizer: LlamaTokenizer,
     /// How images are resized and normalised (the tower folder's `preprocessor_config.json`).
     pub preprocess: PreprocessConfig,
@@ -428,7 +438,9 @@ pub struct AskOptions {
     pub max_new_tokens: usize,
     /// 0: greedy; otherwise sampling with this temperature and `top_p`.
     pub temperature: f32,
+    /// Nucleus-sampling threshold (1 keeps all tokens); ignored when greedy.
     pub top_p: f32,
+    /// Seed of the sampler, for reproducible draws.
     pub seed: u32,
 }
 
@@ -446,14 +458,19 @@ impl Default for AskOptions {
 /// An answer from [`FlorenceVl::ask`] with what it cost.
 #[derive(Clone, Debug)]
 pub struct Answer {
+    /// The decoded answer text.
     pub text: String,
+    /// The answer's token ids (without the stop token).
     pub token_ids: Vec<u32>,
     /// Why decoding stopped: `eos`, `length`, `context` or `cancelled`.
     pub stopped: &'static str,
     /// Prompt positions (text tokens plus image rows).
     pub prompt_positions: usize,
+    /// Time of the vision pass and prompt embedding in ms (0 for follow-up turns).
     pub vision_ms: f64,
+    /// Time of the prompt prefill in ms.
     pub prefill_ms: f64,
+    /// Decode throughput in tokens per second.
     pub decode_tokens_per_s: f64,
 }
 

@@ -18,7 +18,9 @@ pub fn param(gpu: &Gpu, src: &Source, name: &str, shape: &[usize], dtype: DType)
 
 /// `y = x·Wᵀ + b` (PyTorch `nn.Linear`).
 pub struct Linear {
+    /// `[out, inp]` weight matrix.
     pub weight: Tensor,
+    /// `[out]` bias (f32), if the layer has one.
     pub bias: Option<Tensor>,
 }
 
@@ -63,8 +65,11 @@ impl Linear {
 
 /// PyTorch `nn.LayerNorm` over the last dimension.
 pub struct LayerNorm {
+    /// `[dim]` scale (gamma).
     pub weight: Tensor,
+    /// `[dim]` shift (beta).
     pub bias: Tensor,
+    /// Added to the variance before the square root.
     pub eps: f32,
 }
 
@@ -90,7 +95,9 @@ impl LayerNorm {
 /// Depthwise 3×3 convolution (stride 1, pad 1) over `[h·w, C]` tokens, with the residual
 /// `x + dwconv(x)` that DaViT always applies.
 pub struct DwConvResidual {
+    /// `[C, 1, 3, 3]` depthwise kernels (f32 or f16).
     pub weight: Tensor,
+    /// `[C]` bias.
     pub bias: Tensor,
 }
 

@@ -32,18 +32,29 @@ pub const STEP_SLOT: u32 = 3;
 /// The `config.json` fields the forward pass needs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaConfig {
+    /// Model width (`hidden_size`).
     pub hidden: usize,
+    /// MLP inner width (`intermediate_size`).
     pub intermediate: usize,
+    /// Number of decoder layers (`num_hidden_layers`).
     pub layers: usize,
+    /// Query heads (`num_attention_heads`).
     pub heads: usize,
+    /// Key/value heads (`num_key_value_heads`); divides `heads`.
     pub kv_heads: usize,
+    /// Width of one head.
     pub head_dim: usize,
     /// Rows of the embedding table (may differ from `vocab_size` in the config).
     pub vocab: usize,
+    /// RMSNorm epsilon.
     pub rms_norm_eps: f32,
+    /// RoPE base frequency.
     pub rope_theta: f64,
+    /// Llama 3 frequency scaling, if any.
     pub rope_scaling: Option<Llama3Scaling>,
+    /// The LM head reuses the embedding table.
     pub tie_word_embeddings: bool,
+    /// Longest context the model was trained for.
     pub max_position_embeddings: usize,
 }
 
@@ -170,6 +181,7 @@ struct Layer {
 
 /// A Llama model on the GPU.
 pub struct Llama {
+    /// Model configuration.
     pub cfg: LlamaConfig,
     /// The dtype asked for the linear weights (some may fall back, see [`Llama::load`]).
     pub quant: DType,
@@ -493,8 +505,11 @@ pub enum Pick {
     Greedy,
     /// A draw with temperature, top-k and top-p (seed and step from run slots).
     Sample {
+        /// Logits are divided by this (> 0).
         temperature: f32,
+        /// Keep the `top_k` highest logits; 0 keeps all.
         top_k: u32,
+        /// Keep the smallest set of highest logits holding `top_p` of the probability.
         top_p: f32,
     },
 }

@@ -24,9 +24,11 @@ pub struct Attention {
     pub tq: usize,
     /// Key/value rows per sequence in the k and v views (the cache capacity).
     pub s_max: usize,
+    /// Query heads.
     pub q_heads: usize,
     /// Divides `q_heads`; query head h reads kv head `h / (q_heads / kv_heads)`.
     pub kv_heads: usize,
+    /// Width of one head (at most [`MAX_HEAD_DIM`]).
     pub head_dim: usize,
     /// Keys in use, `≤ s_max`: fixed, or per replay (a growing cache). A run value above
     /// `s_max` is clamped to it.

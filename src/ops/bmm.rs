@@ -12,10 +12,15 @@ use crate::gpu::{Access, Graph, Kernel, TensorId};
 /// `offset + zo·stride_outer + zi·stride_inner + r·row_stride + c`.
 #[derive(Clone, Copy, Debug)]
 pub struct MatView {
+    /// Tensor holding the matrices.
     pub id: TensorId,
+    /// Flat index of the first element of the first matrix.
     pub offset: usize,
+    /// Flat-index step between outer batch entries.
     pub stride_outer: usize,
+    /// Flat-index step between inner batch entries.
     pub stride_inner: usize,
+    /// Flat-index step between rows of one matrix.
     pub row_stride: usize,
 }
 
@@ -24,11 +29,15 @@ pub struct MatView {
 pub struct Bmm {
     /// Batch as (outer, inner) counts, e.g. (windows, heads); z = outer·inner.
     pub batch: (usize, usize),
+    /// Rows of `a` and `c`.
     pub m: usize,
+    /// Columns of `c`.
     pub n: usize,
+    /// Shared (reduction) dimension.
     pub k: usize,
     /// `b` read as `[n, k]` (`a·bᵀ`, e.g. Q·Kᵀ) rather than `[k, n]` (`a·b`, e.g. P·V).
     pub b_transposed: bool,
+    /// Factor applied to every product.
     pub scale: f32,
     /// How much of the k extent takes part: fixed, or read from a run slot at each replay
     /// (a growing KV cache); at most `k`.

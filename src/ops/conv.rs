@@ -43,16 +43,24 @@ pub enum ConvInput {
     /// An image `[C_in, H, W]` (or `[B, C_in, H, W]`); H and W come from the shape.
     Chw,
     /// Tokens `[h·w, C_in]` (or `[B, h·w, C_in]`), row-major h then w.
-    Hwc { h: usize, w: usize },
+    Hwc {
+        /// Rows of the token grid.
+        h: usize,
+        /// Columns of the token grid.
+        w: usize,
+    },
 }
 
 /// Geometry of a 2-D convolution; every pair is `[along H, along W]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2d {
+    /// Kernel size.
     pub kernel: [usize; 2],
+    /// Stride.
     pub stride: [usize; 2],
     /// Zero padding on both sides.
     pub pad: [usize; 2],
+    /// Layout of the input tensor.
     pub input: ConvInput,
 }
 

@@ -32,14 +32,17 @@ const NO_SLOT: u32 = u32::MAX;
 /// Which block to copy where.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Block {
-    /// First source row and column.
+    /// First source row.
     pub src_row: usize,
+    /// First source column.
     pub src_col: usize,
-    /// Size of the block.
+    /// Rows in the block.
     pub rows: usize,
+    /// Columns in the block.
     pub cols: usize,
-    /// Where the block's first element lands in the destination.
+    /// Destination row of the block's first element.
     pub dst_row: usize,
+    /// Destination column of the block's first element.
     pub dst_col: usize,
     /// A run slot whose value (set per replay, e.g. the decode position) is added to
     /// `dst_row`. Rows that would then land past the end of `dst` are not written.

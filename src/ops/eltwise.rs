@@ -24,13 +24,20 @@ pub enum Unary {
     /// `x·sigmoid(x)`.
     Silu,
     /// `alpha·x + beta`.
-    Scale { alpha: f32, beta: f32 },
+    Scale {
+        /// Factor applied to `x`.
+        alpha: f32,
+        /// Offset added after scaling.
+        beta: f32,
+    },
 }
 
 /// Binary element-wise functions; the second operand broadcasts over rows.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Binary {
+    /// `a + b`.
     Add,
+    /// `a · b` (element-wise).
     Mul,
 }
 

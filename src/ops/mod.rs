@@ -120,7 +120,9 @@ pub(crate) fn numel(g: &Graph, op: &str, id: TensorId) -> Result<u32> {
 /// (`Executable::run(gpu, &values)`) at each replay, e.g. a decode position or a key length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunValue {
+    /// A value fixed when the graph is built.
     Fixed(u32),
+    /// Read from this run slot at each replay.
     Slot(u32),
 }
 
@@ -142,8 +144,11 @@ impl RunValue {
 /// `[T, 3C]` projection directly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct View {
+    /// Tensor viewed.
     pub id: TensorId,
+    /// Column where the view starts within each row.
     pub col_offset: usize,
+    /// Flat-index step between rows.
     pub row_stride: usize,
 }
 

@@ -10,9 +10,13 @@ use crate::gpu::{grid, Access, Graph, Kernel, TensorId};
 /// Llama 3 `rope_scaling` (`rope_type: "llama3"` in a transformers config).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Llama3Scaling {
+    /// Divisor of the low frequencies (long wavelengths).
     pub factor: f64,
+    /// `orig / low_freq_factor`: wavelengths above it are fully scaled.
     pub low_freq_factor: f64,
+    /// `orig / high_freq_factor`: wavelengths below it are unchanged.
     pub high_freq_factor: f64,
+    /// Context length the base model was trained for (`orig`).
     pub original_max_position_embeddings: f64,
 }
 
@@ -47,9 +51,13 @@ pub fn inv_freq(head_dim: usize, theta: f64, scaling: Option<Llama3Scaling>) -> 
 /// `n_heads` heads of `head_dim` columns; token `t` of every sequence sits at `pos0 + t`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rope {
+    /// Independent sequences.
     pub batch: usize,
+    /// Rows per sequence.
     pub tokens: usize,
+    /// Heads per row.
     pub n_heads: usize,
+    /// Columns per head (even; halves are rotated together).
     pub head_dim: usize,
     /// Position of the first token: fixed, or per replay (the decode position).
     pub pos0: RunValue,

@@ -31,8 +31,11 @@ fn threads(n: usize) -> u32 {
 /// `j < kv_len` (and, when causal, `j ≤ kv_len − tq + i`); the rest come out 0.
 #[derive(Clone, Copy, Debug)]
 pub struct Mask {
+    /// Query rows per batch entry.
     pub tq: usize,
+    /// Keys in use (the rest are masked out): fixed or per replay.
     pub kv_len: RunValue,
+    /// Also mask keys after each query's absolute position.
     pub causal: bool,
 }
 

@@ -15,6 +15,7 @@ pub const BOS: &str = "<|begin_of_text|>";
 pub struct Message {
     /// `system`, `user` or `assistant`.
     pub role: String,
+    /// Text of the message.
     pub content: String,
 }
 
