@@ -433,3 +433,38 @@ fn cli_infer_interactive_answers_each_line() {
     assert_ne!(code, 0);
     assert!(err.contains("--json needs --prompt"), "{err}");
 }
+
+/// A projector whose input width does not match the fused image features (config
+/// `mm_hidden_size` against the tower's width): one line naming the field and both sizes.
+#[test]
+fn projector_width_mismatch_is_one_clear_line() {
+    let tmp = std::env::temp_dir().join(format!("fvl-width-{}", std::process::id()));
+    let model = tmp.join(DIR);
+    std::fs::create_dir_all(&model).unwrap();
+    for e in std::fs::read_dir(fixture_path(DIR)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
+    }
+    std::os::unix::fs::symlink(
+        fixture_path("florence2-a-original"),
+        tmp.join("florence2-a-original"),
+    )
+    .unwrap();
+    let cfg_path = model.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["mm_hidden_size"] = serde_json::json!(48);
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let args = fixture_args(
+        &model.display().to_string(),
+        &["--prompt", "Hi", "--quant", "f32"],
+    );
+    let (code, _, err) = infer(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    std::fs::remove_dir_all(&tmp).ok();
+    assert_ne!(code, 0);
+    let line = err.lines().last().unwrap();
+    assert!(
+        line.starts_with("error: ") && line.contains("mm_hidden_size = 48") && line.contains("32"),
+        "{err}"
+    );
+}
