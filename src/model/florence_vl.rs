@@ -509,16 +509,23 @@ impl FlorenceVl {
         opts: &AskOptions,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<(Chat<'m>, Answer)> {
-        let ids = self.prompt_ids(question)?;
         let pre = crate::image::preprocess(image, &self.preprocess, self.config.pad_to_square)?;
         let pixels = VisionTower::pixels(gpu, &pre)?;
+        // The vision path goes to the GPU first; the prompt is tokenized while it runs, and
+        // its embeddings (text rows + image rows) follow in a second, short submit.
         let mut g = Graph::new(gpu);
         let p = g.external(&pixels);
         let features = self.features(&mut g, p)?;
-        let embeds = self.embed_prompt(&mut g, &ids, features.projected)?;
+        g.keep(features.projected);
+        let vision = g.build()?;
+        let t = Instant::now();
+        vision.submit(gpu, &[])?;
+        let ids = self.prompt_ids(question)?;
+        let mut g = Graph::new(gpu);
+        let projected = g.external(vision.tensor(features.projected));
+        let embeds = self.embed_prompt(&mut g, &ids, projected)?;
         g.keep(embeds);
         let exe = g.build()?;
-        let t = Instant::now();
         exe.run(gpu, &[])?;
         let vision_ms = t.elapsed().as_secs_f64() * 1e3;
         let x = exe.tensor(embeds);
