@@ -166,6 +166,11 @@ impl Fusion<'_> {
         keep_mean_token: bool,
     ) -> Result<Features> {
         let v = self.tower.forward(g, pixels)?.features;
+        self.fuse(g, v, keep_mean_token)
+    }
+
+    /// The fusion alone, on V (`[N, D]`) computed elsewhere.
+    pub fn fuse(&self, g: &mut Graph, v: TensorId, keep_mean_token: bool) -> Result<Features> {
         let prompts = g.external(self.prompts);
         let enc = self.bart.encode(g, v, prompts)?;
         let (n, d) = (g.layout(v).rows(), g.layout(v).cols());
