@@ -170,6 +170,32 @@ fn fixture_args(model: &str, extra: &[&str]) -> Vec<String> {
     args
 }
 
+/// A temporary copy of the fixture folder without the files in `skip`, with the tower folder
+/// beside it when `with_tower`; returns (the temporary root, the model folder).
+fn fixture_copy(
+    tag: &str,
+    skip: &[&str],
+    with_tower: bool,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let tmp = std::env::temp_dir().join(format!("fvl-{tag}-{}", std::process::id()));
+    let model = tmp.join(DIR);
+    std::fs::create_dir_all(&model).unwrap();
+    for e in std::fs::read_dir(fixture_path(DIR)).unwrap() {
+        let e = e.unwrap();
+        if !skip.iter().any(|s| e.file_name() == *s) {
+            std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
+        }
+    }
+    if with_tower {
+        std::os::unix::fs::symlink(
+            fixture_path("florence2-a-original"),
+            tmp.join("florence2-a-original"),
+        )
+        .unwrap();
+    }
+    (tmp, model)
+}
+
 /// The CLI decodes the image itself (pad to square, bicubic resize) and still gives the 16
 /// greedy ids of transformers.
 #[test]
@@ -204,18 +230,8 @@ fn cli_infer_json_gives_the_greedy_answer() {
 /// tokenizer_model_max_length: one line each, non-zero exit.
 #[test]
 fn cli_infer_bad_inputs_are_one_clear_line() {
-    let tmp = std::env::temp_dir().join(format!("fvl-infer-{}", std::process::id()));
-    let model = tmp.join(DIR);
-    std::fs::create_dir_all(&model).unwrap();
+    let (tmp, model) = fixture_copy("infer", &["model.safetensors.index.json"], true);
     let src = fixture_path(DIR);
-    for e in std::fs::read_dir(&src).unwrap() {
-        let e = e.unwrap();
-        if e.file_name() != "model.safetensors.index.json" {
-            std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
-        }
-    }
-    let tower = fixture_path("florence2-a-original");
-    std::os::unix::fs::symlink(&tower, tmp.join("florence2-a-original")).unwrap();
     let index = std::fs::read_to_string(src.join("model.safetensors.index.json")).unwrap();
     let mut index: serde_json::Value = serde_json::from_str(&index).unwrap();
     let missing = "model.mm_projector.encoder_mlp.0.weight";
@@ -293,23 +309,11 @@ fn ask_streams_cancels_and_stays_usable() {
 #[test]
 fn missing_tower_or_tokenizer_is_one_clear_line() {
     for missing in ["tower", "tokenizer.json"] {
-        let tmp =
-            std::env::temp_dir().join(format!("fvl-missing-{missing}-{}", std::process::id()));
-        let model = tmp.join(DIR);
-        std::fs::create_dir_all(&model).unwrap();
-        for e in std::fs::read_dir(fixture_path(DIR)).unwrap() {
-            let e = e.unwrap();
-            if e.file_name() != missing {
-                std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
-            }
-        }
-        if missing != "tower" {
-            std::os::unix::fs::symlink(
-                fixture_path("florence2-a-original"),
-                tmp.join("florence2-a-original"),
-            )
-            .unwrap();
-        }
+        let (tmp, model) = fixture_copy(
+            &format!("missing-{missing}"),
+            &[missing],
+            missing != "tower",
+        );
         let args = fixture_args(
             &model.display().to_string(),
             &["--prompt", "Hi", "--quant", "f32"],
@@ -438,18 +442,7 @@ fn cli_infer_interactive_answers_each_line() {
 /// `mm_hidden_size` against the tower's width): one line naming the field and both sizes.
 #[test]
 fn projector_width_mismatch_is_one_clear_line() {
-    let tmp = std::env::temp_dir().join(format!("fvl-width-{}", std::process::id()));
-    let model = tmp.join(DIR);
-    std::fs::create_dir_all(&model).unwrap();
-    for e in std::fs::read_dir(fixture_path(DIR)).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
-    }
-    std::os::unix::fs::symlink(
-        fixture_path("florence2-a-original"),
-        tmp.join("florence2-a-original"),
-    )
-    .unwrap();
+    let (tmp, model) = fixture_copy("width", &[], true);
     let cfg_path = model.join("config.json");
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
