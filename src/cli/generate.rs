@@ -5,12 +5,12 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use fvl_wgpu::model::llama::{Llama, LlamaConfig, Pick, Prompt, Session};
+use fvl_wgpu::model::llama::{Llama, LlamaConfig, Prompt, Session};
 use fvl_wgpu::text::llama::{LlamaTokenizer, Message, TextStream};
 use fvl_wgpu::weights::Checkpoint;
 use fvl_wgpu::{Error, Result};
 
-use super::{default_dtype, progress, DeviceArgs, Quant};
+use super::{default_dtype, progress, DecodeArgs, DeviceArgs, Quant};
 
 /// Arguments of `generate`.
 #[derive(clap::Args)]
@@ -28,21 +28,8 @@ pub struct GenerateArgs {
     /// Wrap --prompt as a user message in the Llama-3 chat template.
     #[arg(long, requires = "prompt")]
     pub chat: bool,
-    /// Most tokens to generate (stops earlier at an end-of-sequence id).
-    #[arg(long, default_value_t = 128)]
-    pub max_new_tokens: usize,
-    /// Sampling temperature; 0 (the default) is greedy decoding.
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f32,
-    /// Sample from the K most likely tokens only (0: all).
-    #[arg(long, default_value_t = 0)]
-    pub top_k: u32,
-    /// Sample from the smallest set of tokens holding this much probability.
-    #[arg(long, default_value_t = 1.0)]
-    pub top_p: f32,
-    /// Sampling seed: the same seed and settings give the same tokens.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u32,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
     /// Weight storage (default: f16 where the adapter has SHADER_F16, else f32).
     #[arg(long, value_enum)]
     pub quant: Option<Quant>,
@@ -86,15 +73,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             prompt.len()
         )));
     }
-    let pick = if args.temperature > 0.0 {
-        Pick::Sample {
-            temperature: args.temperature,
-            top_k: args.top_k,
-            top_p: args.top_p,
-        }
-    } else {
-        Pick::Greedy
-    };
+    let pick = args.decode.pick();
 
     let gpu = args.device.open()?;
     // A checkpoint written by `quantize` loads in its own format unless told otherwise.
@@ -113,8 +92,8 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             quant.name()
         );
     }
-    let cache_len = context.min(prompt.len() + args.max_new_tokens);
-    let mut session = Session::new(&gpu, &llama, cache_len, pick, args.seed)?;
+    let cache_len = context.min(prompt.len() + args.decode.max_new_tokens);
+    let mut session = Session::new(&gpu, &llama, cache_len, pick, args.decode.seed)?;
 
     let t0 = Instant::now();
     let mut id = session.prefill(Prompt::Ids(&prompt), false)?;
@@ -138,7 +117,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
                 text += &piece;
             }
         }
-        if ids.len() == args.max_new_tokens {
+        if ids.len() == args.decode.max_new_tokens {
             break "length";
         }
         if session.position() == cache_len {

@@ -11,7 +11,7 @@ use fvl_wgpu::model::florence_vl::{AskOptions, FlorenceVl};
 use fvl_wgpu::{Error, Result};
 
 use super::DeviceArgs;
-use super::{default_dtype, Quant};
+use super::{default_dtype, DecodeArgs, Quant};
 
 /// Arguments of `infer`.
 #[derive(clap::Args)]
@@ -26,18 +26,8 @@ pub struct InferArgs {
     /// question a line on stdin; follow-ups reuse the cache; an empty line or EOF ends).
     #[arg(long, value_name = "TEXT")]
     pub prompt: Option<String>,
-    /// Most tokens to generate (stops earlier at <|eot_id|> or another end id).
-    #[arg(long, default_value_t = 128)]
-    pub max_new_tokens: usize,
-    /// Sampling temperature; 0 (the default) is greedy decoding.
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f32,
-    /// Sample from the smallest set of tokens holding this much probability.
-    #[arg(long, default_value_t = 1.0)]
-    pub top_p: f32,
-    /// Sampling seed: the same seed and settings give the same tokens.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u32,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
     /// Llama weight storage (default: f16 where the adapter has SHADER_F16, else f32); the
     /// vision path is f32 with f32, else f16 where available.
     #[arg(long, value_enum)]
@@ -61,10 +51,9 @@ pub fn run(args: &InferArgs) -> Result<()> {
     m.keep_mean_token = !args.drop_mean_token;
     let load_s = t0.elapsed().as_secs_f64();
     let opts = AskOptions {
-        max_new_tokens: args.max_new_tokens,
-        temperature: args.temperature,
-        top_p: args.top_p,
-        seed: args.seed,
+        max_new_tokens: args.decode.max_new_tokens,
+        pick: args.decode.pick(),
+        seed: args.decode.seed,
     };
     let json = args.device.json;
     let Some(question) = &args.prompt else {

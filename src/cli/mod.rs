@@ -203,6 +203,42 @@ pub fn default_dtype(gpu: &Gpu) -> DType {
     }
 }
 
+/// How the language-model commands pick tokens.
+#[derive(Args, Clone)]
+pub struct DecodeArgs {
+    /// Most tokens to generate (stops earlier at an end-of-sequence id).
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature; 0 (the default) is greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Sample from the K most likely tokens only (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: u32,
+    /// Sample from the smallest set of tokens holding this much probability.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Sampling seed: the same seed and settings give the same tokens.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u32,
+}
+
+impl DecodeArgs {
+    /// Greedy at temperature 0, else sampling with the given filters.
+    pub fn pick(&self) -> fvl_wgpu::model::llama::Pick {
+        use fvl_wgpu::model::llama::Pick;
+        if self.temperature > 0.0 {
+            Pick::Sample {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+            }
+        } else {
+            Pick::Greedy
+        }
+    }
+}
+
 /// Options every model command takes.
 #[derive(Args, Clone)]
 pub struct ModelArgs {

@@ -441,10 +441,8 @@ fn file_err(path: &Path, msg: impl std::fmt::Display) -> Error {
 pub struct AskOptions {
     /// Most tokens in the answer.
     pub max_new_tokens: usize,
-    /// 0: greedy; otherwise sampling with this temperature and `top_p`.
-    pub temperature: f32,
-    /// Nucleus-sampling threshold (1 keeps all tokens); ignored when greedy.
-    pub top_p: f32,
+    /// Greedy or sampling (temperature, top-k, top-p).
+    pub pick: Pick,
     /// Seed of the sampler, for reproducible draws.
     pub seed: u32,
 }
@@ -453,8 +451,7 @@ impl Default for AskOptions {
     fn default() -> Self {
         AskOptions {
             max_new_tokens: 128,
-            temperature: 0.0,
-            top_p: 1.0,
+            pick: Pick::Greedy,
             seed: 0,
         }
     }
@@ -535,15 +532,7 @@ impl FlorenceVl {
         let vision_ms = t.elapsed().as_secs_f64() * 1e3;
         let x = exe.tensor(embeds);
         let prompt_positions = x.shape()[0];
-        let pick = if opts.temperature > 0.0 {
-            Pick::Sample {
-                temperature: opts.temperature,
-                top_k: 0,
-                top_p: opts.top_p,
-            }
-        } else {
-            Pick::Greedy
-        };
+        let pick = opts.pick;
         // The merged prompt fits tokenizer_model_max_length (embed_prompt checks); the whole
         // conversation runs up to that length, with room for at least one token.
         let context = self.config.max_length.max(prompt_positions + 1);
