@@ -18,6 +18,19 @@ fn expected_json() -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// The prompt embeddings (text rows with the projected image rows spliced in) for `ids`
+/// over `pixels`, computed in one graph.
+fn prompt_embeddings(gpu: &Gpu, m: &FlorenceVl, pixels: &Tensor, ids: &[i64]) -> Tensor {
+    let mut g = Graph::new(gpu);
+    let p = g.external(pixels);
+    let f = m.features(&mut g, p).unwrap();
+    let embeds = m.embed_prompt(&mut g, ids, f.projected).unwrap();
+    g.keep(embeds);
+    let exe = g.build().unwrap();
+    exe.run(gpu, &[]).unwrap();
+    exe.tensor(embeds).clone()
+}
+
 /// The model in f32, with the BART tokenizer of `florence2-a` (the one the fixture used).
 fn load(gpu: &Gpu) -> FlorenceVl {
     let bart = fixture_path("florence2-a");
@@ -72,14 +85,7 @@ fn prompt_embeddings_and_greedy_answer_match_transformers() {
 
     let (shape, pixels) = fixture_tensor(EXPECTED, "pixel_values");
     let pixels = Tensor::from_f32(&gpu, &shape[1..], DType::F32, &pixels, "pixels").unwrap();
-    let mut g = Graph::new(&gpu);
-    let p = g.external(&pixels);
-    let f = m.features(&mut g, p).unwrap();
-    let embeds = m.embed_prompt(&mut g, &ids, f.projected).unwrap();
-    g.keep(embeds);
-    let exe = g.build().unwrap();
-    exe.run(&gpu, &[]).unwrap();
-    let x = exe.tensor(embeds);
+    let x = &prompt_embeddings(&gpu, &m, &pixels, &ids);
     let (shape, want) = fixture_tensor(EXPECTED, "inputs_embeds");
     assert_eq!(x.shape(), &shape[1..]);
     assert_eq!(shape[1] as u64, j["merged_length"].as_u64().unwrap());
@@ -339,7 +345,6 @@ fn missing_tower_or_tokenizer_is_one_clear_line() {
 /// recomputing the whole conversation in one prefill from the same ids and image rows.
 #[test]
 fn follow_up_reuses_the_cache_like_a_full_recompute() {
-    use fvl_wgpu::gpu::{Graph, Tensor};
     use fvl_wgpu::model::florence2::VisionTower;
     use fvl_wgpu::model::llama::{Pick, Prompt, Session};
     let gpu = common::gpu();
@@ -379,14 +384,7 @@ fn follow_up_reuses_the_cache_like_a_full_recompute() {
     );
     let pre = fvl_wgpu::image::preprocess(&image, &m.preprocess, m.config.pad_to_square).unwrap();
     let pixels = VisionTower::pixels(&gpu, &pre).unwrap();
-    let mut g = Graph::new(&gpu);
-    let p = g.external(&pixels);
-    let f = m.features(&mut g, p).unwrap();
-    let e = m.embed_prompt(&mut g, &ids, f.projected).unwrap();
-    g.keep(e);
-    let exe = g.build().unwrap();
-    exe.run(&gpu, &[]).unwrap();
-    let x: &Tensor = exe.tensor(e);
+    let x = &prompt_embeddings(&gpu, &m, &pixels, &ids);
     let mut s = Session::new(&gpu, &m.llama, x.shape()[0] + 8, Pick::Greedy, 0).unwrap();
     let mut want = vec![s.prefill(Prompt::Embeddings(x), false).unwrap()];
     while want.len() < second.token_ids.len() {
