@@ -97,12 +97,28 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
 // split one row's blocks between them. A workgroup of RPW·TPR invocations covers RPW·RPT rows.
 var<workgroup> partial: array<f32, MR * RPT * RPW * TPR>;
 
+#if XSHARE
+// x octets shared by the lanes of a subgroup of exactly 8 (lavapipe's SIMD width; the lanes
+// own different rows at the same columns, so TPR = 1): lane i loads element i and the lanes
+// broadcast.
+// On CPU drivers every lane's load of a storage buffer is a scalar load, so this is one load
+// per lane instead of eight (docs/perf.md).
+fn x_octet(i: u32, lane: u32) -> mat2x4<f32> {
+    let v = ld_x(i + lane);
+    return mat2x4<f32>(
+        vec4<f32>(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u)),
+        vec4<f32>(subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u), subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u)));
+}
+#else
+fn x_octet(i: u32, lane: u32) -> mat2x4<f32> { return mat2x4<f32>(ld4_x(i), ld4_x(i + 4u)); }
+#endif
+
 #if Q4
 // One q4 word holds elements e0..e7 as nibbles; masking keeps the even ones in the bytes
 // (e0 e2 e4 e6), shifting first the odd ones; x is matched by swizzles, which are free.
 fn q4_word_dot(word: u32, lo: vec4<f32>, hi: vec4<f32>) -> f32 {
-    let even = vec4<f32>(unpack4xU8(word & 0x0F0F0F0Fu));
-    let odd = vec4<f32>(unpack4xU8((word >> 4u) & 0x0F0F0F0Fu));
+    let even = vec4<f32>(unpack4xI8(word & 0x0F0F0F0Fu));
+    let odd = vec4<f32>(unpack4xI8((word >> 4u) & 0x0F0F0F0Fu));
     return dot(even, vec4<f32>(lo.xz, hi.xz)) + dot(odd, vec4<f32>(lo.yw, hi.yw));
 }
 #endif
@@ -143,7 +159,14 @@ fn block_finish(n: u32, c: u32, s: f32, xsum: f32) -> f32 {
 
 @compute @workgroup_size(RPW * TPR)
 fn matvec(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+#if XSHARE
+          @builtin(subgroup_invocation_id) lane: u32,
+#endif
           @builtin(local_invocation_index) lid: u32) {
+#if XSHARE
+#else
+    let lane = 0u;
+#endif
     let slot = lid / TPR;
     let t = lid % TPR;
     let row0 = (wg.x + wg.y * nwg.x) * RPW * RPT + slot;
@@ -158,8 +181,9 @@ fn matvec(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
             var s: array<f32, RPT>;
             var xsum = 0.0;
             for (var o = 0u; o < 4u; o++) {
-                let lo = ld4_x(r * p.k + c + 8u * o);
-                let hi = ld4_x(r * p.k + c + 8u * o + 4u);
+                let xo = x_octet(r * p.k + c + 8u * o, lane);
+                let lo = xo[0];
+                let hi = xo[1];
                 xsum += dot(lo + hi, vec4<f32>(1.0));
                 for (var j = 0u; j < RPT; j++) { s[j] += octet_dot(rows[j], c, o, lo, hi); }
             }
