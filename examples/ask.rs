@@ -39,7 +39,7 @@ fn main() -> fvl_wgpu::Result<()> {
         println!(
             "\n   ({} tokens, {}, {:.1} tokens/s)",
             answer.token_ids.len(),
-            answer.stopped,
+            answer.stopped.name(),
             answer.decode_tokens_per_s
         );
     }

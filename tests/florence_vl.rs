@@ -6,7 +6,7 @@ mod common;
 use common::{fixture_path, fixture_tensor, max_rel_error};
 use fvl_wgpu::gpu::{DType, Gpu, Graph, Tensor};
 use fvl_wgpu::model::florence_vl::{prompt_text, AskOptions, FlorenceVl};
-use fvl_wgpu::model::llama::{Pick, Prompt, Session};
+use fvl_wgpu::model::llama::{Pick, Prompt, Session, Stop};
 
 const DIR: &str = "florence-vl-tiny";
 const EXPECTED: &str = "florence-vl-tiny/expected.safetensors";
@@ -294,7 +294,7 @@ fn ask_streams_cancels_and_stays_usable() {
             pieces < 2
         })
         .unwrap();
-    assert_eq!(cancelled.stopped, "cancelled");
+    assert_eq!(cancelled.stopped, Stop::Cancelled);
     assert!(cancelled.token_ids.len() < 16);
     let mut streamed = String::new();
     let full = m
@@ -364,7 +364,7 @@ fn follow_up_reuses_the_cache_like_a_full_recompute() {
     // closed it, the follow-up's headers; then one prefill of all of it.
     let mut ids = m.prompt_ids("What is this?").unwrap();
     ids.extend(first.token_ids.iter().map(|&i| i as i64));
-    let close = if first.stopped == "eos" {
+    let close = if first.stopped == Stop::Eos {
         ""
     } else {
         "<|eot_id|>"
@@ -373,7 +373,7 @@ fn follow_up_reuses_the_cache_like_a_full_recompute() {
         "{close}<|start_header_id|>user<|end_header_id|>\n\nAnd the colours?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
     );
     let tok = fvl_wgpu::text::llama::LlamaTokenizer::open(&fixture_path(DIR)).unwrap();
-    if first.stopped == "eos" {
+    if first.stopped == Stop::Eos {
         ids.push(tok.encode("<|eot_id|>", false).unwrap()[0] as i64);
     }
     ids.extend(

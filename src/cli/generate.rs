@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use fvl_wgpu::model::llama::{Llama, LlamaConfig, Prompt, Session};
+use fvl_wgpu::model::llama::{Limits, Llama, LlamaConfig, Prompt, Session};
 use fvl_wgpu::text::llama::{LlamaTokenizer, Message, TextStream};
 use fvl_wgpu::weights::Checkpoint;
 use fvl_wgpu::{Error, Result};
@@ -96,43 +96,32 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let mut session = Session::new(&gpu, &llama, cache_len, pick, args.decode.seed)?;
 
     let t0 = Instant::now();
-    let mut id = session.prefill(Prompt::Ids(&prompt), false)?;
+    let first = session.prefill(Prompt::Ids(&prompt), false)?;
     let prefill_s = t0.elapsed().as_secs_f64();
-    let mut ids = Vec::new();
     let mut stream = TextStream::default();
     let mut text = String::new();
     let mut stdout = std::io::stdout();
-    let t1 = Instant::now();
-    let stopped = loop {
-        ids.push(id);
-        if tok.as_ref().is_some_and(|t| t.is_stop(id)) {
-            break "eos";
-        }
-        if let Some(tok) = &tok {
-            if let Some(piece) = stream.push(tok, id)? {
-                if !args.device.json {
-                    print!("{piece}");
-                    stdout.flush().ok();
-                }
-                text += &piece;
+    let limits = Limits {
+        max_new: args.decode.max_new_tokens,
+        reserve: 0,
+        keep_stop: true,
+    };
+    let is_stop = |id| tok.as_ref().is_some_and(|t| t.is_stop(id));
+    let gen = session.generate(first, &limits, &is_stop, &mut |id| {
+        if let Some(piece) = match &tok {
+            Some(tok) => stream.push(tok, id)?,
+            None => None,
+        } {
+            if !args.device.json {
+                print!("{piece}");
+                stdout.flush().ok();
             }
+            text += &piece;
         }
-        if ids.len() == args.decode.max_new_tokens {
-            break "length";
-        }
-        if session.position() == cache_len {
-            break "context";
-        }
-        id = session.decode(None)?;
-    };
-    let decode_steps = ids.len() - 1;
-    let decode_s = t1.elapsed().as_secs_f64();
+        Ok(true)
+    })?;
+    let (ids, stopped, decode_tps) = (gen.ids, gen.stopped.name(), gen.decode_tokens_per_s);
     let prefill_tps = prompt.len() as f64 / prefill_s;
-    let decode_tps = if decode_steps > 0 {
-        decode_steps as f64 / decode_s
-    } else {
-        0.0
-    };
     if args.device.json {
         let summary = serde_json::json!({
             "token_ids": ids,

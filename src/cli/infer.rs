@@ -73,7 +73,7 @@ pub fn run(args: &InferArgs) -> Result<()> {
         true
     })?;
     let (stopped, prompt_len, decode_tps) = (
-        answer.stopped,
+        answer.stopped.name(),
         answer.prompt_positions,
         answer.decode_tokens_per_s,
     );

@@ -16,7 +16,7 @@ use crate::image::PreprocessConfig;
 use crate::model::bart::Bart;
 use crate::model::florence2::VisionTower;
 use crate::model::layers::Linear;
-use crate::model::llama::{Llama, Pick, Prompt, Session};
+use crate::model::llama::{Limits, Llama, Pick, Prompt, Session, Stop};
 use crate::ops::copy::{copy, Block};
 use crate::ops::eltwise::{self, Unary};
 use crate::tasks::Tokenizer;
@@ -464,8 +464,8 @@ pub struct Answer {
     pub text: String,
     /// The answer's token ids (without the stop token).
     pub token_ids: Vec<u32>,
-    /// Why decoding stopped: `eos`, `length`, `context` or `cancelled`.
-    pub stopped: &'static str,
+    /// Why decoding stopped.
+    pub stopped: Stop,
     /// Prompt positions (text tokens plus image rows).
     pub prompt_positions: usize,
     /// Time of the vision pass and prompt embedding in ms (0 for follow-up turns).
@@ -588,49 +588,36 @@ impl Chat<'_> {
     ) -> Result<Answer> {
         let tok = &self.vl.tokenizer;
         let t = Instant::now();
-        let mut id = self.session.extend(prompt, false)?;
+        let id = self.session.extend(prompt, false)?;
         let prefill_ms = t.elapsed().as_secs_f64() * 1e3;
-        let limit = self.session.max_context();
-        let mut token_ids = Vec::new();
         let mut stream = crate::text::llama::TextStream::default();
         let mut text = String::new();
-        let t = Instant::now();
-        let decoded_from = self.session.position();
-        let stopped = loop {
-            if tok.is_stop(id) {
-                break "eos";
-            }
-            token_ids.push(id);
-            if let Some(piece) = stream.push(tok, id)? {
-                text += &piece;
-                if !on_text(&piece) {
-                    break "cancelled";
-                }
-            }
-            if token_ids.len() == opts.max_new_tokens {
-                break "length";
-            }
+        let limits = Limits {
+            max_new: opts.max_new_tokens,
             // Keep one position free for the token that closes this turn.
-            if self.session.position() + 1 >= limit {
-                break "context";
-            }
-            id = self.session.decode(None)?;
+            reserve: 1,
+            keep_stop: false,
         };
-        self.pending = id;
-        let steps = self.session.position() - decoded_from;
-        let decode_tokens_per_s = if steps > 0 {
-            steps as f64 / t.elapsed().as_secs_f64()
-        } else {
-            0.0
-        };
+        let gen = self
+            .session
+            .generate(id, &limits, &|id| tok.is_stop(id), &mut |id| {
+                Ok(match stream.push(tok, id)? {
+                    Some(piece) => {
+                        text += &piece;
+                        on_text(&piece)
+                    }
+                    None => true,
+                })
+            })?;
+        self.pending = gen.last;
         Ok(Answer {
             text,
-            token_ids,
-            stopped,
+            token_ids: gen.ids,
+            stopped: gen.stopped,
             prompt_positions,
             vision_ms,
             prefill_ms,
-            decode_tokens_per_s,
+            decode_tokens_per_s: gen.decode_tokens_per_s,
         })
     }
 }

@@ -7,6 +7,8 @@
 //! by choosing the next token on the GPU into a one-id tensor that the decode graph's embedding
 //! reads: a decode step is one submit, and only that 4-byte id comes back.
 
+use std::time::Instant;
+
 use serde_json::Value;
 
 use crate::gpu::{DType, Executable, Gpu, Graph, Tensor, TensorId};
@@ -522,6 +524,53 @@ pub enum Prompt<'a> {
     Embeddings(&'a Tensor),
 }
 
+/// When [`Session::generate`] stops.
+pub struct Limits {
+    /// Most ids to produce (the first, chosen by the prefill, counts).
+    pub max_new: usize,
+    /// Cache positions to leave free (e.g. for the token that closes a chat turn).
+    pub reserve: usize,
+    /// Whether a stop id ends up in [`Generation::ids`].
+    pub keep_stop: bool,
+}
+
+/// Why a generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// A stop id was chosen.
+    Eos,
+    /// `max_new` ids were produced.
+    Length,
+    /// The context is full.
+    Context,
+    /// The caller's callback asked to stop.
+    Cancelled,
+}
+
+impl Stop {
+    /// Short lowercase name (`eos`, `length`, `context`, `cancelled`), as in JSON output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stop::Eos => "eos",
+            Stop::Length => "length",
+            Stop::Context => "context",
+            Stop::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What [`Session::generate`] produced.
+pub struct Generation {
+    /// The ids produced, in order.
+    pub ids: Vec<u32>,
+    /// Why it ended.
+    pub stopped: Stop,
+    /// The last chosen id, not in the cache (the next prompt starts with it).
+    pub last: u32,
+    /// Decode steps per second (0 when the prefill's id was the only one).
+    pub decode_tokens_per_s: f64,
+}
+
 /// A generation in progress: the KV cache, the next-token tensor and the decode graph.
 pub struct Session<'m> {
     model: &'m Llama,
@@ -585,6 +634,13 @@ impl<'m> Session<'m> {
     /// Dispatches in one decode step (the whole step is one submit).
     pub fn decode_dispatches(&self) -> usize {
         self.decode.dispatches()
+    }
+
+    /// GPU time by kernel of one decode step (see [`Executable::profile`]); `None` without
+    /// timestamp queries. For benchmarks: it replays the next step without advancing, so the
+    /// id it samples replaces the one the next [`Session::decode`] would have fed.
+    pub fn profile_decode(&self) -> Result<Option<Vec<(String, f64, usize)>>> {
+        self.decode.profile(self.gpu, &self.run_values(1))
     }
 
     /// Positions the cache holds.
@@ -662,6 +718,52 @@ impl<'m> Session<'m> {
         )?;
         self.advance(1);
         Ok(id)
+    }
+
+    /// The decode loop after a prefill or extend that chose `first`: feeds each chosen id
+    /// back until a stop id, `limits.max_new` ids, the context (keeping `limits.reserve`
+    /// positions free), or `on_id` returning `false` (cancel). Every id except a stop id
+    /// goes to `on_id` and into the result; a stop id too when `limits.keep_stop` (as HF's
+    /// `generate` output does). The last chosen id, never in the cache, is returned for a
+    /// continuation to start with.
+    pub fn generate(
+        &mut self,
+        first: u32,
+        limits: &Limits,
+        is_stop: &dyn Fn(u32) -> bool,
+        on_id: &mut dyn FnMut(u32) -> Result<bool>,
+    ) -> Result<Generation> {
+        let t = Instant::now();
+        let start = self.pos;
+        let mut id = first;
+        let mut ids = Vec::new();
+        let stopped = loop {
+            if is_stop(id) {
+                if limits.keep_stop {
+                    ids.push(id);
+                }
+                break Stop::Eos;
+            }
+            ids.push(id);
+            if !on_id(id)? {
+                break Stop::Cancelled;
+            }
+            if ids.len() >= limits.max_new {
+                break Stop::Length;
+            }
+            if self.pos + limits.reserve >= self.cache.max_context {
+                break Stop::Context;
+            }
+            id = self.decode(None)?;
+        };
+        let steps = self.pos - start;
+        let secs = t.elapsed().as_secs_f64();
+        Ok(Generation {
+            ids,
+            stopped,
+            last: id,
+            decode_tokens_per_s: if steps > 0 { steps as f64 / secs } else { 0.0 },
+        })
     }
 
     /// Logits of the last step: every prompt position after a prefill with `all_logits`,

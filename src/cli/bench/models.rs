@@ -101,20 +101,7 @@ pub fn vision(
         exe.run(&gpu, &[])?;
         best = best.min(t.elapsed().as_secs_f64());
     }
-    if let Some(profile) = exe.profile(&gpu, &[])? {
-        let total: f64 = profile.iter().map(|k| k.1).sum();
-        eprintln!(
-            "GPU time by kernel (timestamps, one replay; {:.1} ms in all):",
-            total * 1e3
-        );
-        for (label, t, n) in &profile {
-            eprintln!(
-                "  {label:<28} {:>10.1} ms {:>5.1}%  {n} dispatches",
-                t * 1e3,
-                100.0 * t / total
-            );
-        }
-    }
+    print_profile(exe.profile(&gpu, &[])?);
     let flops = vision_flops(&cfg, size);
     let gflops = flops / best / 1e9;
     let peak = weight_bytes + exe.arena_bytes + pixels.layout.bytes();
@@ -328,6 +315,7 @@ pub fn decode(
         session.decode(None)?;
     }
     let decode_s = t.elapsed().as_secs_f64() / (tokens - 1).max(1) as f64;
+    print_profile(session.profile_decode()?);
     // Per token: every weight once (one embedding row aside) and the KV cache so far.
     let kv = (2 * llama.cfg.layers * llama.cfg.kv_dim() * 4 * (prompt + tokens / 2)) as f64;
     let bytes = weights + kv;
@@ -502,4 +490,21 @@ pub fn e2e(
         );
     }
     Ok(())
+}
+
+/// Prints a graph's GPU time by kernel (from [`fvl_wgpu::gpu::Executable::profile`]).
+fn print_profile(profile: Option<Vec<(String, f64, usize)>>) {
+    let Some(profile) = profile else { return };
+    let total: f64 = profile.iter().map(|k| k.1).sum();
+    eprintln!(
+        "GPU time by kernel (timestamps, one replay; {:.1} ms in all):",
+        total * 1e3
+    );
+    for (label, t, n) in &profile {
+        eprintln!(
+            "  {label:<28} {:>10.1} ms {:>5.1}%  {n} dispatches",
+            t * 1e3,
+            100.0 * t / total
+        );
+    }
 }
