@@ -59,18 +59,36 @@ fn store4(acc: mat4x4<f32>, m0: u32, n0: u32) {
     }
 }
 
-@compute @workgroup_size(WGX, WGY)
-fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let m0 = (wg.y * WGY + lid.y) * 8u;
-    let n0 = (wg.x * WGX + lid.x) * 8u;
+// One-dimensional workgroup (subgroup builtins need one): invocation i is (i % WGX, i / WGX).
+@compute @workgroup_size(WGX * WGY)
+fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32,
+#if XSHARE
+          @builtin(subgroup_invocation_id) lane: u32,
+#endif
+          ) {
+    let m0 = (wg.y * WGY + li / WGX) * 8u;
+    let n0 = (wg.x * WGX + li % WGX) * 8u;
+#if XSHARE
+    // Lanes past the edge keep going (reads are clamped, stores checked): all 8 must take
+    // part in the broadcasts.
+#else
     if (m0 >= p.m || n0 >= p.n) { return; }
+#endif
     let lm = p.m - 1u;
     let ln = p.n - 1u;
     var a00 = mat4x4<f32>(); var a01 = mat4x4<f32>(); var a10 = mat4x4<f32>(); var a11 = mat4x4<f32>();
     let k4 = p.k & ~3u;
     for (var k = 0u; k < k4; k += 4u) {
+#if XSHARE
+        // The subgroup's 8 lanes (consecutive x-invocations) share m0: lane i loads row
+        // m0 + i and the lanes broadcast, one vec4 load per lane instead of eight.
+        let v = ld4_x(min(m0 + lane, lm) * p.k + k);
+        let x0 = mat4x4<f32>(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u));
+        let x1 = mat4x4<f32>(subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u), subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u));
+#else
         let x0 = x_rows4(m0, k);
         let x1 = x_rows4(m0 + 4u, k);
+#endif
         let w0 = w_rows4(n0, k);
         let w1 = w_rows4(n0 + 4u, k);
         a00 += transpose(x0) * w0; a01 += transpose(x0) * w1;

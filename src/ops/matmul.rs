@@ -26,35 +26,25 @@ pub const MATVEC_MAX_ROWS: usize = 8;
 const TILE: u32 = 8;
 const WG_X: u32 = 32;
 const WG_Y: u32 = 2;
-/// Matrix-vector work split: threads per weight row, row slots per workgroup, rows per
-/// thread, and whether the lanes of a subgroup share x loads (`x_octet` in the shader).
-struct MatvecShape {
-    tpr: u32,
-    rpw: u32,
-    rpt: u32,
-    share_x: bool,
-}
-
-/// CPU drivers run neighbouring invocations as SIMD lanes whose storage loads are each a
-/// scalar load, so there a thread owns four rows (x reused four times) and the lanes of a
-/// subgroup of exactly 8 load each x octet once between them and broadcast it (without such
-/// subgroups, two threads per row measured best). GPUs want neighbouring threads reading
-/// neighbouring blocks of one row. Measurements in docs/perf.md.
-fn matvec_shape(gpu: &Gpu) -> MatvecShape {
-    let share_x = gpu.cpu_style_kernels
+/// Whether the lanes of a subgroup share x loads (`XSHARE` in the shader): on CPU drivers,
+/// whose every lane's storage load is a scalar load, with subgroups of exactly 8 lanes.
+fn shares_x(gpu: &Gpu) -> bool {
+    gpu.cpu_style_kernels
         && gpu.subgroups
         && gpu.info.subgroup_min_size == 8
-        && gpu.info.subgroup_max_size == 8;
-    let (tpr, rpw, rpt) = match (gpu.cpu_style_kernels, share_x) {
+        && gpu.info.subgroup_max_size == 8
+}
+
+/// Matrix-vector work split: (threads per weight row, row slots per workgroup, rows per
+/// thread). CPU drivers run neighbouring invocations as SIMD lanes, so there a thread owns
+/// four rows (x reused four times) and lanes sharing x load each octet once between them
+/// (without such subgroups, two threads per row and one row each measured best). GPUs want
+/// neighbouring threads reading neighbouring blocks of one row. Measurements in docs/perf.md.
+fn matvec_shape(gpu: &Gpu) -> (u32, u32, u32) {
+    match (gpu.cpu_style_kernels, shares_x(gpu)) {
         (true, true) => (1, 8, 4),
         (true, false) => (2, 32, 1),
         (false, _) => (8, 8, 1),
-    };
-    MatvecShape {
-        tpr,
-        rpw,
-        rpt,
-        share_x,
     }
 }
 
@@ -107,16 +97,11 @@ pub fn linear(
     }
     tensors.push(("out", out, Access::Write));
     let (name, source) = shader!("matmul");
+    if shares_x(g.gpu()) {
+        defines.push("XSHARE");
+    }
     if m <= MATVEC_MAX_ROWS {
-        let MatvecShape {
-            tpr,
-            rpw,
-            rpt,
-            share_x,
-        } = matvec_shape(g.gpu());
-        if share_x {
-            defines.push("XSHARE");
-        }
+        let (tpr, rpw, rpt) = matvec_shape(g.gpu());
         match g.layout(w).dtype {
             DType::Q8 => defines.push("Q8"),
             DType::Q4 => defines.push("Q4"),
