@@ -98,12 +98,23 @@ fn store4(acc: mat4x4<f32>, z0: u32, r0: u32, c0: u32) {
     }
 }
 
-@compute @workgroup_size(WGX, WGY)
-fn bmm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+// One-dimensional workgroup (subgroup builtins need one): invocation i is (i % WGX, i / WGX).
+@compute @workgroup_size(WGX * WGY)
+fn bmm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32,
+#if XSHARE
+       @builtin(subgroup_invocation_id) lane: u32,
+#endif
+       ) {
     let z = wg.z;
-    let r0 = (wg.y * WGY + lid.y) * 8u;
-    let c0 = (wg.x * WGX + lid.x) * 8u;
+    let r0 = (wg.y * WGY + li / WGX) * 8u;
+    let c0 = (wg.x * WGX + li % WGX) * 8u;
+#if XSHARE
+    // A lane past the edge keeps going while others of its subgroup work (reads clamped,
+    // stores checked), so all eight take part in the broadcasts.
+    if (subgroupAll(r0 >= p.m || c0 >= p.n)) { return; }
+#else
     if (r0 >= p.m || c0 >= p.n) { return; }
+#endif
     let za = base(p.a, z);
     let zb = base(p.b, z);
     var a00 = mat4x4<f32>(); var a01 = mat4x4<f32>(); var a10 = mat4x4<f32>(); var a11 = mat4x4<f32>();
@@ -111,8 +122,15 @@ fn bmm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: 
     let kk = min(run_value(p.k_slot, p.k), p.k);
     let k4 = kk & ~3u;
     for (var k = 0u; k < k4; k += 4u) {
+#if XSHARE
+        // The subgroup's 8 lanes share r0 (as in matmul.wgsl): lane i loads row r0 + i.
+        let v = a4(za, r0 + lane, k);
+        let x0 = mat4x4<f32>(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u));
+        let x1 = mat4x4<f32>(subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u), subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u));
+#else
         let x0 = mat4x4<f32>(a4(za, r0, k), a4(za, r0 + 1u, k), a4(za, r0 + 2u, k), a4(za, r0 + 3u, k));
         let x1 = mat4x4<f32>(a4(za, r0 + 4u, k), a4(za, r0 + 5u, k), a4(za, r0 + 6u, k), a4(za, r0 + 7u, k));
+#endif
         let w0 = b4(zb, c0, k);
         let w1 = b4(zb, c0 + 4u, k);
         a00 += transpose(x0) * w0; a01 += transpose(x0) * w1;

@@ -69,8 +69,9 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     let m0 = (wg.y * WGY + li / WGX) * 8u;
     let n0 = (wg.x * WGX + li % WGX) * 8u;
 #if XSHARE
-    // Lanes past the edge keep going (reads are clamped, stores checked): all 8 must take
-    // part in the broadcasts.
+    // A lane past the edge keeps going while others of its subgroup work (reads clamped,
+    // stores checked), so all eight take part in the broadcasts.
+    if (subgroupAll(m0 >= p.m || n0 >= p.n)) { return; }
 #else
     if (m0 >= p.m || n0 >= p.n) { return; }
 #endif

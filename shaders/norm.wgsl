@@ -3,9 +3,9 @@
 // * rmsnorm:   y = x / sqrt(mean(x²) + eps) · weight             (Llama)
 // The mean is taken first and the variance from centred values (two reads of the row; the
 // second hits the cache), which is more accurate than E[x²] − E[x]² for rows with a large mean.
-// Reductions: each thread sums a strided share, one barrier, then every thread adds the WG
+// Reductions: each thread sums a strided share, one barrier, then every thread adds the
 // partials itself — one barrier per statistic instead of a log2(WG)-step tree, which pays on
-// lavapipe where barriers are expensive. Napkin math: 12 B per element (two reads, one write).
+// lavapipe where barriers are expensive; with subgroups the partials are per subgroup. Napkin math: 12 B per element (two reads, one write).
 
 struct Params {
     rows: u32,
@@ -16,39 +16,72 @@ struct Params {
 var<workgroup> part_a: array<f32, WG>;
 var<workgroup> part_b: array<f32, WG>;
 
-fn row_index(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wg.x + wg.y * nwg.x;
+struct Ids {
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+#if SUBGROUP
+    @builtin(subgroup_invocation_id) lane: u32,
+    @builtin(subgroup_id) sg: u32,
+    @builtin(num_subgroups) nsg: u32,
+#endif
 }
 
-fn sum_a(v: f32, lid: u32) -> f32 {
-    part_a[lid] = v;
+fn row_index(id: Ids) -> u32 {
+    return id.wg.x + id.wg.y * id.nwg.x;
+}
+
+// Workgroup sums through part_a / part_b (two arrays so the second statistic needs no barrier
+// before reuse). With subgroups each thread then adds WG / subgroup-size partials, not WG.
+#if SUBGROUP
+fn sum_a(v: f32, id: Ids) -> f32 {
+    let s = subgroupAdd(v);
+    if (id.lane == 0u) { part_a[id.sg] = s; }
+    workgroupBarrier();
+    var t = 0.0;
+    for (var i = 0u; i < id.nsg; i++) { t += part_a[i]; }
+    return t;
+}
+
+fn sum_b(v: f32, id: Ids) -> f32 {
+    let s = subgroupAdd(v);
+    if (id.lane == 0u) { part_b[id.sg] = s; }
+    workgroupBarrier();
+    var t = 0.0;
+    for (var i = 0u; i < id.nsg; i++) { t += part_b[i]; }
+    return t;
+}
+#else
+fn sum_a(v: f32, id: Ids) -> f32 {
+    part_a[id.lid] = v;
     workgroupBarrier();
     var s = 0.0;
     for (var i = 0u; i < WG; i++) { s += part_a[i]; }
     return s;
 }
 
-fn sum_b(v: f32, lid: u32) -> f32 {
-    part_b[lid] = v;
+fn sum_b(v: f32, id: Ids) -> f32 {
+    part_b[id.lid] = v;
     workgroupBarrier();
     var s = 0.0;
     for (var i = 0u; i < WG; i++) { s += part_b[i]; }
     return s;
 }
+#endif
 
 #if layernorm
 @compute @workgroup_size(WG)
-fn layernorm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-             @builtin(local_invocation_index) lid: u32) {
-    let row = row_index(wg, nwg);
+fn layernorm(id: Ids) {
+    let lid = id.lid;
+    let row = row_index(id);
     if (row >= p.rows) { return; }  // uniform per workgroup, so barriers stay in uniform flow
     let base = row * p.cols;
     var s = 0.0;
     for (var c = lid; c < p.cols; c += WG) { s += ld_x(base + c); }
-    let mean = sum_a(s, lid) / f32(p.cols);
+    let mean = sum_a(s, id) / f32(p.cols);
     var q = 0.0;
     for (var c = lid; c < p.cols; c += WG) { let d = ld_x(base + c) - mean; q += d * d; }
-    let inv = inverseSqrt(sum_b(q, lid) / f32(p.cols) + p.eps);
+    let inv = inverseSqrt(sum_b(q, id) / f32(p.cols) + p.eps);
     for (var c = lid; c < p.cols; c += WG) {
         st_out(base + c, (ld_x(base + c) - mean) * inv * ld_gamma(c) + ld_beta(c));
     }
@@ -57,14 +90,14 @@ fn layernorm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
 
 #if rmsnorm
 @compute @workgroup_size(WG)
-fn rmsnorm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-           @builtin(local_invocation_index) lid: u32) {
-    let row = row_index(wg, nwg);
+fn rmsnorm(id: Ids) {
+    let lid = id.lid;
+    let row = row_index(id);
     if (row >= p.rows) { return; }
     let base = row * p.cols;
     var q = 0.0;
     for (var c = lid; c < p.cols; c += WG) { let v = ld_x(base + c); q += v * v; }
-    let inv = inverseSqrt(sum_a(q, lid) / f32(p.cols) + p.eps);
+    let inv = inverseSqrt(sum_a(q, id) / f32(p.cols) + p.eps);
     for (var c = lid; c < p.cols; c += WG) { st_out(base + c, ld_x(base + c) * inv * ld_gamma(c)); }
 }
 #endif

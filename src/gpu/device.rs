@@ -274,6 +274,18 @@ impl Gpu {
         })
     }
 
+    /// Whether kernels whose neighbouring invocations read the same values should load them
+    /// once per subgroup and broadcast (`XSHARE` in the shaders): CPU-style kernels with
+    /// subgroups of exactly 8 lanes, since on CPU drivers every lane's storage load is a
+    /// scalar load (docs/perf.md). The kernels assume, as llvmpipe does, that a subgroup is
+    /// eight consecutive invocations (the conformance table checks it).
+    pub fn lanes_share_loads(&self) -> bool {
+        self.cpu_style_kernels
+            && self.subgroups
+            && self.info.subgroup_min_size == 8
+            && self.info.subgroup_max_size == 8
+    }
+
     /// Returns the first device error (validation, out-of-memory, loss) since the last check.
     pub fn check(&self) -> Result<()> {
         match self.error.lock().unwrap().take() {

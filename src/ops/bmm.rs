@@ -69,6 +69,8 @@ struct Params {
 
 const WG_X: u32 = 32;
 const WG_Y: u32 = 2;
+/// Columns the 8 lanes of a subgroup cover when they share loads (8 tiles of 8).
+pub(crate) const SHARED_COLUMNS: usize = 64;
 const TILE: u32 = 8;
 
 /// Largest flat index a view touches, for the bounds check.
@@ -140,6 +142,11 @@ pub fn bmm(g: &mut Graph, a: MatView, b: MatView, c: MatView, p: &Bmm) -> Result
             .all(|x| x % 4 == 0)
     }) && (p.b_transposed || p.n % 4 == 0);
     let mut defines = Vec::new();
+    // A subgroup shares a row block across 8 column tiles; narrower products (attention's
+    // P·V with a small head dimension) would leave lanes computing past the edge.
+    if g.gpu().lanes_share_loads() && p.n >= SHARED_COLUMNS {
+        defines.push("XSHARE");
+    }
     if aligned {
         defines.push("ALIGNED");
     }

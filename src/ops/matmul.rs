@@ -6,6 +6,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::bmm::SHARED_COLUMNS;
 use super::{expect_dtype, expect_f32, expect_shape, shader, FLOATS};
 use crate::error::{Error, Result};
 use crate::gpu::{grid, Access, DType, Gpu, Graph, Kernel, TensorId};
@@ -26,22 +27,13 @@ pub const MATVEC_MAX_ROWS: usize = 8;
 const TILE: u32 = 8;
 const WG_X: u32 = 32;
 const WG_Y: u32 = 2;
-/// Whether the lanes of a subgroup share x loads (`XSHARE` in the shader): on CPU drivers,
-/// whose every lane's storage load is a scalar load, with subgroups of exactly 8 lanes.
-fn shares_x(gpu: &Gpu) -> bool {
-    gpu.cpu_style_kernels
-        && gpu.subgroups
-        && gpu.info.subgroup_min_size == 8
-        && gpu.info.subgroup_max_size == 8
-}
-
 /// Matrix-vector work split: (threads per weight row, row slots per workgroup, rows per
 /// thread). CPU drivers run neighbouring invocations as SIMD lanes, so there a thread owns
 /// four rows (x reused four times) and lanes sharing x load each octet once between them
 /// (without such subgroups, two threads per row and one row each measured best). GPUs want
 /// neighbouring threads reading neighbouring blocks of one row. Measurements in docs/perf.md.
 fn matvec_shape(gpu: &Gpu) -> (u32, u32, u32) {
-    match (gpu.cpu_style_kernels, shares_x(gpu)) {
+    match (gpu.cpu_style_kernels, gpu.lanes_share_loads()) {
         (true, true) => (1, 8, 4),
         (true, false) => (2, 32, 1),
         (false, _) => (8, 8, 1),
@@ -97,7 +89,7 @@ pub fn linear(
     }
     tensors.push(("out", out, Access::Write));
     let (name, source) = shader!("matmul");
-    if shares_x(g.gpu()) {
+    if g.gpu().lanes_share_loads() && (m <= MATVEC_MAX_ROWS || n >= SHARED_COLUMNS) {
         defines.push("XSHARE");
     }
     if m <= MATVEC_MAX_ROWS {
