@@ -6,7 +6,7 @@ mod common;
 
 use common::{fixture_path, fixture_tensor, max_rel_error};
 use fvl_wgpu::gpu::{DType, Gpu};
-use fvl_wgpu::model::llama::{Llama, Pick, Prompt, Session};
+use fvl_wgpu::model::llama::{Limits, Llama, Pick, Prompt, Session, Stop};
 use fvl_wgpu::text::llama::{chat_text, LlamaTokenizer, Message, TextStream};
 use fvl_wgpu::weights::Checkpoint;
 
@@ -77,6 +77,64 @@ fn f32_logits_and_greedy_ids_match_transformers() {
         eprintln!("{model} f32: prompt logits max rel error {err:.2e}");
         assert!(err <= F32_BUDGET, "{model}: {err:e}");
         assert_eq!(ids, want.greedy, "{model}: greedy ids");
+    }
+}
+
+/// `Session::generate` queues each decode step before reading the previous one back: the ids
+/// must still be HF's, one submit a token (the queued steps included), and a cancel must
+/// leave the session where plain decoding would: continuing with `decode(None)` gives the
+/// rest of HF's ids.
+#[test]
+fn queued_generation_matches_transformers_and_survives_a_cancel() {
+    let gpu = common::gpu();
+    for model in MODELS {
+        let want = expected(model);
+        let llama = load(&gpu, model, DType::F32);
+        let limits = Limits {
+            max_new: 32,
+            reserve: 0,
+            keep_stop: true,
+        };
+        let mut s = Session::new(&gpu, &llama, CONTEXT, Pick::Greedy, 0).unwrap();
+        let first = s.prefill(Prompt::Ids(&want.prompt), false).unwrap();
+        let submits = gpu.submits();
+        let gen = s
+            .generate(first, &limits, &|_| false, &mut |_| Ok(true))
+            .unwrap();
+        assert_eq!(gen.stopped, Stop::Length);
+        assert_eq!(gen.ids, want.greedy, "{model}: generated ids");
+        assert_eq!(
+            gpu.submits() - submits,
+            31,
+            "{model}: one submit per decoded token"
+        );
+
+        let cancel_after = 10;
+        let mut s = Session::new(&gpu, &llama, CONTEXT, Pick::Greedy, 0).unwrap();
+        let first = s.prefill(Prompt::Ids(&want.prompt), false).unwrap();
+        let mut seen = 0;
+        let gen = s
+            .generate(first, &limits, &|_| false, &mut |_| {
+                seen += 1;
+                Ok(seen < cancel_after)
+            })
+            .unwrap();
+        assert_eq!(gen.stopped, Stop::Cancelled);
+        assert_eq!(
+            gen.ids,
+            want.greedy[..cancel_after],
+            "{model}: ids before the cancel"
+        );
+        assert_eq!(s.position(), want.prompt.len() + cancel_after - 1);
+        let mut rest = Vec::new();
+        while cancel_after + rest.len() < 32 {
+            rest.push(s.decode(None).unwrap());
+        }
+        assert_eq!(
+            rest,
+            want.greedy[cancel_after..],
+            "{model}: ids after the cancel"
+        );
     }
 }
 

@@ -305,6 +305,18 @@ impl Gpu {
         self.check()
     }
 
+    /// Blocks until one submission has finished (later ones may still run), then reports
+    /// any device error.
+    pub fn wait_for(&self, index: wgpu::SubmissionIndex) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(index),
+                timeout: None,
+            })
+            .map_err(|e| Error::Device(format!("waiting for the GPU: {e}")))?;
+        self.check()
+    }
+
     /// Allocates a buffer, turning an allocation failure into [`Error::OutOfMemory`].
     pub fn buffer(
         &self,

@@ -516,17 +516,19 @@ impl Executable {
 
     /// Replays the graph: one compute pass, one submit. Does not wait.
     pub fn submit(&self, gpu: &Gpu, run_values: &[u32]) -> Result<()> {
-        self.submit_with(gpu, run_values, |_| ())
+        self.submit_with(gpu, run_values, |_| ()).map(|_| ())
     }
 
     /// Replays the graph and lets `after` record more commands (e.g. copying a sampled token
-    /// id to a mappable buffer) into the same submit. Does not wait.
+    /// id to a mappable buffer) into the same submit. Does not wait; returns the submission
+    /// for [`Gpu::wait_for`]. Replays queued back to back run in order (queue order), each
+    /// with its own run values.
     pub fn submit_with(
         &self,
         gpu: &Gpu,
         run_values: &[u32],
         after: impl FnOnce(&mut wgpu::CommandEncoder),
-    ) -> Result<()> {
+    ) -> Result<wgpu::SubmissionIndex> {
         self.set_run_values(gpu, run_values);
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         {
@@ -534,9 +536,10 @@ impl Executable {
             self.record(&mut pass);
         }
         after(&mut enc);
-        gpu.queue.submit([enc.finish()]);
+        let index = gpu.queue.submit([enc.finish()]);
         gpu.count_submit();
-        gpu.check()
+        gpu.check()?;
+        Ok(index)
     }
 
     /// Replays the graph and waits for it to finish.

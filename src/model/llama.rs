@@ -578,8 +578,9 @@ pub struct Session<'m> {
     cache: KvCache,
     /// The one id the samplers write and the decode graph embeds.
     next: Tensor,
-    /// 4-byte mappable copy of `next`.
-    staging: wgpu::Buffer,
+    /// 4-byte mappable copies of `next`, two so that a decode step can be queued while the
+    /// one before it is read back.
+    staging: [wgpu::Buffer; 2],
     decode: Executable,
     decode_logits: TensorId,
     /// The last prefill, kept for its logits.
@@ -610,11 +611,14 @@ impl<'m> Session<'m> {
         choose(&mut g, logits, ids, pick)?;
         g.keep(logits);
         let decode = g.build()?;
-        let staging = gpu.buffer(
-            "next token readback",
-            4,
-            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        )?;
+        let readback = || {
+            gpu.buffer(
+                "next token readback",
+                4,
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            )
+        };
+        let staging = [readback()?, readback()?];
         Ok(Session {
             model,
             gpu,
@@ -695,7 +699,8 @@ impl<'m> Session<'m> {
         choose(&mut g, logits, next, self.pick)?;
         g.keep(logits);
         let exe = g.build()?;
-        let id = read_next(gpu, &exe, self.run_values(t), &self.next, &self.staging)?;
+        let index = self.submit_choice(&exe, self.run_values(t), 0)?;
+        let id = self.read_choice(0, index)?;
         self.advance(t);
         self.prefill = Some((exe, logits));
         Ok(id)
@@ -709,14 +714,39 @@ impl<'m> Session<'m> {
             self.next.write_words(self.gpu, &[id]);
         }
         self.prefill = None;
-        let id = read_next(
-            self.gpu,
-            &self.decode,
-            self.run_values(1),
-            &self.next,
-            &self.staging,
-        )?;
+        let index = self.submit_choice(&self.decode, self.run_values(1), 0)?;
+        let id = self.read_choice(0, index)?;
         self.advance(1);
+        Ok(id)
+    }
+
+    /// Queues one replay of `exe` (a prefill or the decode step) with `values`, copying the
+    /// id it chooses into staging buffer `slot`.
+    fn submit_choice(
+        &self,
+        exe: &Executable,
+        values: [u32; 4],
+        slot: usize,
+    ) -> Result<wgpu::SubmissionIndex> {
+        let src = &self.next.chunks[0];
+        exe.submit_with(self.gpu, &values, |enc| {
+            enc.copy_buffer_to_buffer(&src.buffer, src.offset, &self.staging[slot], 0, 4)
+        })
+    }
+
+    /// Waits for submission `index` and returns the id it copied into staging buffer `slot`.
+    fn read_choice(&self, slot: usize, index: wgpu::SubmissionIndex) -> Result<u32> {
+        let staging = &self.staging[slot];
+        let slice = staging.slice(..);
+        slice.map_async(wgpu::MapMode::Read, |_| ());
+        self.gpu.wait_for(index)?;
+        let id = {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| Error::Device(format!("reading the next token: {e}")))?;
+            u32::from_le_bytes([view[0], view[1], view[2], view[3]])
+        };
+        staging.unmap();
         Ok(id)
     }
 
@@ -737,6 +767,8 @@ impl<'m> Session<'m> {
         let start = self.pos;
         let mut id = first;
         let mut ids = Vec::new();
+        // The step that feeds `id`, when it was queued ahead: (submission, staging slot).
+        let mut queued: Option<(wgpu::SubmissionIndex, usize)> = None;
         let stopped = loop {
             if is_stop(id) {
                 if limits.keep_stop {
@@ -754,8 +786,37 @@ impl<'m> Session<'m> {
             if self.pos + limits.reserve >= self.cache.max_context {
                 break Stop::Context;
             }
-            id = self.decode(None)?;
+            self.prefill = None;
+            let (index, slot) = match queued.take() {
+                Some(q) => q,
+                None => (self.submit_choice(&self.decode, self.run_values(1), 0)?, 0),
+            };
+            // Queue the step after it (the GPU already holds the id it feeds) before reading
+            // this one back, so the GPU never idles on the readback, the stop test and the
+            // next step's recording — unless that step can only be wasted.
+            if ids.len() + 1 < limits.max_new
+                && self.pos + 1 + limits.reserve < self.cache.max_context
+            {
+                let values = [
+                    self.pos as u32 + 1,
+                    self.pos as u32 + 2,
+                    self.seed,
+                    self.step + 1,
+                ];
+                queued = Some((
+                    self.submit_choice(&self.decode, values, 1 - slot)?,
+                    1 - slot,
+                ));
+            }
+            id = self.read_choice(slot, index)?;
+            self.advance(1);
         };
+        if queued.is_some() {
+            // A step queued past a stop or cancel fed `id` at the current position: the cache
+            // row it wrote is the one the next step would write; its choice is undone so a
+            // later `decode(None)` feeds `id` again.
+            self.next.write_words(self.gpu, &[id]);
+        }
         let steps = self.pos - start;
         let secs = t.elapsed().as_secs_f64();
         Ok(Generation {
@@ -795,31 +856,6 @@ impl<'m> Session<'m> {
         self.pos += t;
         self.step += 1;
     }
-}
-
-/// One submit of `exe` that also copies the chosen id to `staging`; waits and returns the id.
-fn read_next(
-    gpu: &Gpu,
-    exe: &Executable,
-    values: [u32; 4],
-    next: &Tensor,
-    staging: &wgpu::Buffer,
-) -> Result<u32> {
-    let src = &next.chunks[0];
-    exe.submit_with(gpu, &values, |enc| {
-        enc.copy_buffer_to_buffer(&src.buffer, src.offset, staging, 0, 4)
-    })?;
-    let slice = staging.slice(..);
-    slice.map_async(wgpu::MapMode::Read, |_| ());
-    gpu.wait()?;
-    let id = {
-        let view = slice
-            .get_mapped_range()
-            .map_err(|e| Error::Device(format!("reading the next token: {e}")))?;
-        u32::from_le_bytes([view[0], view[1], view[2], view[3]])
-    };
-    staging.unmap();
-    Ok(id)
 }
 
 /// Records the choice of the next token from the last row of `logits` into `ids[0]`.
