@@ -13,8 +13,9 @@ struct Params {
     eps: f32,
 }
 
-var<workgroup> part_a: array<f32, WG>;
-var<workgroup> part_b: array<f32, WG>;
+// One array per statistic, so the second sum needs no barrier before the first's partials
+// are overwritten.
+var<workgroup> partial: array<array<f32, WG>, 2>;
 
 struct Ids {
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -31,43 +32,22 @@ fn row_index(id: Ids) -> u32 {
     return id.wg.x + id.wg.y * id.nwg.x;
 }
 
-// Workgroup sums through part_a / part_b (two arrays so the second statistic needs no barrier
-// before reuse). With subgroups each thread then adds WG / subgroup-size partials, not WG.
+// The workgroup's sum of v, through partial[stat]. With subgroups each thread then adds one
+// partial per subgroup, not WG of them.
+fn sum(v: f32, id: Ids, stat: u32) -> f32 {
 #if SUBGROUP
-fn sum_a(v: f32, id: Ids) -> f32 {
     let s = subgroupAdd(v);
-    if (id.lane == 0u) { part_a[id.sg] = s; }
-    workgroupBarrier();
-    var t = 0.0;
-    for (var i = 0u; i < id.nsg; i++) { t += part_a[i]; }
-    return t;
-}
-
-fn sum_b(v: f32, id: Ids) -> f32 {
-    let s = subgroupAdd(v);
-    if (id.lane == 0u) { part_b[id.sg] = s; }
-    workgroupBarrier();
-    var t = 0.0;
-    for (var i = 0u; i < id.nsg; i++) { t += part_b[i]; }
-    return t;
-}
+    if (id.lane == 0u) { partial[stat][id.sg] = s; }
+    let n = id.nsg;
 #else
-fn sum_a(v: f32, id: Ids) -> f32 {
-    part_a[id.lid] = v;
-    workgroupBarrier();
-    var s = 0.0;
-    for (var i = 0u; i < WG; i++) { s += part_a[i]; }
-    return s;
-}
-
-fn sum_b(v: f32, id: Ids) -> f32 {
-    part_b[id.lid] = v;
-    workgroupBarrier();
-    var s = 0.0;
-    for (var i = 0u; i < WG; i++) { s += part_b[i]; }
-    return s;
-}
+    partial[stat][id.lid] = v;
+    let n = WG;
 #endif
+    workgroupBarrier();
+    var t = 0.0;
+    for (var i = 0u; i < n; i++) { t += partial[stat][i]; }
+    return t;
+}
 
 #if layernorm
 @compute @workgroup_size(WG)
@@ -78,10 +58,10 @@ fn layernorm(id: Ids) {
     let base = row * p.cols;
     var s = 0.0;
     for (var c = lid; c < p.cols; c += WG) { s += ld_x(base + c); }
-    let mean = sum_a(s, id) / f32(p.cols);
+    let mean = sum(s, id, 0u) / f32(p.cols);
     var q = 0.0;
     for (var c = lid; c < p.cols; c += WG) { let d = ld_x(base + c) - mean; q += d * d; }
-    let inv = inverseSqrt(sum_b(q, id) / f32(p.cols) + p.eps);
+    let inv = inverseSqrt(sum(q, id, 1u) / f32(p.cols) + p.eps);
     for (var c = lid; c < p.cols; c += WG) {
         st_out(base + c, (ld_x(base + c) - mean) * inv * ld_gamma(c) + ld_beta(c));
     }
@@ -97,7 +77,7 @@ fn rmsnorm(id: Ids) {
     let base = row * p.cols;
     var q = 0.0;
     for (var c = lid; c < p.cols; c += WG) { let v = ld_x(base + c); q += v * v; }
-    let inv = inverseSqrt(sum_a(q, id) / f32(p.cols) + p.eps);
+    let inv = inverseSqrt(sum(q, id, 0u) / f32(p.cols) + p.eps);
     for (var c = lid; c < p.cols; c += WG) { st_out(base + c, ld_x(base + c) * inv * ld_gamma(c)); }
 }
 #endif

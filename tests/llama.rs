@@ -80,14 +80,14 @@ fn f32_logits_and_greedy_ids_match_transformers() {
     }
 }
 
-/// `Session::generate` queues each decode step before reading the previous one back: the ids
-/// must still be HF's, one submit a token (the queued steps included), and a cancel must
-/// leave the session where plain decoding would: continuing with `decode(None)` gives the
-/// rest of HF's ids.
+/// `Session::generate`, queuing each decode step before reading the previous one back or
+/// not: the ids must be HF's, one submit a token (the queued steps included), and a cancel
+/// must leave the session where plain decoding would: continuing with `decode(None)` gives
+/// the rest of HF's ids.
 #[test]
-fn queued_generation_matches_transformers_and_survives_a_cancel() {
+fn generation_matches_transformers_and_survives_a_cancel() {
     let gpu = common::gpu();
-    for model in MODELS {
+    for (model, queue_ahead) in MODELS.iter().flat_map(|m| [(m, true), (m, false)]) {
         let want = expected(model);
         let llama = load(&gpu, model, DType::F32);
         let limits = Limits {
@@ -96,6 +96,7 @@ fn queued_generation_matches_transformers_and_survives_a_cancel() {
             keep_stop: true,
         };
         let mut s = Session::new(&gpu, &llama, CONTEXT, Pick::Greedy, 0).unwrap();
+        s.queue_ahead = queue_ahead;
         let first = s.prefill(Prompt::Ids(&want.prompt), false).unwrap();
         let submits = gpu.submits();
         let gen = s
@@ -111,6 +112,7 @@ fn queued_generation_matches_transformers_and_survives_a_cancel() {
 
         let cancel_after = 10;
         let mut s = Session::new(&gpu, &llama, CONTEXT, Pick::Greedy, 0).unwrap();
+        s.queue_ahead = queue_ahead;
         let first = s.prefill(Prompt::Ids(&want.prompt), false).unwrap();
         let mut seen = 0;
         let gen = s

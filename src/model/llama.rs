@@ -591,6 +591,10 @@ pub struct Session<'m> {
     pos: usize,
     /// Draws so far (the sampler's step).
     step: u32,
+    /// Whether [`Session::generate`] queues each step before reading the previous id back.
+    /// On by default on GPUs, where it hides the host's per-token work; off on CPU drivers,
+    /// where the "GPU" is the same cores and the overlap measured no gain (docs/perf.md).
+    pub queue_ahead: bool,
 }
 
 impl<'m> Session<'m> {
@@ -632,6 +636,7 @@ impl<'m> Session<'m> {
             seed,
             pos: 0,
             step: 0,
+            queue_ahead: !gpu.cpu_style_kernels,
         })
     }
 
@@ -794,7 +799,8 @@ impl<'m> Session<'m> {
             // Queue the step after it (the GPU already holds the id it feeds) before reading
             // this one back, so the GPU never idles on the readback, the stop test and the
             // next step's recording — unless that step can only be wasted.
-            if ids.len() + 1 < limits.max_new
+            if self.queue_ahead
+                && ids.len() + 1 < limits.max_new
                 && self.pos + 1 + limits.reserve < self.cache.max_context
             {
                 let values = [
