@@ -25,6 +25,7 @@ struct Params {
     k: u32,            // the shared dimension's extent in memory
     scale: f32,
     k_slot: u32,       // run slot that shortens k at each replay (NO_SLOT: use k)
+    n_slot: u32,       // run slot that limits the columns computed (NO_SLOT: all n)
 }
 
 fn base(v: View, z: u32) -> u32 {
@@ -89,9 +90,9 @@ fn b1(z0: u32, c: u32, k: u32) -> vec4<f32> {
     return v;
 }
 
-fn store4(acc: mat4x4<f32>, z0: u32, r0: u32, c0: u32) {
+fn store4(acc: mat4x4<f32>, z0: u32, r0: u32, c0: u32, nn: u32) {
     for (var j = 0u; j < 4u; j++) {
-        if (c0 + j >= p.n) { return; }
+        if (c0 + j >= nn) { return; }
         for (var i = 0u; i < 4u; i++) {
             if (r0 + i < p.m) { st_c(z0 + (r0 + i) * p.c.row_stride + c0 + j, acc[j][i] * p.scale); }
         }
@@ -108,12 +109,14 @@ fn bmm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li
     let z = wg.z;
     let r0 = (wg.y * WGY + li / WGX) * 8u;
     let c0 = (wg.x * WGX + li % WGX) * 8u;
+    // Columns computed at this replay (keys filled so far); the rest are left untouched.
+    let nn = min(run_value(p.n_slot, p.n), p.n);
 #if XSHARE
     // A lane past the edge keeps going while others of its subgroup work (reads clamped,
     // stores checked), so all eight take part in the broadcasts.
-    if (subgroupAll(r0 >= p.m || c0 >= p.n)) { return; }
+    if (subgroupAll(r0 >= p.m || c0 >= nn)) { return; }
 #else
-    if (r0 >= p.m || c0 >= p.n) { return; }
+    if (r0 >= p.m || c0 >= nn) { return; }
 #endif
     let za = base(p.a, z);
     let zb = base(p.b, z);
@@ -151,6 +154,6 @@ fn bmm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li
         a11 += mat4x4<f32>(xw * ww.x, xw * ww.y, xw * ww.z, xw * ww.w);
     }
     let zc = base(p.c, z);
-    store4(a00, zc, r0, c0); store4(a01, zc, r0, c0 + 4u);
-    store4(a10, zc, r0 + 4u, c0); store4(a11, zc, r0 + 4u, c0 + 4u);
+    store4(a00, zc, r0, c0, nn); store4(a01, zc, r0, c0 + 4u, nn);
+    store4(a10, zc, r0 + 4u, c0, nn); store4(a11, zc, r0 + 4u, c0 + 4u, nn);
 }

@@ -179,13 +179,17 @@ fn attention_as_products(
         stride_inner,
         row_stride,
     };
-    // Batches of products, as (batch, q, k, v, scores, out) views. Without grouping: one batch
-    // over (sequence, head). With grouped queries the kv head is shared, which two strides
-    // cannot express across sequences: one batch over (kv head, head in group) per sequence.
+    // Batches of products, as (batch, rows, q, k, v, scores, out) views. Without grouping:
+    // one batch over (sequence, head), a product per head of tq query rows. With grouped
+    // queries the kv head is shared, which two strides cannot express across sequences: one
+    // batch per sequence over (kv head, head in group) — or, for a single query (decode),
+    // over kv heads with the group's heads as the rows of one product, so each key is read
+    // once per group, not once per head, and the 8-row register tiles are not mostly idle.
     let mut runs = Vec::new();
     if group == 1 {
         runs.push((
             (a.batch, a.q_heads),
+            tq,
             mv(q.id, q.col_offset, tq * q.row_stride, d, q.row_stride),
             mv(k.id, k.col_offset, s * k.row_stride, d, k.row_stride),
             mv(v.id, v.col_offset, s * v.row_stride, d, v.row_stride),
@@ -193,15 +197,28 @@ fn attention_as_products(
             mv(out, 0, tq * a.q_heads * d, d, a.q_heads * d),
         ));
     } else {
+        // Head g of the group: (rows, q/out step between heads, scores step between heads).
+        let (inner, rows, head_q, head_s) = if tq == 1 {
+            (1, group, 0, 0)
+        } else {
+            (group, tq, d, plane)
+        };
+        // Rows step: the next query (tq > 1) or the next head of the group (tq = 1).
+        let (q_rows, s_rows, o_rows) = if tq == 1 {
+            (d, plane, d)
+        } else {
+            (q.row_stride, s, a.q_heads * d)
+        };
         for b in 0..a.batch {
             runs.push((
-                (a.kv_heads, group),
+                (a.kv_heads, inner),
+                rows,
                 mv(
                     q.id,
                     q.col_offset + b * tq * q.row_stride,
                     group * d,
-                    d,
-                    q.row_stride,
+                    head_q,
+                    q_rows,
                 ),
                 mv(
                     k.id,
@@ -217,20 +234,22 @@ fn attention_as_products(
                     0,
                     v.row_stride,
                 ),
-                mv(scores, b * a.q_heads * plane, group * plane, plane, s),
-                mv(out, b * tq * a.q_heads * d, group * d, d, a.q_heads * d),
+                mv(scores, b * a.q_heads * plane, group * plane, head_s, s_rows),
+                mv(out, b * tq * a.q_heads * d, group * d, head_q, o_rows),
             ));
         }
     }
-    for &(batch, qv, kv, _, sv, _) in &runs {
+    for &(batch, rows, qv, kv, _, sv, _) in &runs {
         let qk = Bmm {
             batch,
-            m: tq,
+            m: rows,
             n: s,
             k: d,
             b_transposed: true,
             scale: a.scale,
             k_len: RunValue::Fixed(d as u32),
+            // Keys past kv_len are masked by the softmax: no need to score them.
+            n_len: a.kv_len,
         };
         bmm::bmm(g, qv, kv, sv, &qk)?;
     }
@@ -245,15 +264,16 @@ fn attention_as_products(
         },
     )?;
     // Only the first kv_len keys: cache rows past it may hold anything.
-    for &(batch, _, _, vv, sv, ov) in &runs {
+    for &(batch, rows, _, _, vv, sv, ov) in &runs {
         let pv = Bmm {
             batch,
-            m: tq,
+            m: rows,
             n: d,
             k: s,
             b_transposed: false,
             scale: 1.0,
             k_len: a.kv_len,
+            n_len: RunValue::Fixed(d as u32),
         };
         bmm::bmm(g, sv, vv, ov, &pv)?;
     }

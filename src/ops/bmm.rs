@@ -42,6 +42,9 @@ pub struct Bmm {
     /// How much of the k extent takes part: fixed, or read from a run slot at each replay
     /// (a growing KV cache); at most `k`.
     pub k_len: RunValue,
+    /// How many of the `n` columns are computed and written (the rest are left as they
+    /// are): fixed or from a run slot, e.g. the keys filled so far in a KV cache; at most `n`.
+    pub n_len: RunValue,
 }
 
 #[repr(C)]
@@ -65,6 +68,7 @@ struct Params {
     k: u32,
     scale: f32,
     k_slot: u32,
+    n_slot: u32,
 }
 
 const WG_X: u32 = 32;
@@ -159,16 +163,11 @@ pub fn bmm(g: &mut Graph, a: MatView, b: MatView, c: MatView, p: &Bmm) -> Result
         c: pc,
         batch_inner: p.batch.1 as u32,
         m: p.m as u32,
-        n: p.n as u32,
-        k: match p.k_len {
-            RunValue::Fixed(len) if len as usize <= p.k => len,
-            RunValue::Fixed(len) => {
-                return Err(Error::shape(format!("{op}: k_len {len} exceeds k {}", p.k)))
-            }
-            RunValue::Slot(_) => p.k as u32,
-        },
+        n: extent(op, "n", p.n, p.n_len)?,
+        k: extent(op, "k", p.k, p.k_len)?,
         scale: p.scale,
         k_slot: p.k_len.encode(op, "k_len")?.0,
+        n_slot: p.n_len.encode(op, "n_len")?.0,
     };
     let (name, source) = shader!("bmm", run);
     let wy = (p.m as u32).div_ceil(TILE * WG_Y);
@@ -192,4 +191,16 @@ pub fn bmm(g: &mut Graph, a: MatView, b: MatView, c: MatView, p: &Bmm) -> Result
         ],
         workgroups: [(p.n as u32).div_ceil(TILE * WG_X), wy, z as u32],
     })
+}
+
+/// The extent a kernel is built with for a dimension of `size` of which `len` takes part:
+/// a fixed length itself (checked), `size` when a run slot shortens it at each replay.
+fn extent(op: &str, what: &str, size: usize, len: RunValue) -> Result<u32> {
+    match len {
+        RunValue::Fixed(l) if l as usize <= size => Ok(l),
+        RunValue::Fixed(l) => Err(Error::shape(format!(
+            "{op}: {what}_len {l} exceeds {what} {size}"
+        ))),
+        RunValue::Slot(_) => Ok(size as u32),
+    }
 }

@@ -135,6 +135,16 @@ pub fn cases() -> Vec<Case> {
             fused: false,
             lens: &[131, 200],
         },
+        // Decode for two sequences (beams), groups of 3 query heads, a partly filled cache.
+        Setup {
+            name: "attn_decode_gqa_b2",
+            a: Attention {
+                kv_len: RunValue::Slot(5),
+                ..attn(2, 1, 40, (6, 2), 24, true)
+            },
+            fused: false,
+            lens: &[37],
+        },
     ];
     setups
         .into_iter()

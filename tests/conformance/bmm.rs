@@ -36,8 +36,9 @@ fn bmm_ref(a: &[f32], ga: Geo, b: &[f32], gb: Geo, c: &mut [f32], gc: Geo, p: &B
 }
 
 pub fn cases() -> Vec<Case> {
-    // (batch, m, n, k, b_transposed, padding added to every row stride, k_len from a run slot)
-    let shapes: &[(
+    // (batch, m, n, k, b_transposed, padding added to every row stride, k_len from run slot 0,
+    // n_len from run slot 1: columns past it must stay untouched)
+    type Shape = (
         (usize, usize),
         usize,
         usize,
@@ -45,16 +46,20 @@ pub fn cases() -> Vec<Case> {
         bool,
         usize,
         Option<usize>,
-    )] = &[
-        ((2, 3), 9, 13, 37, true, 0, None),
-        ((2, 3), 9, 13, 37, false, 3, None),
-        ((1, 4), 70, 67, 32, true, 4, None),
-        ((1, 4), 70, 64, 32, false, 0, None),
-        ((3, 1), 1, 40, 200, false, 0, Some(131)),
-        ((1, 2), 17, 8, 12, false, 0, Some(5)),
+        Option<usize>,
+    );
+    let shapes: &[Shape] = &[
+        ((2, 3), 9, 13, 37, true, 0, None, None),
+        ((2, 3), 9, 13, 37, false, 3, None, None),
+        ((1, 4), 70, 67, 32, true, 4, None, None),
+        ((1, 4), 70, 64, 32, false, 0, None, None),
+        ((3, 1), 1, 40, 200, false, 0, Some(131), None),
+        ((1, 2), 17, 8, 12, false, 0, Some(5), None),
+        ((2, 3), 4, 40, 37, true, 0, None, Some(29)),
+        ((1, 2), 5, 133, 16, true, 1, None, Some(70)),
     ];
     let mut v = Vec::new();
-    for &(batch, m, n, k, nt, pad, slot) in shapes {
+    for &(batch, m, n, k, nt, pad, slot, n_slot) in shapes {
         let z = batch.0 * batch.1;
         let (b_rows, b_cols) = if nt { (n, k) } else { (k, n) };
         // Each operand: z matrices stacked with padded rows, inner batch packed first.
@@ -69,8 +74,9 @@ pub fn cases() -> Vec<Case> {
         v.push(Case {
             op: if nt { "bmm_nt" } else { "bmm_nn" },
             shape: format!(
-                "z{batch:?} {m}x{n}x{k} pad{pad}{}",
-                slot.map_or(String::new(), |s| format!(" klen{s}"))
+                "z{batch:?} {m}x{n}x{k} pad{pad}{}{}",
+                slot.map_or(String::new(), |s| format!(" klen{s}")),
+                n_slot.map_or(String::new(), |s| format!(" nlen{s}"))
             ),
             dtype: DType::F32,
             largest_bytes: 4 * na.max(nb).max(nc) as u64,
@@ -87,6 +93,7 @@ pub fn cases() -> Vec<Case> {
                     b_transposed: nt,
                     scale: 0.7,
                     k_len: slot.map_or(RunValue::Fixed(k as u32), |_| RunValue::Slot(0)),
+                    n_len: n_slot.map_or(RunValue::Fixed(n as u32), |_| RunValue::Slot(1)),
                 };
                 let mut g = Graph::new(gpu);
                 let (ai, bi, ci) = (g.external(&a), g.external(&b), g.external(&c));
@@ -100,17 +107,21 @@ pub fn cases() -> Vec<Case> {
                 bmm::bmm(&mut g, mv(ai, ga), mv(bi, gb), mv(ci, gc), &p).unwrap();
                 g.build()
                     .unwrap()
-                    .run(gpu, &[slot.unwrap_or(0) as u32])
+                    .run(gpu, &[slot.unwrap_or(0) as u32, n_slot.unwrap_or(0) as u32])
                     .unwrap();
                 let got = c.read_f32(gpu).unwrap();
                 let mut want = vec![0f32; nc];
                 bmm_ref(&a_s, ga, &b_s, gb, &mut want, gc, &p, slot.unwrap_or(k));
-                // Padding between rows is never written: compare only the products.
+                // Padding between rows is never written, nor are columns past n_len (checked
+                // here: they keep their poison): compare only the products.
                 let mut keep = vec![false; nc];
+                let n_len = n_slot.unwrap_or(n);
                 for zz in 0..z {
                     for i in 0..m {
                         for j in 0..n {
-                            keep[at(gc, batch.1, zz, i, j)] = true;
+                            let at = at(gc, batch.1, zz, i, j);
+                            keep[at] = j < n_len;
+                            assert!(j < n_len || got[at].is_nan(), "column {j} ≥ n_len written");
                         }
                     }
                 }
