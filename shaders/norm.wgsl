@@ -17,21 +17,6 @@ struct Params {
 // are overwritten.
 var<workgroup> partial: array<array<f32, WG>, 2>;
 
-struct Ids {
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-#if SUBGROUP
-    @builtin(subgroup_invocation_id) lane: u32,
-    @builtin(subgroup_id) sg: u32,
-    @builtin(num_subgroups) nsg: u32,
-#endif
-}
-
-fn row_index(id: Ids) -> u32 {
-    return id.wg.x + id.wg.y * id.nwg.x;
-}
-
 // The workgroup's sum of v, through partial[stat]. With subgroups each thread then adds one
 // partial per subgroup, not WG of them.
 fn sum(v: f32, id: Ids, stat: u32) -> f32 {

@@ -46,17 +46,6 @@ fn merge(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
 // Per-subgroup pairs (subgroup path) or per-thread pairs merged as a tree (fallback).
 var<workgroup> partial: array<vec2<f32>, WG>;
 
-struct Ids {
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-#if SUBGROUP
-    @builtin(subgroup_invocation_id) lane: u32,
-    @builtin(subgroup_id) sg: u32,
-    @builtin(num_subgroups) nsg: u32,
-#endif
-}
-
 #if softmax
 @compute @workgroup_size(WG)
 fn softmax(id: Ids) { softmax_row(id); }
@@ -69,7 +58,7 @@ fn softmax_inplace(id: Ids) { softmax_row(id); }
 
 fn softmax_row(id: Ids) {
     let lid = id.lid;
-    let row = id.wg.x + id.wg.y * id.nwg.x;
+    let row = row_index(id);
     if (row >= p.rows) { return; } // uniform per workgroup: barriers below stay uniform
     let base = row * p.n;
     let len = valid_len(row);

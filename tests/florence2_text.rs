@@ -68,12 +68,17 @@ fn encode(gpu: &Gpu, bart: &Bart, model: &str) -> Vec<f32> {
     exe.tensor(out).read_f32(gpu).unwrap()
 }
 
+/// HF's encoder states for the fixture's V and prompts.
+fn expected_encoder_states(model: &str) -> Vec<f32> {
+    let rel = format!("{model}/expected_encoder.safetensors");
+    fixture_tensor(&rel, "encoder_hidden_states").1
+}
+
 #[test]
 fn batched_encoder_matches_transformers() {
     let gpu = common::gpu();
     for model in MODELS {
-        let rel = format!("{model}/expected_encoder.safetensors");
-        let (_, want) = fixture_tensor(&rel, "encoder_hidden_states");
+        let want = expected_encoder_states(model);
         let got = encode(&gpu, &bart(&gpu, model), model);
         let e = max_rel_error(&got, &want);
         eprintln!("{model}: encoder hidden states {e:.2e}");
@@ -107,10 +112,8 @@ fn teacher_forced_decoder_logits_match_transformers() {
 fn f16_weights_stay_within_budget() {
     let gpu = common::gpu();
     for model in MODELS {
-        let rel = format!("{model}/expected_encoder.safetensors");
-        let (_, want) = fixture_tensor(&rel, "encoder_hidden_states");
         let got = encode(&gpu, &bart_as(&gpu, model, DType::F16), model);
-        let enc = max_rel_error(&got, &want);
+        let enc = max_rel_error(&got, &expected_encoder_states(model));
         let logits = teacher_forced_error(&gpu, model, DType::F16);
         eprintln!("{model} f16: encoder states {enc:.2e}, teacher-forced logits {logits:.2e}");
         assert!(enc <= F16_BUDGET, "{model}: f16 encoder {enc:e}");

@@ -23,22 +23,17 @@ pub mod sample;
 pub mod softmax;
 pub mod window;
 
-/// `include_str!` of a kernel family's WGSL, with its name.
-/// `shader!("NAME", run)` appends `shaders/run.wgsl` (the [`RunValue`] reader) after the
-/// kernel, so the kernel's own line numbers stay as they are in naga's errors.
+/// `include_str!` of a kernel family's WGSL, with its name. Shared snippets named after it
+/// are appended after the kernel (so the kernel's own line numbers stay as they are in
+/// naga's errors): `run` is `shaders/run.wgsl` (the [`RunValue`] reader), `row_ids`
+/// `shaders/row_ids.wgsl` (the builtins of a one-workgroup-per-row kernel).
 macro_rules! shader {
-    ($name:literal) => {
-        (
-            $name,
-            include_str!(concat!("../../shaders/", $name, ".wgsl")),
-        )
-    };
-    ($name:literal, run) => {
+    ($name:literal $(, $snippet:ident)*) => {
         (
             $name,
             concat!(
                 include_str!(concat!("../../shaders/", $name, ".wgsl")),
-                include_str!("../../shaders/run.wgsl")
+                $(include_str!(concat!("../../shaders/", stringify!($snippet), ".wgsl")),)*
             ),
         )
     };

@@ -49,7 +49,7 @@ fn launch(
     let mut tensors = vec![("x", x, Access::Read)];
     tensors.extend(params.iter().map(|&(name, t)| (name, t, Access::Read)));
     tensors.push(("out", out, Access::Write));
-    let (name, source) = shader!("norm");
+    let (name, source) = shader!("norm", row_ids);
     g.dispatch(Kernel {
         name,
         source,

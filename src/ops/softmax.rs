@@ -89,7 +89,7 @@ pub fn softmax_masked(g: &mut Graph, x: TensorId, out: TensorId, mask: &Mask) ->
             vec![("x", x, Access::Read), ("out", out, Access::Write)],
         )
     };
-    let (name, source) = shader!("softmax", run);
+    let (name, source) = shader!("softmax", run, row_ids);
     g.dispatch(Kernel {
         name,
         source,
