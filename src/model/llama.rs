@@ -498,6 +498,14 @@ impl KvCache {
     pub fn max_context(&self) -> usize {
         self.max_context
     }
+
+    /// GPU bytes of every layer's keys and values.
+    pub fn bytes(&self) -> u64 {
+        self.layers
+            .iter()
+            .map(|(k, v)| k.layout.bytes() + v.layout.bytes())
+            .sum()
+    }
 }
 
 /// How the next token is chosen.
@@ -650,6 +658,13 @@ impl<'m> Session<'m> {
     /// id it samples replaces the one the next [`Session::decode`] would have fed.
     pub fn profile_decode(&self) -> Result<Option<Vec<(String, f64, usize)>>> {
         self.decode.profile(self.gpu, &self.run_values(1))
+    }
+
+    /// GPU bytes this session holds besides the weights: (KV cache, activation arenas of the
+    /// decode graph and of the last prefill while it is kept).
+    pub fn gpu_bytes(&self) -> (u64, u64) {
+        let prefill = self.prefill.as_ref().map_or(0, |(exe, _)| exe.arena_bytes);
+        (self.cache.bytes(), self.decode.arena_bytes + prefill)
     }
 
     /// Positions the cache holds.

@@ -309,6 +309,8 @@ pub fn decode(
     let t = Instant::now();
     session.prefill(Prompt::Ids(&ids), false)?;
     let prefill_s = t.elapsed().as_secs_f64();
+    // The prefill's graph stays alive until the first decode: the peak of the session.
+    let (kv_bytes, arena_bytes) = session.gpu_bytes();
     // Warm-up, then one step at a time (submit, wait, read back), then each step queued
     // before the previous id is read back; the device's default mode is the headline.
     session.decode(None)?;
@@ -342,13 +344,15 @@ pub fn decode(
         if queue_by_default { "queued" } else { "one at a time" }
     );
     eprintln!(
-        "decode reads {:.1} MB/token → {gbs:.2} GB/s = {:.0}% of copy bandwidth ({:.1} GB/s); {} dispatches, 1 submit per token; GPU memory ≈ weights {:.0} MB + KV cache {:.0} MB",
+        "decode reads {:.1} MB/token → {gbs:.2} GB/s = {:.0}% of copy bandwidth ({:.1} GB/s); {} dispatches, 1 submit per token; peak GPU memory ≈ {:.0} MB = weights {:.0} MB + KV cache {:.0} MB + activations {:.0} MB",
         bytes / 1e6,
         100.0 * gbs * 1e9 / copy,
         copy / 1e9,
         session.decode_dispatches(),
+        (weights + (kv_bytes + arena_bytes) as f64) / 1e6,
         weights / 1e6,
-        (2 * llama.cfg.layers * llama.cfg.kv_dim() * 4 * (prompt + tokens + 1)) as f64 / 1e6
+        kv_bytes as f64 / 1e6,
+        arena_bytes as f64 / 1e6
     );
     if args.json {
         println!(
@@ -359,7 +363,8 @@ pub fn decode(
                 "decode_tokens_per_s": 1.0 / decode_s, "decode_tokens_per_s_one_step_at_a_time": 1.0 / unqueued_s, "decode_tokens_per_s_queued_ahead": 1.0 / queued_s, "bytes_per_token": bytes,
                 "gb_per_s": gbs, "copy_gb_per_s": copy / 1e9, "fraction_of_copy_bandwidth": gbs * 1e9 / copy,
                 "dispatches_per_token": session.decode_dispatches(), "submits_per_token": 1,
-                "weight_bytes": weights,
+                "weight_bytes": weights, "kv_cache_bytes": kv_bytes, "activation_bytes": arena_bytes,
+                "peak_gpu_bytes": weights + (kv_bytes + arena_bytes) as f64,
             })
         );
     }
