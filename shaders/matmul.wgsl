@@ -132,49 +132,62 @@ fn x_octet(i: u32, lane: u32) -> mat2x4<f32> {
 fn x_octet(i: u32, lane: u32) -> mat2x4<f32> { return mat2x4<f32>(ld4_x(i), ld4_x(i + 4u)); }
 #endif
 
+#if Q8 Q4
+// One row's quantized block at column c: its code words (q4: 4, q8: 8) and scale, loaded
+// once for all MR rows of x — with vec4 loads where the rows are whole vec4s of words.
+struct Block {
+    lo: vec4<u32>,
+    hi: vec4<u32>,
+    scale: f32,
+}
+
+fn load_block(n: u32, c: u32) -> Block {
+    var b: Block;
 #if Q4
-// One q4 word holds elements e0..e7 as nibbles; masking keeps the even ones in the bytes
-// (e0 e2 e4 e6), shifting first the odd ones; x is matched by swizzles, which are free.
-fn q4_word_dot(word: u32, lo: vec4<f32>, hi: vec4<f32>) -> f32 {
+    b.lo = ldw4_w(n * W_RW + c / 8u);
+#else
+    b.lo = ldw4_w(n * W_RW + c / 4u);
+    b.hi = ldw4_w(n * W_RW + c / 4u + 4u);
+#endif
+    b.scale = unpack2x16float(ldw_w(n * W_RW + W_QW + c / 64u))[(c / 32u) & 1u];
+    return b;
+}
+
+// Raw-code dot product of the block's octet o (columns c + 8·o .. +8) with x values lo, hi;
+// `block_finish` applies the scale. A q4 word holds e0..e7 as nibbles: masking keeps the even
+// ones in the bytes (e0 e2 e4 e6), shifting first the odd ones; swizzles match x for free.
+// Nibbles widen through unpack4xI8 (values 0..15 either way): signed int→float is one
+// instruction on x86, unsigned a sequence.
+fn octet_dot(b: Block, o: u32, lo: vec4<f32>, hi: vec4<f32>) -> f32 {
+#if Q4
+    let word = b.lo[o];
     let even = vec4<f32>(unpack4xI8(word & 0x0F0F0F0Fu));
     let odd = vec4<f32>(unpack4xI8((word >> 4u) & 0x0F0F0F0Fu));
     return dot(even, vec4<f32>(lo.xz, hi.xz)) + dot(odd, vec4<f32>(lo.yw, hi.yw));
-}
-#endif
-
-// Dot product of 8 weights of row n (columns c + 8·o .. +8 of the block at c) with x values
-// lo, hi — raw codes for quantized weights; `block_finish` applies the block's scale.
-// Eight at a time keeps x in few registers (32 would spill on 16-register CPUs).
-fn octet_dot(n: u32, c: u32, o: u32, lo: vec4<f32>, hi: vec4<f32>) -> f32 {
-#if Q8
-    let q = n * W_RW + c / 4u + 2u * o;
-    return dot(vec4<f32>(unpack4xI8(ldw_w(q))), lo) + dot(vec4<f32>(unpack4xI8(ldw_w(q + 1u))), hi);
 #else
-#if Q4
-    return q4_word_dot(ldw_w(n * W_RW + c / 8u + o), lo, hi);
-#else
-    let i = n * p.k + c + 8u * o;
-    return dot(ld4_w(i), lo) + dot(ld4_w(i + 4u), hi);
-#endif
+    let words = select(b.hi, b.lo, o < 2u);
+    let k = (2u * o) & 3u;
+    return dot(vec4<f32>(unpack4xI8(words[k])), lo) + dot(vec4<f32>(unpack4xI8(words[k + 1u])), hi);
 #endif
 }
 
 // The block's contribution from its raw dot product s: Σ(q−8)·d·x = d·(Σq·x − 8·Σx) for q4,
-// d·Σq·x for q8, s itself for float weights.
-fn block_finish(n: u32, c: u32, s: f32, xsum: f32) -> f32 {
-#if Q8 Q4
-    let scale = unpack2x16float(ldw_w(n * W_RW + W_QW + c / 64u))[(c / 32u) & 1u];
-#endif
-#if Q8
-    return scale * s;
-#else
+// d·Σq·x for q8.
+fn block_finish(b: Block, s: f32, xsum: f32) -> f32 {
 #if Q4
-    return scale * (s - 8.0 * xsum);
+    return b.scale * (s - 8.0 * xsum);
 #else
-    return s;
-#endif
+    return b.scale * s;
 #endif
 }
+#else
+// Float weights: the dot product of row n's octet o of the block at c with x values lo, hi.
+// Eight at a time keeps x in few registers (32 would spill on 16-register CPUs).
+fn octet_dot(n: u32, c: u32, o: u32, lo: vec4<f32>, hi: vec4<f32>) -> f32 {
+    let i = n * p.k + c + 8u * o;
+    return dot(ld4_w(i), lo) + dot(ld4_w(i + 4u), hi);
+}
+#endif
 
 @compute @workgroup_size(RPW * TPR)
 fn matvec(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -196,6 +209,10 @@ fn matvec(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let full = p.k / 32u;
     for (var b = t; b < full; b += TPR) {
         let c = b * 32u;
+#if Q8 Q4
+        var blocks: array<Block, RPT>;
+        for (var j = 0u; j < RPT; j++) { blocks[j] = load_block(rows[j], c); }
+#endif
         for (var r = 0u; r < MR; r++) {
             var s: array<f32, RPT>;
             var xsum = 0.0;
@@ -204,9 +221,19 @@ fn matvec(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
                 let lo = xo[0];
                 let hi = xo[1];
                 xsum += dot(lo + hi, vec4<f32>(1.0));
+#if Q8 Q4
+                for (var j = 0u; j < RPT; j++) { s[j] += octet_dot(blocks[j], o, lo, hi); }
+#else
                 for (var j = 0u; j < RPT; j++) { s[j] += octet_dot(rows[j], c, o, lo, hi); }
+#endif
             }
-            for (var j = 0u; j < RPT; j++) { acc[r * RPT + j] += block_finish(rows[j], c, s[j], xsum); }
+            for (var j = 0u; j < RPT; j++) {
+#if Q8 Q4
+                acc[r * RPT + j] += block_finish(blocks[j], s[j], xsum);
+#else
+                acc[r * RPT + j] += s[j];
+#endif
+            }
         }
     }
     // Tail of a row that is not a multiple of 32 long (float weights only).

@@ -78,6 +78,13 @@ fn vec4_ok(l: &Layout) -> bool {
     l.cols() % 4 == 0 && (l.num_chunks() == 1 || (l.rows_per_chunk * l.cols()) % 4 == 0)
 }
 
+/// Quantized rows whose words come in whole vec4s (rows a multiple of 4 words, so chunks too):
+/// such tensors bind as `array<vec4<u32>>` and `ldw4` reads a block's four q4 words (or half
+/// a q8 block) with one load — on CPU drivers a load costs per instruction, not per word.
+fn words4_ok(l: &Layout) -> bool {
+    l.dtype.row_words(l.cols()) % 4 == 0
+}
+
 /// The generated header: constants, bindings (uniform `p: Params` at 0, `run` at 1, tensors
 /// from 2) and accessors.
 pub fn header(consts: &[(&str, u32)], tensors: &[TensorArg]) -> String {
@@ -137,21 +144,34 @@ fn storage(t: &TensorArg) -> Storage {
         },
         DType::Q8 | DType::Q4 => {
             let n = t.name.to_uppercase();
+            let w4 = words4_ok(l);
+            // The word at index w of the chunk, in either array type.
+            let at = |w: String| {
+                if w4 {
+                    format!("{{a}}[({w}) >> 2u][({w}) & 3u]")
+                } else {
+                    format!("{{a}}[{w}]")
+                }
+            };
+            let array = if w4 { "vec4<u32>" } else { "u32" };
             // j → row r, column c within the chunk; the block scale sits after the row's codes.
             let scale = format!(
-                "unpack2x16float({{a}}[(j / {n}_COLS) * {n}_RW + {n}_QW + (j % {n}_COLS) / 64u])[((j % {n}_COLS) / 32u) & 1u]"
+                "unpack2x16float({})[((j % {n}_COLS) / 32u) & 1u]",
+                at(format!(
+                    "(j / {n}_COLS) * {n}_RW + {n}_QW + (j % {n}_COLS) / 64u"
+                ))
             );
             if l.dtype == DType::Q8 {
-                let word = format!("{{a}}[(j / {n}_COLS) * {n}_RW + (j % {n}_COLS) / 4u]");
+                let word = at(format!("(j / {n}_COLS) * {n}_RW + (j % {n}_COLS) / 4u"));
                 Storage {
-                    array: "u32",
+                    array,
                     ld: format!("f32(unpack4xI8({word})[j & 3u]) * {scale}"),
                     ld4: Some(format!("vec4<f32>(unpack4xI8({word})) * {scale}")),
                 }
             } else {
-                let word = format!("{{a}}[(j / {n}_COLS) * {n}_RW + (j % {n}_COLS) / 8u]");
+                let word = at(format!("(j / {n}_COLS) * {n}_RW + (j % {n}_COLS) / 8u"));
                 Storage {
-                    array: "u32",
+                    array,
                     ld: format!("(f32(({word} >> (4u * (j & 7u))) & 15u) - 8.0) * {scale}"),
                     ld4: Some(format!(
                         "(vec4<f32>((vec4<u32>({word}) >> (vec4<u32>(0u, 4u, 8u, 12u) + 4u * (j & 4u))) & vec4<u32>(15u)) - vec4<f32>(8.0)) * {scale}"
@@ -208,6 +228,7 @@ fn accessor(h: &mut String, t: &TensorArg, first_binding: usize) {
             l.rows_per_chunk * l.dtype.row_words(l.cols())
         )
         .unwrap();
+        let w4 = words4_ok(l);
         emit_chunked(
             h,
             name,
@@ -216,8 +237,29 @@ fn accessor(h: &mut String, t: &TensorArg, first_binding: usize) {
             &format!("ldw_{name}"),
             "i: u32",
             "u32",
-            &|a| format!("return {a}[j];"),
+            &|a| {
+                if w4 {
+                    format!("return {a}[j >> 2u][j & 3u];")
+                } else {
+                    format!("return {a}[j];")
+                }
+            },
         );
+        // Four words from a multiple of 4 (one load where the rows allow it).
+        if w4 {
+            emit_chunked(
+                h,
+                name,
+                chunks,
+                &format!("{upper}_CW"),
+                &format!("ldw4_{name}"),
+                "i: u32",
+                "vec4<u32>",
+                &|a| format!("return {a}[j >> 2u];"),
+            );
+        } else {
+            writeln!(h, "fn ldw4_{name}(i: u32) -> vec4<u32> {{ return vec4<u32>(ldw_{name}(i), ldw_{name}(i + 1u), ldw_{name}(i + 2u), ldw_{name}(i + 3u)); }}").unwrap();
+        }
     }
     let ld = s.ld.clone();
     match (l.dtype, t.access) {

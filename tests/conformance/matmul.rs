@@ -39,6 +39,10 @@ pub fn cases() -> Vec<Case> {
         (&[1], 37, 23),
         (&[70], 131, 19),
         (&[9], 5, 67),
+        // Rows a multiple of 256 long: quantized rows are whole vec4s of words (ldw4).
+        (&[1], 256, 37),
+        (&[5], 512, 19),
+        (&[9], 256, 13),
     ];
     let mut v = Vec::new();
     for &(lead, k, n) in shapes {
