@@ -184,8 +184,8 @@ fn block_finish(b: Block, s: f32, xsum: f32) -> f32 {
 // Float weights: the dot product of row n's octet o of the block at c with x values lo, hi.
 // Eight at a time keeps x in few registers (32 would spill on 16-register CPUs).
 fn octet_dot(n: u32, c: u32, o: u32, lo: vec4<f32>, hi: vec4<f32>) -> f32 {
-    let i = n * p.k + c + 8u * o;
-    return dot(ld4_w(i), lo) + dot(ld4_w(i + 4u), hi);
+    let w = ld8_w(n * p.k + c + 8u * o);
+    return dot(w[0], lo) + dot(w[1], hi);
 }
 #endif
 

@@ -78,6 +78,14 @@ fn vec4_ok(l: &Layout) -> bool {
     l.cols() % 4 == 0 && (l.num_chunks() == 1 || (l.rows_per_chunk * l.cols()) % 4 == 0)
 }
 
+/// f16 rows (and chunks) a multiple of 8 long: bound as `array<vec4<u32>>`, eight halves a
+/// load.
+fn halves8_ok(l: &Layout) -> bool {
+    l.dtype == DType::F16
+        && l.cols() % 8 == 0
+        && (l.num_chunks() == 1 || (l.rows_per_chunk * l.cols()) % 8 == 0)
+}
+
 /// Quantized rows whose words come in whole vec4s (rows a multiple of 4 words, so chunks too):
 /// such tensors bind as `array<vec4<u32>>` and `ldw4` reads a block's four q4 words (or half
 /// a q8 block) with one load — on CPU drivers a load costs per instruction, not per word.
@@ -92,6 +100,8 @@ pub fn header(consts: &[(&str, u32)], tensors: &[TensorArg]) -> String {
     for (name, v) in consts {
         writeln!(h, "const {name}: u32 = {v}u;").unwrap();
     }
+    // f16 helpers for the accessors: halves j..j+3 (j % 4 == 0) of a vec4 holding eight.
+    h.push_str("fn halves4(w: vec4<u32>, j: u32) -> vec4<f32> { let h = select(w.zw, w.xy, (j & 4u) == 0u); return vec4<f32>(unpack2x16float(h.x), unpack2x16float(h.y)); }\n");
     h.push_str("@group(0) @binding(0) var<uniform> p: Params;\n");
     h.push_str("@group(0) @binding(1) var<storage, read> run: array<u32>;\n");
     let mut binding = 2;
@@ -128,6 +138,12 @@ fn storage(t: &TensorArg) -> Storage {
             array: "u32",
             ld: "f32({a}[j])".into(),
             ld4: None,
+        },
+        // Eight halves a vec4 where rows (and chunks) allow: `ld8` then takes one load.
+        DType::F16 if halves8_ok(l) => Storage {
+            array: "vec4<u32>",
+            ld: "unpack2x16float({a}[j >> 3u][(j >> 1u) & 3u])[j & 1u]".into(),
+            ld4: Some("halves4({a}[j >> 3u], j)".into()),
         },
         DType::F16 if v4 => Storage {
             array: "vec2<u32>",
@@ -280,6 +296,16 @@ fn accessor(h: &mut String, t: &TensorArg, first_binding: usize) {
             match &s.ld4 {
                 Some(ld4) => emit(h, format!("ld4_{name}"), "i: u32", "vec4<f32>", &|a| format!("return {};", ld4.replace("{a}", a))),
                 None => writeln!(h, "fn ld4_{name}(i: u32) -> vec4<f32> {{ return vec4<f32>(ld_{name}(i), ld_{name}(i + 1u), ld_{name}(i + 2u), ld_{name}(i + 3u)); }}").unwrap(),
+            }
+            // Eight values from i % 8 == 0, as two vec4 columns: one load for f16 in vec4s.
+            if halves8_ok(l) {
+                emit(h, format!("ld8_{name}"), "i: u32", "mat2x4<f32>", &|a| {
+                    format!(
+                        "let w = {a}[j >> 3u]; return mat2x4<f32>(halves4(w, 0u), halves4(w, 4u));"
+                    )
+                });
+            } else {
+                writeln!(h, "fn ld8_{name}(i: u32) -> mat2x4<f32> {{ return mat2x4<f32>(ld4_{name}(i), ld4_{name}(i + 4u)); }}").unwrap();
             }
             if t.access == Access::Write {
                 if s.ld4.is_some() {
