@@ -4,7 +4,11 @@
 //! kernel touches, accessors over one flat element index that hide dtype and chunking:
 //! `ld_x(i) -> f32` / `ld4_x(i) -> vec4<f32>` (any float dtype, dequantizing on the fly;
 //! `ld4` needs `i % 4 == 0` and rows a multiple of 4 long when it reads codes directly),
-//! `st_x(i, v)` for f32 outputs, `ldu_x`/`stu_x` for u32 tensors. A tensor in several chunks
+//! `ld8_x(i) -> mat2x4<f32>` (`i % 8 == 0`; one load for f16 rows a multiple of 8 long),
+//! `ldw_x` / `ldw4_x` raw words of quantized tensors (`ldw4`: `i % 4 == 0`, one load where
+//! rows are whole vec4s of words), `st_x(i, v)` for f32 outputs, `ldu_x`/`stu_x` for u32
+//! tensors. On CPU drivers a load costs per instruction, not per byte (docs/perf.md), hence
+//! the wide loads. A tensor in several chunks
 //! gets one binding per chunk and a `switch` on the chunk index; a one-chunk tensor indexes
 //! its array directly, so the common case costs nothing.
 //!
