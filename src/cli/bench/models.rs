@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use fvl_wgpu::gpu::{DType, Graph};
+use fvl_wgpu::gpu::{DType, Gpu, Graph};
 use fvl_wgpu::model::bart::Bart;
 use fvl_wgpu::model::florence2::VisionTower;
 use fvl_wgpu::model::florence_vl::{Fusion, Projector};
@@ -62,10 +62,7 @@ pub fn vision(
     let cfg = florence2_vision_config(config)?;
     let gpu = args.open()?;
     let dtype = ModelArgs::dtype_for(precision, &gpu);
-    eprintln!("measuring ceilings…");
-    let copy = copy_bandwidth(&gpu, (128u64 << 20).min(gpu.limits.max_buffer_size / 2))?;
-    let ceiling = linear_row(&gpu, 1024, 1024, 1024, DType::F32)?;
-    let best_matmul = ceiling.flops / ceiling.seconds;
+    let (copy, best_matmul) = ceilings(&gpu)?;
 
     let bar = progress(
         VisionTower::tensor_count(&cfg),
@@ -77,7 +74,7 @@ pub fn vision(
         bar.inc(1);
         let n: usize = shape.iter().product();
         counted.set(counted.get() + n as u64);
-        Ok(noise(n).iter().map(|v| v * 0.02).collect())
+        Ok(random_weights(n))
     };
     let tower = VisionTower::load(&gpu, &src, &cfg, dtype)?;
     bar.finish_and_clear();
@@ -159,17 +156,9 @@ pub fn florence2(args: &DeviceArgs, config: &str, precision: Option<Precision>) 
     let cfg = florence2_text_config(config)?;
     let gpu = args.open()?;
     let dtype = ModelArgs::dtype_for(precision, &gpu);
-    eprintln!("measuring ceilings…");
-    let copy = copy_bandwidth(&gpu, (128u64 << 20).min(gpu.limits.max_buffer_size / 2))?;
-    let ceiling = linear_row(&gpu, 1024, 1024, 1024, DType::F32)?;
-    let best_matmul = ceiling.flops / ceiling.seconds;
+    let (copy, best_matmul) = ceilings(&gpu)?;
 
-    let src = |_: &str, shape: &[usize]| {
-        Ok(noise(shape.iter().product())
-            .iter()
-            .map(|v| v * 0.02)
-            .collect())
-    };
+    let src = |_: &str, shape: &[usize]| Ok(random_weights(shape.iter().product()));
     let bart = Bart::load(&gpu, &src, &cfg, dtype, true)?;
     let (d, n, len) = (cfg.d_model, 577, 14);
     let v = input(&gpu, &[n, d], DType::F32)?;
@@ -285,17 +274,14 @@ pub fn decode(
     let cfg = llama_config(config)?;
     let gpu = args.open()?;
     eprintln!("measuring copy bandwidth…");
-    let copy = copy_bandwidth(&gpu, (128u64 << 20).min(gpu.limits.max_buffer_size / 2))?;
+    let copy = copy_ceiling(&gpu)?;
     let bar = progress(
         Llama::tensor_count(&cfg),
         &format!("random {config} weights as {}", quant.name()),
     );
     let src = |_: &str, shape: &[usize]| {
         bar.inc(1);
-        Ok(noise(shape.iter().product())
-            .iter()
-            .map(|v| v * 0.02)
-            .collect())
+        Ok(random_weights(shape.iter().product()))
     };
     let (h, inter, vocab, layers) = (cfg.hidden, cfg.intermediate, cfg.vocab, cfg.layers);
     let per_layer =
@@ -393,7 +379,7 @@ pub fn e2e(
     let src = |_: &str, shape: &[usize]| {
         let n: usize = shape.iter().product();
         bytes.set(bytes.get() + n as u64);
-        Ok(noise(n).iter().map(|v| v * 0.02).collect())
+        Ok(random_weights(n))
     };
     eprintln!(
         "random weights: DaViT-{vision}, Florence-2-{vision} encoder, projector, {llm} as {}…",
@@ -534,4 +520,23 @@ fn generate_tokens_per_s(session: &mut Session, first: u32, tokens: usize) -> Re
     };
     let gen = session.generate(first, &limits, &|_| false, &mut |_| Ok(true))?;
     Ok(gen.decode_tokens_per_s)
+}
+
+/// `n` random weights of the magnitude trained ones have (|w| ≤ 0.02), for benches.
+fn random_weights(n: usize) -> Vec<f32> {
+    noise(n).iter().map(|v| v * 0.02).collect()
+}
+
+/// Copy bandwidth (bytes/s) over 128 MiB (or half the largest buffer): the decode ceiling.
+fn copy_ceiling(gpu: &Gpu) -> Result<f64> {
+    copy_bandwidth(gpu, (128u64 << 20).min(gpu.limits.max_buffer_size / 2))
+}
+
+/// The ceilings the model benches report against, measured on `gpu` now: (copy bytes/s,
+/// our best f32 matmul FLOP/s at 1024³).
+fn ceilings(gpu: &Gpu) -> Result<(f64, f64)> {
+    eprintln!("measuring ceilings…");
+    let copy = copy_ceiling(gpu)?;
+    let matmul = linear_row(gpu, 1024, 1024, 1024, DType::F32)?;
+    Ok((copy, matmul.flops / matmul.seconds))
 }
