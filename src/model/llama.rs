@@ -818,12 +818,7 @@ impl<'m> Session<'m> {
                 && ids.len() + 1 < limits.max_new
                 && self.pos + 1 + limits.reserve < self.cache.max_context
             {
-                let values = [
-                    self.pos as u32 + 1,
-                    self.pos as u32 + 2,
-                    self.seed,
-                    self.step + 1,
-                ];
+                let values = self.run_values_ahead(1, 1);
                 queued = Some((
                     self.submit_choice(&self.decode, values, 1 - slot)?,
                     1 - slot,
@@ -870,7 +865,19 @@ impl<'m> Session<'m> {
 
     /// Run values for `t` tokens at the current position.
     fn run_values(&self, t: usize) -> [u32; 4] {
-        [self.pos as u32, (self.pos + t) as u32, self.seed, self.step]
+        self.run_values_ahead(0, t)
+    }
+
+    /// Run values for `t` tokens `ahead` steps of one token past the current position (a
+    /// decode step queued before the ones before it are read back).
+    fn run_values_ahead(&self, ahead: usize, t: usize) -> [u32; 4] {
+        let pos = self.pos + ahead;
+        [
+            pos as u32,
+            (pos + t) as u32,
+            self.seed,
+            self.step + ahead as u32,
+        ]
     }
 
     fn advance(&mut self, t: usize) {
