@@ -1,18 +1,48 @@
 #!/usr/bin/env bash
 # One-time set-up of a Debian/Ubuntu machine: a Vulkan driver (Mesa's software one, lavapipe,
-# when no other is installed — real GPUs bring their own) and a Rust toolchain.
+# when no other is installed — real GPUs bring their own), libjpeg-turbo's TurboJPEG library
+# (the JPEG decoder PIL uses, so images decode to PIL's bytes), pkg-config and a C linker, and
+# a Rust toolchain. Installs only what is missing; a second run checks and does nothing.
+# Everything it says goes to stderr, so `setup.sh && fvl-wgpu …` prints only the answer on stdout.
 set -euo pipefail
-sudo=""
-[ "$(id -u)" -eq 0 ] || sudo="sudo"
-if ! ls /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json >/dev/null 2>&1 \
-   || ! ldconfig -p | grep -q libvulkan.so.1; then
-  echo "installing the Vulkan loader and Mesa's drivers (lavapipe)…" >&2
+exec 1>&2 # our chatter and apt's output go to stderr
+
+has_vulkan_driver() {
+  # A driver is an ICD manifest in any of the loader's search folders; a missing folder is fine.
+  local d
+  for d in /usr/share/vulkan/icd.d /etc/vulkan/icd.d /usr/local/share/vulkan/icd.d; do
+    compgen -G "$d/*.json" >/dev/null && return 0
+  done
+  return 1
+}
+has_lib() { ldconfig -p 2>/dev/null | grep -q "$1"; }
+
+missing=()
+has_lib 'libvulkan\.so\.1 ' || missing+=(libvulkan1)
+has_vulkan_driver || missing+=(mesa-vulkan-drivers)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+# turbojpeg.h and libturbojpeg.pc: the JPEG binding links the system library through pkg-config.
+pkg-config --exists libturbojpeg 2>/dev/null || missing+=(libturbojpeg0-dev)
+command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+
+if [ ${#missing[@]} -gt 0 ]; then
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "setup: missing ${missing[*]} (Debian names); install them with your package manager" >&2
+    exit 1
+  fi
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "setup: installing ${missing[*]}…" >&2
   $sudo apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q mesa-vulkan-drivers libvulkan1
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
-if ! command -v cargo >/dev/null 2>&1; then
-  echo "installing Rust with rustup…" >&2
-  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+
+if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
   # shellcheck disable=SC1091
   . "$HOME/.cargo/env"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: installing Rust with rustup…" >&2
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+  echo "setup: open a new shell (or run '. \$HOME/.cargo/env') so cargo is on PATH" >&2
 fi
