@@ -6,7 +6,7 @@ tensor names (also re-keyed to Microsoft's original Florence-2 layout and Floren
 layout) and stores inputs and expected outputs. Deterministic: fixed seeds, float32, CPU.
 
 Usage (see tools/README.md):
-    /root/fvl-py/bin/python tools/make_fixtures.py [--stages f2,f2lang,llama,fvl]
+    /root/fvl-py/bin/python tools/make_fixtures.py [--stages f2,f2lang,llama,fvl,phi3,fvlphi]
 """
 import argparse
 import json
@@ -866,6 +866,225 @@ def stage_llama():
 
 
 # ----------------------------------------------------------------------------------------------
+# Phi-3 (tiny Phi3ForCausalLM with LongRoPE + SentencePiece-style tokenizer)
+# ----------------------------------------------------------------------------------------------
+# Phi-3's added tokens after the 32000 SentencePiece pieces (ids 32000..32010 in the real model).
+PHI3_ADDED = [
+    "<|endoftext|>", "<|assistant|>", "<|placeholder1|>", "<|placeholder2|>", "<|placeholder3|>",
+    "<|placeholder4|>", "<|system|>", "<|end|>", "<|placeholder5|>", "<|placeholder6|>", "<|user|>",
+]
+# Phi-3.5-mini-instruct's chat template (tokenizer_config.json).
+PHI3_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' and message['content'] %}"
+    "{{'<|system|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'user' %}"
+    "{{'<|user|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'assistant' %}"
+    "{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}")
+
+
+def build_phi3_tokenizer(n_base):
+    """SentencePiece-style BPE as Phi-3's tokenizer.json: `<unk> <s> </s>`, the 256 byte-fallback
+    pieces, merges learnt on ▁-joined text, ▁ prepended (legacy Llama normalizer), then Phi-3's 11
+    added tokens in their real relative order. The post-processor prepends `<s>`."""
+    from tokenizers import normalizers
+    specials = ["<unk>", "<s>", "</s>"]
+    n_bytes = 256
+    norm = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    trainer_tok = Tokenizer(models.BPE())
+    trainer_tok.normalizer = norm
+    trainer = trainers.BpeTrainer(vocab_size=n_base - len(specials) - n_bytes, show_progress=False)
+    trainer_tok.train_from_iterator(CORPUS.splitlines() * 3, trainer)
+    learnt = json.loads(trainer_tok.to_str())["model"]
+    vocab = {t: i for i, t in enumerate(specials)}
+    for b in range(n_bytes):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for t, _ in sorted(learnt["vocab"].items(), key=lambda kv: kv[1]):
+        if t not in vocab:
+            vocab[t] = len(vocab)
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learnt["merges"]]
+    assert len(vocab) <= n_base, len(vocab)
+    k = 0
+    while len(vocab) < n_base:  # fill with unused pieces so the added tokens land at n_base
+        vocab[f"▁unused{k}"] = len(vocab)
+        k += 1
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = norm
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in specials])
+    # Phi-3 marks the chat tokens special but <|placeholder*|> too; all are added tokens.
+    tok.add_special_tokens([AddedToken(t, normalized=False, special=True, rstrip=t == "<|endoftext|>")
+                            for t in PHI3_ADDED])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B:1",
+                                                       special_tokens=[("<s>", 1)])
+    assert tok.get_vocab_size() == n_base + len(PHI3_ADDED)
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<|endoftext|>",
+                                 unk_token="<unk>", pad_token="<|endoftext|>")
+    hf.chat_template = PHI3_CHAT_TEMPLATE
+    return hf, {t: tok.token_to_id(t) for t in specials + PHI3_ADDED}
+
+
+def phi3_config(vocab, head_dim, seed, **kw):
+    """A Phi3Config with LongRoPE: short/long factor lists of head_dim/2 entries around 1."""
+    from transformers import Phi3Config
+    g = torch.Generator().manual_seed(seed)
+    half = head_dim // 2
+    short = [round(1.0 + 0.5 * float(x), 4) for x in torch.rand(half, generator=g)]
+    long = [round(1.0 + 4.0 * i / half + float(x), 4) for i, x in enumerate(torch.rand(half, generator=g))]
+    return Phi3Config(vocab_size=vocab, head_dim=head_dim, hidden_act="silu", attention_bias=False,
+                      original_max_position_embeddings=32, max_position_embeddings=512,
+                      rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": short,
+                                       "long_factor": long},
+                      **kw)
+
+
+# plain Phi-3: tokenizer 400 pieces + 11 added = 411 tokens, vocab_size 448 (padding rows, as 32011 → 32064)
+PHI3_MODEL = dict(seed=51, n_base=400, vocab=448, config=dict(
+    hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+    rms_norm_eps=1e-5, tie_word_embeddings=False, sliding_window=None))
+PHI3_LONG_PROMPT = "The quick brown fox jumps over the lazy dog. Two people are walking along the beach."
+PHI3_SHORT_PROMPT = "A photo of a cat."
+
+
+def greedy_cached(model, ids, steps, inputs_embeds=None, n_tokens=None):
+    """Argmax loop with the KV cache, as HF `generate` runs it for Phi-3 (no stopping). LongRoPE:
+    each forward rotates with the long factors when its last position is past
+    original_max_position_embeddings. From ids, `Phi3ForCausalLM.prepare_inputs_for_generation`
+    drops the cache at the step that crosses that length and recomputes the whole sequence (so
+    every key is rotated with the long factors); from `inputs_embeds` it cannot (the ids do not
+    hold the prompt) and the cached keys keep the short factors.
+    Logits past `n_tokens` (padding rows of the vocabulary) are never chosen; `padding_wins`
+    counts the steps where an unmasked argmax would have chosen one."""
+    orig = model.config.rope_parameters["original_max_position_embeddings"]
+    out, margins = [], []
+    greedy_cached.padding_wins = 0
+    greedy_cached.refills = 0
+    with torch.no_grad():
+        if inputs_embeds is None:
+            res = model(input_ids=torch.tensor([ids]), use_cache=True)
+        else:
+            res = model(inputs_embeds=inputs_embeds, use_cache=True)
+        for _ in range(steps):
+            lg = res.logits[0, -1]
+            if n_tokens is not None:
+                greedy_cached.padding_wins += int(lg.argmax()) >= n_tokens
+                lg = lg[:n_tokens]
+            nxt = int(lg.argmax())
+            top2 = lg.topk(2).values
+            margins.append(float(top2[0] - top2[1]))
+            out.append(nxt)
+            past = res.past_key_values.get_seq_length()
+            if inputs_embeds is None and past + 1 > orig >= past:
+                greedy_cached.refills += 1
+                res = model(input_ids=torch.tensor([list(ids) + out]), use_cache=True)
+            else:
+                res = model(input_ids=torch.tensor([[nxt]]), past_key_values=res.past_key_values, use_cache=True)
+    greedy_cached.margins = margins
+    return out
+
+
+def save_sharded_bf16(d, sd, shard_bytes):
+    """bf16 shards of about `shard_bytes` in name order plus the index, as save_pretrained writes."""
+    sd = {k: v.to(torch.bfloat16).contiguous() for k, v in sd.items()}
+    shards, cur, size = [], {}, 0
+    for k in sorted(sd):
+        cur[k] = sd[k]
+        size += sd[k].numel() * 2
+        if size > shard_bytes:
+            shards.append(cur)
+            cur, size = {}, 0
+    if cur:
+        shards.append(cur)
+    weight_map = {}
+    for i, sh in enumerate(shards):
+        fn = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(sh, os.path.join(d, fn), metadata={"format": "pt"})
+        weight_map.update({k: fn for k in sh})
+    write_json(os.path.join(d, "model.safetensors.index.json"),
+               {"metadata": {"total_size": sum(v.numel() * 2 for v in sd.values())}, "weight_map": weight_map})
+    loaded = {}
+    for fn in sorted(set(weight_map.values())):
+        loaded.update(load_file(os.path.join(d, fn)))
+    return loaded
+
+
+def stage_phi3():
+    from transformers import Phi3ForCausalLM, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    log("[phi3-a]")
+    d = os.path.join(FIX, "phi3-a")
+    fresh_dir(d)
+    spec = PHI3_MODEL
+    torch.manual_seed(spec["seed"])
+    tokenizer, sid = build_phi3_tokenizer(spec["n_base"])
+    eos = [sid["<|end|>"], sid["<|assistant|>"], sid["<|endoftext|>"]]  # Phi-3.5's generation_config order
+    cfg = phi3_config(spec["vocab"], 16, spec["seed"] + 1, bos_token_id=1, eos_token_id=sid["<|endoftext|>"],
+                      pad_token_id=sid["<|endoftext|>"], **spec["config"])
+    model = Phi3ForCausalLM(cfg).eval().float()
+    llama_perturb_(model, spec["seed"] + 1000, torch.bfloat16)
+    n_tok = len(tokenizer)
+    with torch.no_grad():  # loud padding rows: an unmasked argmax would pick them
+        model.lm_head.weight[n_tok:] *= 4.0
+    loaded = save_sharded_bf16(d, model.state_dict(), 40_000)
+    # config.json as Phi-3.5-mini ships it (transformers-4 keys): rope_theta and
+    # original_max_position_embeddings at the top, rope_scaling {type: longrope, short/long factors}
+    rp = cfg.rope_parameters
+    cj = cfg.to_dict()
+    for k in ("transformers_version", "rope_parameters"):
+        cj.pop(k, None)
+    cj.update({"architectures": ["Phi3ForCausalLM"], "dtype": "bfloat16", "rope_theta": rp["rope_theta"],
+               "original_max_position_embeddings": 32,
+               "rope_scaling": {"long_factor": rp["long_factor"], "short_factor": rp["short_factor"],
+                                "type": "longrope"}})
+    write_json(os.path.join(d, "config.json"), cj)
+    tokenizer.save_pretrained(d)
+    GenerationConfig(bos_token_id=1, eos_token_id=eos, pad_token_id=sid["<|endoftext|>"]).save_pretrained(d)
+    re_model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    assert re_model.config.rope_parameters["rope_type"] == "longrope"
+    ref = Phi3ForCausalLM(cfg).eval().float()
+    ref.load_state_dict({k: v.float() for k, v in loaded.items()}, strict=True)
+    re_tok = AutoTokenizer.from_pretrained(d)
+    runs = {}
+    for name, prompt in (("long", PHI3_LONG_PROMPT), ("short", PHI3_SHORT_PROMPT)):
+        ids = re_tok(prompt)["input_ids"]
+        assert ids == tokenizer(prompt)["input_ids"] and ids[0] == 1
+        with torch.no_grad():
+            logits = ref(input_ids=torch.tensor([ids])).logits
+            logits_re = re_model(input_ids=torch.tensor([ids])).logits
+        assert torch.allclose(logits, logits_re, atol=1e-5), (logits - logits_re).abs().max()
+        fixed = greedy_cached(re_model, ids, 32, n_tokens=n_tok)
+        wins = greedy_cached.padding_wins
+        assert greedy_cached.refills == (name == "short")
+        with torch.no_grad():
+            gen = re_model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                    do_sample=False, max_new_tokens=32, eos_token_id=eos,
+                                    suppress_tokens=list(range(n_tok, spec["vocab"])),
+                                    pad_token_id=sid["<|endoftext|>"])[0, len(ids):].tolist()
+        assert gen == fixed[: len(gen)], (gen, fixed)
+        runs[name] = dict(prompt=prompt, prompt_ids=ids, greedy_32_no_eos=fixed, padding_would_win_steps=wins,
+                          greedy_top1_top2_margins=[round(m, 5) for m in greedy_cached.margins],
+                          greedy_generate_with_eos=gen, logits=logits)
+        log(f"  {name}: {len(ids)} prompt ids, greedy {fixed}, padding would win {wins} steps")
+    assert len(runs["long"]["prompt_ids"]) > 32 >= len(runs["short"]["prompt_ids"])
+    assert len(runs["short"]["prompt_ids"]) + 32 > 32  # the short run crosses during decode
+    msgs = [{"role": "system", "content": "You are a helpful AI assistant."},
+            {"role": "user", "content": "Hello world!"}]
+    chat = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    chat_ids = tokenizer.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True)
+    if isinstance(chat_ids, dict) or hasattr(chat_ids, "input_ids"):
+        chat_ids = chat_ids["input_ids"]
+    save_st(os.path.join(d, "expected.safetensors"), {f"logits_{k}": r.pop("logits") for k, r in runs.items()})
+    write_json(os.path.join(d, "expected.json"), {
+        "runs": runs, "special_ids": sid, "eos_token_ids": eos, "tokenizer_size": len(tokenizer),
+        "vocab_size": spec["vocab"], "original_max_position_embeddings": 32,
+        "attention_factor": math.sqrt(1 + math.log(512 / 32) / math.log(32)),
+        "chat_messages": msgs, "chat_text": chat, "chat_ids": list(chat_ids), "stored_dtype": "bfloat16",
+        "note": "logits_*: f32 reference over all prompt positions from the stored bf16 weights; greedy ids from "
+                "the cached loop HF generate runs (the short prompt crosses original_max_position_embeddings "
+                "while decoding)",
+    })
+
+
+# ----------------------------------------------------------------------------------------------
 # Florence-VL (LLaVA layout: Llama + mm_projector + nested original-named Florence-2 tower)
 # ----------------------------------------------------------------------------------------------
 FVL_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
@@ -895,11 +1114,63 @@ def tokenizer_image_token(prompt, tokenizer, bos_id):
     return out
 
 
-def stage_florence_vl():
-    import copy
-    from transformers import LlamaConfig, LlamaForCausalLM, AutoModelForCausalLM, GenerationConfig
-    log("[florence-vl-tiny]")
-    d = os.path.join(FIX, "florence-vl-tiny")
+def phi3_prompt(question):
+    """Florence-VL's `phi3` conversation template (spec §7.4); the tokenizer adds `<s>` itself."""
+    return (f"<|system|>\n{FVL_PHI3_SYSTEM}<|end|>\n<|user|>\n<image>\n{question}<|end|>\n<|assistant|>\n")
+
+
+FVL_PHI3_SYSTEM = "You are a helpful AI assistant."
+
+
+def fvl_llm_llama(H):
+    """florence-vl-tiny's LLM: a tiny Llama-3.1-like, vocab = 512 + Florence-VL's added <pad>."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(41)
+    tokenizer, sid = build_llama_tokenizer(513, extra_pad=True)
+    pad_id = tokenizer.convert_tokens_to_ids("<pad>")
+    bos = sid["<|begin_of_text|>"]
+    eos = [sid["<|end_of_text|>"], sid["<|eom_id|>"], sid["<|eot_id|>"]]
+    cfg = LlamaConfig(vocab_size=513, hidden_size=H, intermediate_size=112, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
+                      rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=bos, eos_token_id=eos,
+                      pad_token_id=pad_id, rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0,
+                      "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 32})
+    return dict(cls=LlamaForCausalLM, cfg=cfg, tokenizer=tokenizer, bos=bos, eos=eos, pad=pad_id, n_tokens=None,
+                prompt=llama3_prompt, arch=("LlavaLlamaForCausalLM", "llava_llama"), steps=16,
+                greedy=lambda m, e: greedy_no_eos(m, [], 16, inputs_embeds=e), answer_key="answer_ids_16_no_eos")
+
+
+def fvl_llm_phi3(H):
+    """The 3B's LLM in small: a tiny Phi-3 with LongRoPE (original 32, so the answer crosses it) and
+    a padded vocabulary; Florence-VL adds no token (Phi-3 has a pad token)."""
+    from transformers import Phi3ForCausalLM
+    torch.manual_seed(61)
+    tokenizer, sid = build_phi3_tokenizer(400)
+    eos = [sid["<|end|>"], sid["<|assistant|>"], sid["<|endoftext|>"]]
+    pad = sid["<|endoftext|>"]
+    cfg = phi3_config(448, 16, 62, hidden_size=H, intermediate_size=112, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                      bos_token_id=1, eos_token_id=pad, pad_token_id=pad, sliding_window=None)
+    n_tok = len(tokenizer)
+
+    def greedy(m, e):
+        ids = greedy_cached(m, [], 32, inputs_embeds=e, n_tokens=n_tok)
+        greedy_no_eos.margins = greedy_cached.margins
+        return ids
+    return dict(cls=Phi3ForCausalLM, cfg=cfg, tokenizer=tokenizer, bos=1, eos=eos, pad=pad, n_tokens=n_tok,
+                prompt=phi3_prompt, arch=("LlavaPhiForCausalLM", "llava_phi"), steps=32, greedy=greedy,
+                answer_key="answer_ids_32_no_eos")
+
+
+FVL_VARIANTS = {"florence-vl-tiny": (fvl_llm_llama, 1041, 1042), "florence-vl-phi-tiny": (fvl_llm_phi3, 1061, 1062)}
+
+
+def stage_florence_vl(name):
+    from transformers import GenerationConfig
+    build_llm, llm_seed, proj_seed = FVL_VARIANTS[name]
+    log(f"[{name}]")
+    d = os.path.join(FIX, name)
     fresh_dir(d)
     bf16 = torch.bfloat16
     # vision tower: florence2-a's weights, rounded to bf16 (the checkpoint stores bf16)
@@ -909,23 +1180,13 @@ def stage_florence_vl():
             if t.dtype.is_floating_point:
                 t.copy_(t.to(bf16).float())
     D = f2.config.vision_config.projection_dim
-    # LLM: tiny Llama-3.1-like, vocab = 512 + Florence-VL's added <pad>
-    torch.manual_seed(41)
-    tokenizer, sid = build_llama_tokenizer(513, extra_pad=True)
-    pad_id = tokenizer.convert_tokens_to_ids("<pad>")
-    bos = sid["<|begin_of_text|>"]
-    eos = [sid["<|end_of_text|>"], sid["<|eom_id|>"], sid["<|eot_id|>"]]
     H = 64
-    cfg = LlamaConfig(vocab_size=513, hidden_size=H, intermediate_size=112, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
-                      rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=bos, eos_token_id=eos,
-                      pad_token_id=pad_id, rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0,
-                      "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                      "original_max_position_embeddings": 32})
-    llm = LlamaForCausalLM(cfg).eval().float()
-    llama_perturb_(llm, 1041, bf16)
+    L = build_llm(H)
+    tokenizer, cfg, bos, eos, pad_id = L["tokenizer"], L["cfg"], L["bos"], L["eos"], L["pad"]
+    llm = L["cls"](cfg).eval().float()
+    llama_perturb_(llm, llm_seed, bf16)
     # projector mlp3x_gelu: Linear(4D->H), GELU, Linear(H->H), GELU, Linear(H->H)
-    g = torch.Generator().manual_seed(1042)
+    g = torch.Generator().manual_seed(proj_seed)
     proj = {}
     for key, (i, o) in {"0": (4 * D, H), "1.1": (H, H), "2.1": (H, H)}.items():
         proj[f"encoder_mlp.{key}.weight"] = (torch.randn(o, i, generator=g) / math.sqrt(i)).to(bf16).float()
@@ -938,36 +1199,19 @@ def stage_florence_vl():
         x = gelu(x) @ proj["encoder_mlp.2.1.weight"].t() + proj["encoder_mlp.2.1.bias"]
         return x
 
-    # --- save the checkpoint in the LLaVA layout (bf16, sharded)
+    # --- save the checkpoint in the LLaVA layout (bf16, ~150 KB shards)
     sd = {k: v for k, v in llm.state_dict().items()}
     for k, v in proj.items():
         sd[f"model.mm_projector.{k}"] = v
     tower = original_state_dict(f2, info, False, torch.zeros(info["n_orig"]))
     for k, v in tower.items():
         sd[f"model.vision_tower.vision_tower.{k}"] = v
-    sd = {k: v.to(bf16).contiguous() for k, v in sd.items()}
-    names = sorted(sd)
-    shards, cur, size = [], {}, 0
-    for k in names:  # ~150 KB shards, in name order
-        cur[k] = sd[k]
-        size += sd[k].numel() * 2
-        if size > 150_000:
-            shards.append(cur)
-            cur, size = {}, 0
-    if cur:
-        shards.append(cur)
-    weight_map = {}
-    for i, sh in enumerate(shards):
-        fn = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(sh, os.path.join(d, fn), metadata={"format": "pt"})
-        weight_map.update({k: fn for k in sh})
-    write_json(os.path.join(d, "model.safetensors.index.json"),
-               {"metadata": {"total_size": sum(v.numel() * 2 for v in sd.values())}, "weight_map": weight_map})
+    loaded = save_sharded_bf16(d, sd, 150_000)
     cj = cfg.to_dict()
     for k in ("transformers_version",):
         cj.pop(k, None)
     cj.update({
-        "architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava_llama", "dtype": "bfloat16",
+        "architectures": [L["arch"][0]], "model_type": L["arch"][1], "dtype": "bfloat16",
         "mm_vision_tower": "florence2-a-original", "mm_projector_type": "mlp3x_gelu", "mm_hidden_size": D,
         "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch", "mm_patch_merge_type": "flat",
         "image_aspect_ratio": "pad", "tokenizer_padding_side": "right", "tokenizer_model_max_length": 2048,
@@ -978,11 +1222,8 @@ def stage_florence_vl():
     tokenizer.save_pretrained(d)
     GenerationConfig(bos_token_id=bos, eos_token_id=eos, pad_token_id=pad_id, do_sample=True,
                      temperature=0.6, top_p=0.9).save_pretrained(d)
-    # reference LLM = the saved Llama tensors upcast to f32 (round-trip through the files)
-    loaded = {}
-    for fn in sorted(set(weight_map.values())):
-        loaded.update(load_file(os.path.join(d, fn)))
-    llm_ref = LlamaForCausalLM(cfg).eval().float()
+    # reference LLM = the saved LLM tensors upcast to f32 (round-trip through the files)
+    llm_ref = L["cls"](cfg).eval().float()
     llm_ref.load_state_dict({k: loaded[k].float() for k in llm.state_dict()}, strict=True)
 
     # --- reference computation (spec §2.1, §6, §7.3)
@@ -996,9 +1237,10 @@ def stage_florence_vl():
         n = V.shape[1]
         fused = torch.cat([V[0], enc[0, :n], enc[1, :n], enc[2, :n]], -1)  # [N, 4D]
         projected = projector(fused)  # [N, H]
-    prompt = llama3_prompt(FVL_QUESTION)
+    prompt = L["prompt"](FVL_QUESTION)
     input_ids = tokenizer_image_token(prompt, tokenizer, bos)
-    assert input_ids[:2] == [bos, bos] and input_ids.count(IMAGE_TOKEN_INDEX) == 1
+    assert input_ids[:2] == ([bos, bos] if name == "florence-vl-tiny" else [bos, tokenizer.convert_tokens_to_ids("<|system|>")])
+    assert input_ids.count(IMAGE_TOKEN_INDEX) == 1 and input_ids.count(bos) == (2 if name == "florence-vl-tiny" else 1)
     pos = input_ids.index(IMAGE_TOKEN_INDEX)
     emb = llm_ref.get_input_embeddings()
     with torch.no_grad():
@@ -1006,31 +1248,37 @@ def stage_florence_vl():
         post = emb(torch.tensor([input_ids[pos + 1:]]))
         inputs_embeds = torch.cat([pre, projected[None], post], 1)
         prefill_logits = llm_ref(inputs_embeds=inputs_embeds).logits[0, -1]
-    answer = greedy_no_eos(llm_ref, [], 16, inputs_embeds=inputs_embeds)
+    answer = L["greedy"](llm_ref, inputs_embeds)
     margins = greedy_no_eos.margins
+    extra = {} if L["n_tokens"] is None else {"suppress_tokens": list(range(L["n_tokens"], cfg.vocab_size))}
     with torch.no_grad():
         gen = llm_ref.generate(inputs_embeds=inputs_embeds, attention_mask=torch.ones(inputs_embeds.shape[:2], dtype=torch.long),
-                               do_sample=False, max_new_tokens=16, eos_token_id=eos, pad_token_id=pad_id)[0].tolist()
+                               do_sample=False, max_new_tokens=L["steps"], eos_token_id=eos, pad_token_id=pad_id,
+                               **extra)[0].tolist()
     assert gen == answer[: len(gen)], (gen, answer)
     save_st(os.path.join(d, "expected.safetensors"), {
         "pixel_values": pv, "image_features": V, "encoder_image_rows": enc[:, :n], "fused": fused[None],
         "projected": projected[None], "inputs_embeds": inputs_embeds, "last_logits": prefill_logits[None],
     })
-    write_json(os.path.join(d, "expected.json"), {
+    out = {
         "image": "photo.png", "pad_to_square_background": [int(x * 255) for x in IMAGE_MEAN],
         "florence2_tokenizer": "florence2-a", "encoder_prompts": FVL_PROMPTS, "encoder_prompt_ids": ids3,
         "n_image_tokens": n, "question": FVL_QUESTION, "prompt_text": prompt, "input_ids": input_ids,
         "image_token_index": IMAGE_TOKEN_INDEX, "merged_length": inputs_embeds.shape[1],
-        "answer_ids_16_no_eos": answer, "greedy_top1_top2_margins": [round(m, 5) for m in margins],
+        L["answer_key"]: answer, "greedy_top1_top2_margins": [round(m, 5) for m in margins],
         "answer_generate_with_eos": gen, "eos_token_ids": eos, "pad_token_id": pad_id,
-    })
+    }
+    if L["n_tokens"] is not None:
+        out["tokenizer_size"] = L["n_tokens"]
+        out["padding_would_win_steps"] = greedy_cached.padding_wins
+    write_json(os.path.join(d, "expected.json"), out)
     log(f"  input_ids {input_ids}\n  answer {answer}")
 
 
 # ----------------------------------------------------------------------------------------------
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--stages", default="f2,f2lang,llama,fvl")
+    ap.add_argument("--stages", default="f2,f2lang,llama,fvl,phi3,fvlphi")
     args = ap.parse_args()
     stages = args.stages.split(",")
     log(f"transformers {transformers.__version__}, torch {torch.__version__}")
@@ -1042,7 +1290,11 @@ def main():
     if "llama" in stages:
         stage_llama()
     if "fvl" in stages:
-        stage_florence_vl()
+        stage_florence_vl("florence-vl-tiny")
+    if "phi3" in stages:
+        stage_phi3()
+    if "fvlphi" in stages:
+        stage_florence_vl("florence-vl-phi-tiny")
 
 
 if __name__ == "__main__":
