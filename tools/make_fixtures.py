@@ -6,7 +6,7 @@ tensor names (also re-keyed to Microsoft's original Florence-2 layout and Floren
 layout) and stores inputs and expected outputs. Deterministic: fixed seeds, float32, CPU.
 
 Usage (see tools/README.md):
-    /root/fvl-py/bin/python tools/make_fixtures.py [--stages f2,f2lang,llama,fvl,phi3,fvlphi]
+    /root/fvl-py/bin/python tools/make_fixtures.py [--stages f2,f2lang,llama,fvl,phi3,fvlphi,published]
 """
 import argparse
 import json
@@ -202,7 +202,9 @@ def expand2square(pil_img, background_color):
 # ----------------------------------------------------------------------------------------------
 # Florence-2 tokenizer (tiny byte-level BPE with Florence-2's specials)
 # ----------------------------------------------------------------------------------------------
-def build_bart_like_tokenizer(vocab_size):
+def build_bart_like_tokenizer(vocab_size, florence_tokens=True):
+    """BART-like byte-level BPE; with `florence_tokens` the 1024 Florence-2 tokens are added after
+    `<mask>` (as the HF-native conversions store them), else it is bare BART (as Microsoft's repos)."""
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -219,6 +221,8 @@ def build_bart_like_tokenizer(vocab_size):
     # BART's last base-vocab entry is <mask>
     tok.add_special_tokens([AddedToken("<mask>", lstrip=True, normalized=False, special=True)])
     n_base = tok.get_vocab_size()
+    if not florence_tokens:
+        return tok, n_base, n_base + len(F2_TASK_TOKENS)
     tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in F2_TASK_TOKENS])
     n_orig = tok.get_vocab_size()
     assert n_orig == n_base + len(F2_TASK_TOKENS)
@@ -273,8 +277,8 @@ def grid_sizes(image, vc):
     return sizes
 
 
-def build_florence2(name):
-    spec = F2_MODELS[name]
+def build_florence2(name, spec=None):
+    spec = spec or F2_MODELS[name]
     torch.manual_seed(spec["seed"])
     tok, n_base, n_orig = build_bart_like_tokenizer(spec["bpe_vocab"])
     image_token_id = n_orig
@@ -1167,21 +1171,35 @@ FVL_VARIANTS = {"florence-vl-tiny": (fvl_llm_llama, 1041, 1042), "florence-vl-ph
 
 
 def stage_florence_vl(name):
-    from transformers import GenerationConfig
     build_llm, llm_seed, proj_seed = FVL_VARIANTS[name]
     log(f"[{name}]")
     d = os.path.join(FIX, name)
     fresh_dir(d)
-    bf16 = torch.bfloat16
     # vision tower: florence2-a's weights, rounded to bf16 (the checkpoint stores bf16)
     f2, proc, info = load_f2("a")
     with torch.no_grad():
         for t in list(f2.parameters()) + list(f2.buffers()):
             if t.dtype.is_floating_point:
-                t.copy_(t.to(bf16).float())
+                t.copy_(t.to(torch.bfloat16).float())
+    tower = original_state_dict(f2, info, False, torch.zeros(info["n_orig"]))
+    tensors, out = florence_vl_fixture(d, build_llm(64), llm_seed, proj_seed, f2, proc, tower,
+                                       "florence2-a-original", 150_000)
+    save_st(os.path.join(d, "expected.safetensors"), tensors)
+    write_json(os.path.join(d, "expected.json"), dict({
+        "image": "photo.png", "pad_to_square_background": [int(x * 255) for x in IMAGE_MEAN],
+        "florence2_tokenizer": "florence2-a"}, **out))
+
+
+def florence_vl_fixture(d, L, llm_seed, proj_seed, f2, proc, tower, mm_vision_tower, shard_bytes):
+    """Writes a Florence-VL checkpoint in the LLaVA layout into `d` (the LLM `L` perturbed with
+    `llm_seed`, an mlp3x_gelu projector from `proj_seed`, the Florence-2 tower's original-named
+    tensors `tower` under model.vision_tower.vision_tower. — none if empty — in bf16 shards of about
+    `shard_bytes`, `mm_vision_tower` in the config) and computes the reference on the photo with
+    the tower model `f2` and its processor. Returns (expected tensors, expected.json fields)."""
+    from transformers import GenerationConfig
+    bf16 = torch.bfloat16
     D = f2.config.vision_config.projection_dim
-    H = 64
-    L = build_llm(H)
+    H = L["cfg"].hidden_size
     tokenizer, cfg, bos, eos, pad_id = L["tokenizer"], L["cfg"], L["bos"], L["eos"], L["pad"]
     llm = L["cls"](cfg).eval().float()
     llama_perturb_(llm, llm_seed, bf16)
@@ -1203,16 +1221,15 @@ def stage_florence_vl(name):
     sd = {k: v for k, v in llm.state_dict().items()}
     for k, v in proj.items():
         sd[f"model.mm_projector.{k}"] = v
-    tower = original_state_dict(f2, info, False, torch.zeros(info["n_orig"]))
     for k, v in tower.items():
         sd[f"model.vision_tower.vision_tower.{k}"] = v
-    loaded = save_sharded_bf16(d, sd, 150_000)
+    loaded = save_sharded_bf16(d, sd, shard_bytes)
     cj = cfg.to_dict()
     for k in ("transformers_version",):
         cj.pop(k, None)
     cj.update({
         "architectures": [L["arch"][0]], "model_type": L["arch"][1], "dtype": "bfloat16",
-        "mm_vision_tower": "florence2-a-original", "mm_projector_type": "mlp3x_gelu", "mm_hidden_size": D,
+        "mm_vision_tower": mm_vision_tower, "mm_projector_type": "mlp3x_gelu", "mm_hidden_size": D,
         "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch", "mm_patch_merge_type": "flat",
         "image_aspect_ratio": "pad", "tokenizer_padding_side": "right", "tokenizer_model_max_length": 2048,
         "mm_use_im_start_end": False, "mm_use_im_patch_token": False, "use_mm_proj": True,
@@ -1239,8 +1256,9 @@ def stage_florence_vl(name):
         projected = projector(fused)  # [N, H]
     prompt = L["prompt"](FVL_QUESTION)
     input_ids = tokenizer_image_token(prompt, tokenizer, bos)
-    assert input_ids[:2] == ([bos, bos] if name == "florence-vl-tiny" else [bos, tokenizer.convert_tokens_to_ids("<|system|>")])
-    assert input_ids.count(IMAGE_TOKEN_INDEX) == 1 and input_ids.count(bos) == (2 if name == "florence-vl-tiny" else 1)
+    llama = L["arch"][1] == "llava_llama"
+    assert input_ids[:2] == ([bos, bos] if llama else [bos, tokenizer.convert_tokens_to_ids("<|system|>")])
+    assert input_ids.count(IMAGE_TOKEN_INDEX) == 1 and input_ids.count(bos) == (2 if llama else 1)
     pos = input_ids.index(IMAGE_TOKEN_INDEX)
     emb = llm_ref.get_input_embeddings()
     with torch.no_grad():
@@ -1256,13 +1274,12 @@ def stage_florence_vl(name):
                                do_sample=False, max_new_tokens=L["steps"], eos_token_id=eos, pad_token_id=pad_id,
                                **extra)[0].tolist()
     assert gen == answer[: len(gen)], (gen, answer)
-    save_st(os.path.join(d, "expected.safetensors"), {
+    tensors = {
         "pixel_values": pv, "image_features": V, "encoder_image_rows": enc[:, :n], "fused": fused[None],
         "projected": projected[None], "inputs_embeds": inputs_embeds, "last_logits": prefill_logits[None],
-    })
+    }
     out = {
-        "image": "photo.png", "pad_to_square_background": [int(x * 255) for x in IMAGE_MEAN],
-        "florence2_tokenizer": "florence2-a", "encoder_prompts": FVL_PROMPTS, "encoder_prompt_ids": ids3,
+        "encoder_prompts": FVL_PROMPTS, "encoder_prompt_ids": ids3,
         "n_image_tokens": n, "question": FVL_QUESTION, "prompt_text": prompt, "input_ids": input_ids,
         "image_token_index": IMAGE_TOKEN_INDEX, "merged_length": inputs_embeds.shape[1],
         L["answer_key"]: answer, "greedy_top1_top2_margins": [round(m, 5) for m in margins],
@@ -1271,14 +1288,218 @@ def stage_florence_vl(name):
     if L["n_tokens"] is not None:
         out["tokenizer_size"] = L["n_tokens"]
         out["padding_would_win_steps"] = greedy_cached.padding_wins
-    write_json(os.path.join(d, "expected.json"), out)
     log(f"  input_ids {input_ids}\n  answer {answer}")
+    return tensors, out
+
+
+# ----------------------------------------------------------------------------------------------
+# Published layouts (issue 10): a Florence-2 repo as Microsoft publishes it, a Florence-VL repo
+# whose tower is a hub id (the tower repo has the same layout as Microsoft's), both laid into a
+# Hugging Face cache folder exactly as the hub client lays them.
+# ----------------------------------------------------------------------------------------------
+HF_CACHE = os.path.join(FIX, "hf-cache")
+PUBLISHED = os.path.join(FIX, "published")
+MS_REPO = "fvl-test/Florence-2-tiny"
+FVL_REPO = "fvl-test/florence-vl-tiny-sft"
+MS_SPEC = dict(
+    image=64, bpe_vocab=400, seed=61, dtype="float16",
+    vision=dict(embed_dim=[8, 16, 16, 32], num_heads=[1, 2, 2, 4], num_groups=[1, 2, 2, 4], depths=[1, 1, 1, 1],
+                window_size=3, projection_dim=32, max_position_embeddings=12, max_temporal_embeddings=20),
+    text=dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+              encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64),
+)
+# Microsoft's generation_config.json asks for no forced BOS; the beam settings are only in text_config.
+MS_GENERATION_CONFIG = {"_from_model_config": True, "bos_token_id": 0, "decoder_start_token_id": 2,
+                        "eos_token_id": 2, "forced_eos_token_id": 2, "pad_token_id": 1,
+                        "transformers_version": "4.41.0.dev0"}
+GENERATION_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "forced_bos_token_id",
+                   "forced_eos_token_id", "num_beams", "no_repeat_ngram_size", "early_stopping", "max_length")
+MS_MODES = {
+    "greedy": dict(num_beams=1, no_repeat_ngram_size=0, max_new_tokens=20),
+    "config": dict(max_new_tokens=20),  # everything else as the repo's configs say
+}
+
+
+def torch_save_reproducible(obj, path):
+    """torch.save, then the random `.data/serialization_id` record zeroed (same length, CRC fixed in
+    the local header and the central directory) so reruns give identical bytes."""
+    import struct
+    import zipfile
+    import zlib
+    torch.save(obj, path)
+    data = bytearray(open(path, "rb").read())
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if i.filename.endswith(".data/serialization_id"))
+    h = info.header_offset
+    assert data[h:h + 4] == b"PK\x03\x04"
+    n, m = struct.unpack("<HH", data[h + 26:h + 30])
+    start = h + 30 + n + m
+    new = b"0" * info.file_size
+    data[start:start + info.file_size] = new
+    crc = zlib.crc32(new)
+    struct.pack_into("<I", data, h + 14, crc)
+    name = info.filename.encode()
+    c = data.find(b"PK\x01\x02")
+    while c >= 0:
+        nl = struct.unpack("<H", data[c + 28:c + 30])[0]
+        if data[c + 46:c + 46 + nl] == name:
+            struct.pack_into("<I", data, c + 16, crc)
+            break
+        c = data.find(b"PK\x01\x02", c + 4)
+    assert c >= 0
+    with open(path, "wb") as f:
+        f.write(data)
+    with zipfile.ZipFile(path) as z:
+        assert z.testzip() is None
+
+
+def lay_into_cache(cache, repo_id, src):
+    """Copies folder `src` into `cache` as huggingface_hub lays a download out:
+    models--owner--name/blobs/<etag> (sha256 for LFS files, the git blob sha1 for the others),
+    refs/main holding the commit sha, snapshots/<sha>/<file> relative symlinks to the blobs.
+    The commit sha is derived from the files, so reruns give the same tree."""
+    import hashlib
+    repo = os.path.join(cache, "models--" + repo_id.replace("/", "--"))
+    fresh_dir(repo)
+    etags = {}
+    for name in sorted(os.listdir(src)):
+        data = open(os.path.join(src, name), "rb").read()
+        if name.endswith((".bin", ".safetensors")):
+            etags[name] = hashlib.sha256(data).hexdigest()
+        else:
+            etags[name] = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        os.makedirs(os.path.join(repo, "blobs"), exist_ok=True)
+        with open(os.path.join(repo, "blobs", etags[name]), "wb") as f:
+            f.write(data)
+    commit = hashlib.sha1(json.dumps(sorted(etags.items())).encode()).hexdigest()
+    os.makedirs(os.path.join(repo, "refs"))
+    with open(os.path.join(repo, "refs", "main"), "w") as f:
+        f.write(commit)
+    snap = os.path.join(repo, "snapshots", commit)
+    os.makedirs(snap)
+    for name, etag in etags.items():
+        os.symlink(os.path.join("..", "..", "blobs", etag), os.path.join(snap, name))
+    log(f"  laid {repo_id} into {rel(repo)} (snapshot {commit[:12]}, {len(etags)} files)")
+    return snap
+
+
+def generation_settings(text_config, generation_config):
+    """The decoding settings transformers applies: text_config's, overridden by generation_config.json's."""
+    out = {k: text_config[k] for k in GENERATION_KEYS if k in text_config}
+    out.update({k: v for k, v in generation_config.items() if k in GENERATION_KEYS})
+    return out
+
+
+def write_microsoft_repo(d, model, info):
+    """A Florence-2 repo as Microsoft publishes it: fp16 pytorch_model.bin (original names, the four
+    tied embeddings sharing one storage), bare BART tokenizer files, remote-code config with the
+    early revisions' wrong top-level ids, preprocessor and generation configs. Returns config.json."""
+    from collections import OrderedDict
+    osd = original_state_dict(model, info, False, torch.zeros(info["n_orig"]))
+    sd = OrderedDict((k, v.half()) for k, v in osd.items())
+    shared = sd["language_model.model.shared.weight"]
+    for k in ("language_model.model.encoder.embed_tokens.weight", "language_model.model.decoder.embed_tokens.weight",
+              "language_model.lm_head.weight"):
+        sd[k] = shared
+    torch_save_reproducible(sd, os.path.join(d, "pytorch_model.bin"))
+    back = torch.load(os.path.join(d, "pytorch_model.bin"), weights_only=True)
+    assert len({back[k].untyped_storage().data_ptr() for k in back if k.endswith(("shared.weight", "embed_tokens.weight", "lm_head.weight"))}) == 1
+    assert all(torch.equal(back[k].float(), osd[k]) for k in osd)
+    cfg = original_config(model, info, "float16")
+    cfg.update(bos_token_id=2, eos_token_id=1, pad_token_id=0)  # wrong, as early revisions had them
+    del cfg["text_config"]["forced_bos_token_id"]
+    write_json(os.path.join(d, "config.json"), cfg)
+    write_json(os.path.join(d, "generation_config.json"), MS_GENERATION_CONFIG)
+    write_json(os.path.join(d, "preprocessor_config.json"),
+               dict({"auto_map": {"AutoProcessor": "processing_florence2.Florence2Processor"}},
+                    **preprocessor_config(info["image"], info["n_img"])))
+    bare, n_base, n_orig = build_bart_like_tokenizer(MS_SPEC["bpe_vocab"], florence_tokens=False)
+    assert (n_base, n_orig) == (info["n_base"], info["n_orig"])
+    bare.save(os.path.join(d, "tokenizer.json"))
+    vocab = bare.get_vocab(with_added_tokens=True)  # BART's vocab.json holds <mask> too
+    assert len(vocab) == n_base
+    with open(os.path.join(d, "vocab.json"), "w") as f:
+        json.dump(dict(sorted(vocab.items(), key=lambda kv: kv[1])), f, ensure_ascii=False)
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        bare.model.save(tmp)
+        shutil.copy(os.path.join(tmp, "merges.txt"), os.path.join(d, "merges.txt"))
+    write_json(os.path.join(d, "tokenizer_config.json"), {"model_max_length": 1024})
+    return cfg
+
+
+def stage_published():
+    from transformers import GenerationConfig
+    import tempfile
+    log("[published: Microsoft-style Florence-2, Florence-VL with a hub-id tower, hub cache]")
+    fresh_dir(HF_CACHE)
+    fresh_dir(PUBLISHED)
+    staging = tempfile.mkdtemp()
+    ms_dir, fvl_dir = os.path.join(staging, "ms"), os.path.join(staging, "fvl")
+    os.makedirs(ms_dir)
+    os.makedirs(fvl_dir)
+
+    # --- the Florence-2 repo and its reference (HF-native model for vision, BART over the
+    # original vocabulary for generation, the processor for prompts and post-processing)
+    model, tok, info = build_florence2("ms", MS_SPEC)
+    model.float()
+    ms_cfg = write_microsoft_repo(ms_dir, model, info)
+    proc = make_processor(tok, info["image"], info["n_img"])
+    bart = bart_original(model, info, torch.zeros(info["n_orig"]))
+    settings = generation_settings(ms_cfg["text_config"], MS_GENERATION_CONFIG)
+    assert "forced_bos_token_id" not in settings and settings["num_beams"] == 3
+    runs = []
+    for img, task in F2_GEN_TASKS:
+        pil = load_image(f"{img}.png" if img != "text" else "text.jpg")
+        inputs = proc(text=task, images=pil, return_tensors="pt")
+        text_ids = inputs["input_ids"][0].tolist()[info["n_img"]:]
+        with torch.no_grad():
+            feats = model.get_image_features(inputs["pixel_values"]).pooler_output
+        x = torch.cat([feats, bart.get_input_embeddings()(torch.tensor([text_ids]))], 1)
+        r = {"image": os.path.basename(pil.filename), "image_size_wh": list(pil.size), "task": task,
+             "prompt_text": proc._construct_prompts([task])[0], "prompt_ids": text_ids,
+             "n_image_tokens": info["n_img"]}
+        for mode, kw in MS_MODES.items():
+            gc = GenerationConfig(**dict(settings, do_sample=False, **{k: v for k, v in kw.items() if k != "max_new_tokens"}))
+            with torch.no_grad():
+                out = bart.generate(inputs_embeds=x, attention_mask=torch.ones(x.shape[:2], dtype=torch.long),
+                                    generation_config=gc, max_new_tokens=kw["max_new_tokens"])
+            gen = out[0].tolist()
+            text = proc.batch_decode([gen], skip_special_tokens=False)[0]
+            try:
+                parsed = proc.post_process_generation(text, task=task.split(">")[0] + ">", image_size=pil.size)
+            except Exception as e:  # random weights can produce unparsable junk
+                parsed = {"error": repr(e)}
+            r[mode] = {"ids": gen, "text": text, "post_processed": parsed}
+        runs.append(r)
+        log(f"  {task}: greedy {r['greedy']['ids']}\n    config {r['config']['ids']}")
+    assert any(r["greedy"]["ids"][1] != 0 for r in runs), "no run shows that <s> is not forced"
+    write_json(os.path.join(PUBLISHED, "florence2_generate.json"), dict(
+        {"repo": MS_REPO, "modes": MS_MODES, "settings_from_configs": settings, "vocab_size": info["n_orig"]},
+        runs=runs))
+
+    # --- the Florence-VL repo: Llama + projector only; the tower (config, weights, tokenizer,
+    # preprocessor) comes from the Florence-2 repo named by hub id
+    tensors, out = florence_vl_fixture(fvl_dir, fvl_llm_llama(32), 1071, 1072, model, proc, {}, MS_REPO, 40_000)
+    write_json(os.path.join(PUBLISHED, "florence_vl_expected.json"), dict(
+        {"repo": FVL_REPO, "image": "photo.png", "tower_repo": MS_REPO}, **out))
+
+    # --- the cache, checked with huggingface_hub itself (offline)
+    from huggingface_hub import hf_hub_download
+    for repo_id, src in ((MS_REPO, ms_dir), (FVL_REPO, fvl_dir)):
+        snap = lay_into_cache(HF_CACHE, repo_id, src)
+        for name in os.listdir(src):
+            got = hf_hub_download(repo_id, name, cache_dir=HF_CACHE, local_files_only=True)
+            assert os.path.samefile(got, os.path.join(snap, name))
+            assert open(got, "rb").read() == open(os.path.join(src, name), "rb").read()
+    shutil.rmtree(staging)
+
 
 
 # ----------------------------------------------------------------------------------------------
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--stages", default="f2,f2lang,llama,fvl,phi3,fvlphi")
+    ap.add_argument("--stages", default="f2,f2lang,llama,fvl,phi3,fvlphi,published")
     args = ap.parse_args()
     stages = args.stages.split(",")
     log(f"transformers {transformers.__version__}, torch {torch.__version__}")
@@ -1295,6 +1516,8 @@ def main():
         stage_phi3()
     if "fvlphi" in stages:
         stage_florence_vl("florence-vl-phi-tiny")
+    if "published" in stages:
+        stage_published()
 
 
 if __name__ == "__main__":
