@@ -34,7 +34,7 @@ fn lost_device_is_an_error() {
     let xi = g.external(&x);
     eltwise::unary(&mut g, Unary::Gelu, xi, xi).unwrap();
     let exe = g.build().unwrap();
-    gpu.device.destroy();
+    gpu.destroy();
     let run = exe
         .run(&gpu, &[])
         .and_then(|_| x.read_f32(&gpu).map(|_| ()));

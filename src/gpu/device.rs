@@ -5,10 +5,10 @@
 //! caught by callbacks and surfaced as [`Error`]s at the next synchronisation point instead
 //! of panicking inside wgpu.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::pipelines::PipelineCache;
 use crate::error::{Error, Result};
 
 /// Environment variable naming the adapter (name substring or index), like `--device`.
@@ -180,10 +180,10 @@ type ErrorSlot = Arc<Mutex<Option<String>>>;
 
 /// An open device with its queue, capabilities and pipeline cache.
 pub struct Gpu {
-    /// The wgpu device.
-    pub device: wgpu::Device,
+    /// The wgpu device (crate-only: models record graphs, they never touch wgpu).
+    pub(crate) device: wgpu::Device,
     /// The device's submission queue.
-    pub queue: wgpu::Queue,
+    pub(crate) queue: wgpu::Queue,
     /// Name, backend and type of the adapter.
     pub info: wgpu::AdapterInfo,
     /// Limits the device was opened with (the adapter's maximum).
@@ -200,7 +200,7 @@ pub struct Gpu {
     /// lavapipe), so kernels pick layouts where lanes share loads rather than coalesce them.
     /// Set from the adapter type; tests flip it to cover both layouts on one device.
     pub cpu_style_kernels: bool,
-    pub(crate) pipelines: Mutex<HashMap<String, crate::gpu::graph::CachedPipeline>>,
+    pub(crate) pipelines: PipelineCache,
     error: ErrorSlot,
     submits: AtomicU64,
 }
@@ -268,7 +268,7 @@ impl Gpu {
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
             limits,
-            pipelines: Mutex::new(HashMap::new()),
+            pipelines: PipelineCache::default(),
             error,
             submits: AtomicU64::new(0),
         })
@@ -307,7 +307,7 @@ impl Gpu {
 
     /// Blocks until one submission has finished (later ones may still run), then reports
     /// any device error.
-    pub fn wait_for(&self, index: wgpu::SubmissionIndex) -> Result<()> {
+    pub(crate) fn wait_for(&self, index: wgpu::SubmissionIndex) -> Result<()> {
         self.device
             .poll(wgpu::PollType::Wait {
                 submission_index: Some(index),
@@ -348,14 +348,39 @@ impl Gpu {
     /// Every (entry point, WGSL source) compiled on this device so far; the portability test
     /// translates them for Metal and DX12.
     pub fn shader_sources(&self) -> Vec<(String, String)> {
-        let cache = self.pipelines.lock().unwrap();
-        cache
+        self.pipelines
             .keys()
-            .map(|k| {
-                let (entry, source) = k.split_once('\n').expect("cache key is entry\nsource");
-                (entry.to_string(), source.to_string())
-            })
+            .into_iter()
+            .map(|k| (k.entry.to_string(), k.source))
             .collect()
+    }
+
+    /// Copy bandwidth, the ceiling benchmarks compare with: bytes read + written per second
+    /// by `reps` copies of `bytes` in one submit, best of `trials` after a warm-up.
+    pub fn copy_bandwidth(&self, bytes: u64, reps: usize, trials: usize) -> Result<f64> {
+        let usage = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        let a = self.buffer("copy src", bytes, usage)?;
+        let b = self.buffer("copy dst", bytes, usage)?;
+        let mut best = f64::INFINITY;
+        for trial in 0..=trials {
+            let mut enc = self.device.create_command_encoder(&Default::default());
+            for _ in 0..reps {
+                enc.copy_buffer_to_buffer(&a, 0, &b, 0, bytes);
+            }
+            let t = std::time::Instant::now();
+            self.queue.submit([enc.finish()]);
+            self.wait()?;
+            if trial > 0 {
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+        }
+        Ok(2.0 * bytes as f64 * reps as f64 / best)
+    }
+
+    /// Destroys the device as a driver reset or removal would; every later use reports a
+    /// device error. For fault-handling tests.
+    pub fn destroy(&self) {
+        self.device.destroy();
     }
 
     /// Number of graph submits so far (tests check that a graph is one submit).

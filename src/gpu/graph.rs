@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use super::codegen::{self, Access, TensorArg};
+use super::pipelines::{pipeline, PipelineKey};
 use super::device::Gpu;
 use super::format::DType;
 use super::tensor::{Chunk, Layout, Tensor, TENSOR_USAGE};
@@ -76,107 +77,6 @@ pub struct Graph<'g> {
     slots: Vec<Slot>,
     nodes: Vec<Node>,
     params: Vec<u8>,
-}
-
-/// A pipeline with the bind-group layout it was built with.
-pub(crate) struct CachedPipeline {
-    pub pipeline: Arc<wgpu::ComputePipeline>,
-    pub bind_layout: Arc<wgpu::BindGroupLayout>,
-}
-
-fn bind_layout_entries(tensors: &[TensorArg]) -> Vec<wgpu::BindGroupLayoutEntry> {
-    let entry = |binding: u32, ty| wgpu::BindGroupLayoutEntry {
-        binding,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty,
-        count: None,
-    };
-    let storage = |read_only| wgpu::BindingType::Buffer {
-        ty: wgpu::BufferBindingType::Storage { read_only },
-        has_dynamic_offset: false,
-        min_binding_size: None,
-    };
-    let mut e = vec![
-        entry(
-            0,
-            wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Uniform,
-                has_dynamic_offset: false,
-                min_binding_size: None,
-            },
-        ),
-        entry(1, storage(true)),
-    ];
-    for t in tensors {
-        for _ in 0..t.layout.num_chunks() {
-            e.push(entry(e.len() as u32, storage(t.read_only_binding)));
-        }
-    }
-    e
-}
-
-/// Compiles (or fetches from the device's cache) the pipeline for `source`.
-pub(crate) fn pipeline(
-    gpu: &Gpu,
-    name: &str,
-    entry: &str,
-    source: String,
-    tensors: &[TensorArg],
-) -> Result<CachedPipeline> {
-    let key = format!("{entry}\n{source}");
-    if let Some(p) = gpu.pipelines.lock().unwrap().get(&key) {
-        return Ok(CachedPipeline {
-            pipeline: p.pipeline.clone(),
-            bind_layout: p.bind_layout.clone(),
-        });
-    }
-    let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let module = gpu
-        .device
-        .create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(name),
-            source: wgpu::ShaderSource::Wgsl(source.into()),
-        });
-    let bind_layout = gpu
-        .device
-        .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some(name),
-            entries: &bind_layout_entries(tensors),
-        });
-    let layout = gpu
-        .device
-        .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some(name),
-            bind_group_layouts: &[Some(&bind_layout)],
-            immediate_size: 0,
-        });
-    let pipeline = gpu
-        .device
-        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(name),
-            layout: Some(&layout),
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: Default::default(),
-            cache: None,
-        });
-    if let Some(e) = pollster::block_on(scope.pop()) {
-        return Err(Error::Device(format!(
-            "shader {name}.wgsl ({entry}) failed to build: {e}"
-        )));
-    }
-    let cached = CachedPipeline {
-        pipeline: Arc::new(pipeline),
-        bind_layout: Arc::new(bind_layout),
-    };
-    gpu.pipelines.lock().unwrap().insert(
-        key,
-        CachedPipeline {
-            pipeline: cached.pipeline.clone(),
-            bind_layout: cached.bind_layout.clone(),
-        },
-    );
-    Ok(cached)
 }
 
 impl<'g> Graph<'g> {
@@ -286,7 +186,7 @@ impl<'g> Graph<'g> {
             defines.push("SUBGROUP");
         }
         let source = codegen::header(&k.consts, &args) + &codegen::preprocess(k.source, &defines);
-        let cached = pipeline(self.gpu, k.name, k.entry, source, &args)?;
+        let cached = pipeline(self.gpu, k.name, PipelineKey { entry: k.entry, source }, &args)?;
         for &(_, id, _) in &k.tensors {
             let s = &mut self.slots[id.0];
             s.first_use.get_or_insert(node_index);
@@ -523,7 +423,7 @@ impl Executable {
     /// id to a mappable buffer) into the same submit. Does not wait; returns the submission
     /// for [`Gpu::wait_for`]. Replays queued back to back run in order (queue order), each
     /// with its own run values.
-    pub fn submit_with(
+    pub(crate) fn submit_with(
         &self,
         gpu: &Gpu,
         run_values: &[u32],

@@ -4,10 +4,13 @@ pub mod codegen;
 pub mod device;
 pub mod format;
 pub mod graph;
+mod pipelines;
+pub mod readback;
 pub mod tensor;
 
 pub use codegen::Access;
 pub use device::{list_adapters, AdapterSummary, Gpu, GpuOptions};
 pub use format::DType;
 pub use graph::{grid, Executable, Graph, Kernel, TensorId};
+pub use readback::{Submission, TokenReadback};
 pub use tensor::{Layout, Tensor};

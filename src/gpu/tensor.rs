@@ -263,4 +263,23 @@ impl Tensor {
     pub fn shape(&self) -> &[usize] {
         &self.layout.shape
     }
+
+    /// The same storage seen with another shape of the same dtype (e.g. a `[beams, capacity,
+    /// width]` cache as a table of rows). The chunks must fall on the same rows under both
+    /// shapes, so every chunk keeps its bytes.
+    pub fn view_as(&self, gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
+        let layout = Layout::new(shape, self.layout.dtype, gpu.max_binding)?;
+        let same_chunks = layout.num_chunks() == self.chunks.len()
+            && (0..self.chunks.len()).all(|c| layout.chunk_bytes(c) == self.layout.chunk_bytes(c));
+        if !same_chunks {
+            return Err(Error::shape(format!(
+                "a {:?} tensor cannot be viewed as {shape:?}: its storage chunks would split differently",
+                self.layout.shape
+            )));
+        }
+        Ok(Tensor {
+            layout,
+            chunks: self.chunks.clone(),
+        })
+    }
 }

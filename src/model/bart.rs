@@ -10,7 +10,7 @@
 //! q, k and v are fused into one projection (the three weights stacked on the host), so a layer
 //! reads its input once and attention reads q, k and v as strided views.
 
-use crate::gpu::{DType, Executable, Gpu, Graph, Layout, Tensor, TensorId};
+use crate::gpu::{DType, Executable, Gpu, Graph, Tensor, TensorId};
 use crate::ops::attention::{attention, Attention};
 use crate::ops::copy::{copy, Block};
 use crate::ops::eltwise::{self, Unary};
@@ -665,10 +665,7 @@ impl BeamStep {
         let d2 = 2 * bart.cfg.d_model;
         for kv in &cache.self_kv {
             // The cache as a table of rows, the shape the gather takes (same storage).
-            let rows = Tensor {
-                layout: Layout::new(&[beams * capacity, d2], DType::F32, gpu.max_binding)?,
-                chunks: kv.chunks.clone(),
-            };
+            let rows = kv.view_as(gpu, &[beams * capacity, d2])?;
             let rows = g.external(&rows);
             let scratch = g.tensor(&[beams * capacity, d2], DType::F32)?;
             embed::embed(&mut g, src, rows, None, scratch)?;

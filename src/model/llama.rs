@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::gpu::{DType, Executable, Gpu, Graph, Tensor, TensorId};
+use crate::gpu::{DType, Executable, Gpu, Graph, Submission, Tensor, TensorId, TokenReadback};
 use crate::ops::attention::{self, Attention};
 use crate::ops::copy::{self, Block};
 use crate::ops::rope::{self, inv_freq, Llama3Scaling, Rope};
@@ -586,9 +586,9 @@ pub struct Session<'m> {
     cache: KvCache,
     /// The one id the samplers write and the decode graph embeds.
     next: Tensor,
-    /// 4-byte mappable copies of `next`, two so that a decode step can be queued while the
-    /// one before it is read back.
-    staging: [wgpu::Buffer; 2],
+    /// Reads `next` back; double-buffered so that a decode step can be queued while the one
+    /// before it is read back.
+    readback: TokenReadback,
     decode: Executable,
     decode_logits: TensorId,
     /// The last prefill, kept for its logits.
@@ -623,20 +623,13 @@ impl<'m> Session<'m> {
         choose(&mut g, logits, ids, pick)?;
         g.keep(logits);
         let decode = g.build()?;
-        let readback = || {
-            gpu.buffer(
-                "next token readback",
-                4,
-                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            )
-        };
-        let staging = [readback()?, readback()?];
+        let readback = TokenReadback::new(gpu)?;
         Ok(Session {
             model,
             gpu,
             cache,
             next,
-            staging,
+            readback,
             decode,
             decode_logits: logits,
             prefill: None,
@@ -741,33 +734,15 @@ impl<'m> Session<'m> {
     }
 
     /// Queues one replay of `exe` (a prefill or the decode step) with `values`, copying the
-    /// id it chooses into staging buffer `slot`.
-    fn submit_choice(
-        &self,
-        exe: &Executable,
-        values: [u32; 4],
-        slot: usize,
-    ) -> Result<wgpu::SubmissionIndex> {
-        let src = &self.next.chunks[0];
-        exe.submit_with(self.gpu, &values, |enc| {
-            enc.copy_buffer_to_buffer(&src.buffer, src.offset, &self.staging[slot], 0, 4)
-        })
+    /// id it chooses into readback slot `slot`.
+    fn submit_choice(&self, exe: &Executable, values: [u32; 4], slot: usize) -> Result<Submission> {
+        self.readback
+            .submit(self.gpu, exe, &values, &self.next, slot)
     }
 
-    /// Waits for submission `index` and returns the id it copied into staging buffer `slot`.
-    fn read_choice(&self, slot: usize, index: wgpu::SubmissionIndex) -> Result<u32> {
-        let staging = &self.staging[slot];
-        let slice = staging.slice(..);
-        slice.map_async(wgpu::MapMode::Read, |_| ());
-        self.gpu.wait_for(index)?;
-        let id = {
-            let view = slice
-                .get_mapped_range()
-                .map_err(|e| Error::Device(format!("reading the next token: {e}")))?;
-            u32::from_le_bytes([view[0], view[1], view[2], view[3]])
-        };
-        staging.unmap();
-        Ok(id)
+    /// Waits for `submission` and returns the id it copied into readback slot `slot`.
+    fn read_choice(&self, slot: usize, submission: Submission) -> Result<u32> {
+        self.readback.read(self.gpu, slot, submission)
     }
 
     /// The decode loop after a prefill or extend that chose `first`: feeds each chosen id
@@ -788,7 +763,7 @@ impl<'m> Session<'m> {
         let mut id = first;
         let mut ids = Vec::new();
         // The step that feeds `id`, when it was queued ahead: (submission, staging slot).
-        let mut queued: Option<(wgpu::SubmissionIndex, usize)> = None;
+        let mut queued: Option<(Submission, usize)> = None;
         let stopped = loop {
             if is_stop(id) {
                 if limits.keep_stop {

@@ -63,25 +63,9 @@ pub(super) fn time(gpu: &Gpu, mut record: impl FnMut(&mut Graph) -> Result<()>) 
     Ok(best / REPS as f64)
 }
 
-/// Copy bandwidth: bytes read + written per second by `copy_buffer_to_buffer`.
+/// Copy bandwidth: bytes read + written per second by a buffer-to-buffer copy.
 pub(super) fn copy_bandwidth(gpu: &Gpu, bytes: u64) -> Result<f64> {
-    let usage = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
-    let a = gpu.buffer("copy src", bytes, usage)?;
-    let b = gpu.buffer("copy dst", bytes, usage)?;
-    let mut best = f64::INFINITY;
-    for trial in 0..=TRIALS {
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        for _ in 0..REPS {
-            enc.copy_buffer_to_buffer(&a, 0, &b, 0, bytes);
-        }
-        let t = Instant::now();
-        gpu.queue.submit([enc.finish()]);
-        gpu.wait()?;
-        if trial > 0 {
-            best = best.min(t.elapsed().as_secs_f64());
-        }
-    }
-    Ok(2.0 * bytes as f64 * REPS as f64 / best)
+    gpu.copy_bandwidth(bytes, REPS, TRIALS)
 }
 
 pub(super) fn linear_row(gpu: &Gpu, m: usize, n: usize, k: usize, dtype: DType) -> Result<Row> {
