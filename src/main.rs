@@ -21,13 +21,14 @@ fn quiet_headless_vulkan() {
         if std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| !d.is_empty()) {
             return;
         }
-        let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else { return };
+        let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+            return;
+        };
         let dir = std::env::temp_dir().join(format!("fvl-wgpu-runtime-{uid}"));
         let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
         // Only a real folder we own that nobody else can enter (not a planted link).
-        let ok = std::fs::symlink_metadata(&dir).is_ok_and(|m| {
-            m.is_dir() && m.uid() == uid && m.permissions().mode() & 0o077 == 0
-        });
+        let ok = std::fs::symlink_metadata(&dir)
+            .is_ok_and(|m| m.is_dir() && m.uid() == uid && m.permissions().mode() & 0o077 == 0);
         if ok {
             // Safe here: main has not started any other thread yet.
             std::env::set_var("XDG_RUNTIME_DIR", dir);

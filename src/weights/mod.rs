@@ -1,13 +1,16 @@
 //! Checkpoints on disk: `config.json` plus safetensors (one file, an index with shards, or
-//! whatever `*.safetensors` files a folder holds), memory-mapped, read one tensor at a time.
+//! whatever `*.safetensors` files a folder holds) or PyTorch `pytorch_model.bin` (one file or
+//! an index with shards, see [`torch`]), memory-mapped, read one tensor at a time.
 //!
 //! [`Checkpoint`] knows files, names, shapes and dtypes; which names a model expects is the
 //! business of the per-model maps ([`florence2`]).
 
 pub mod florence2;
+pub mod torch;
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -28,7 +31,7 @@ fn packed_suffix(name: &str) -> Option<DType> {
     }
 }
 
-/// One mapped safetensors file.
+/// One mapped weights file (safetensors or torch.save).
 struct Shard {
     path: PathBuf,
     map: Mmap,
@@ -43,7 +46,7 @@ struct Entry {
     end: usize,
 }
 
-/// An opened model folder: its parsed `config.json` and every tensor of its safetensors files.
+/// An opened model folder: its parsed `config.json` and every tensor of its weight files.
 ///
 /// Files are memory-mapped, so opening costs the headers only; [`Checkpoint::load_f32`]
 /// converts one tensor at a time.
@@ -56,55 +59,78 @@ pub struct Checkpoint {
 
 const INDEX: &str = "model.safetensors.index.json";
 const SINGLE: &str = "model.safetensors";
+const TORCH_INDEX: &str = "pytorch_model.bin.index.json";
+const TORCH_SINGLE: &str = "pytorch_model.bin";
 
 impl Checkpoint {
-    /// Opens `dir`: `config.json`, then `model.safetensors.index.json` (every shard it lists
-    /// must exist and hold the tensors mapped to it), else `model.safetensors`, else every
-    /// `*.safetensors` file in the folder.
+    /// Opens `dir`: `config.json`, then the weights — `model.safetensors.index.json` (every
+    /// shard it lists must exist and hold the tensors mapped to it), else `model.safetensors`,
+    /// else every `*.safetensors` file in the folder, else the PyTorch files
+    /// `pytorch_model.bin.index.json` or `pytorch_model.bin` (`torch.save` archives).
     pub fn open(dir: impl AsRef<Path>) -> Result<Checkpoint> {
         let dir = dir.as_ref().to_path_buf();
         let config = read_json(&dir.join("config.json"))?;
-        let index_path = dir.join(INDEX);
         let mut ckpt = Checkpoint {
             dir: dir.clone(),
             config,
             shards: Vec::new(),
             tensors: BTreeMap::new(),
         };
-        if index_path.is_file() {
-            ckpt.open_indexed(&index_path)?;
+        if dir.join(INDEX).is_file() {
+            ckpt.open_indexed(INDEX)?;
         } else if dir.join(SINGLE).is_file() {
             ckpt.add_shard(&dir.join(SINGLE), None)?;
         } else {
             let files = safetensors_files(&dir)?;
-            if files.is_empty() {
+            if !files.is_empty() {
+                for f in files {
+                    ckpt.add_shard(&f, None)?;
+                }
+            } else if dir.join(TORCH_INDEX).is_file() {
+                ckpt.open_indexed(TORCH_INDEX)?;
+            } else if dir.join(TORCH_SINGLE).is_file() {
+                ckpt.add_shard(&dir.join(TORCH_SINGLE), None)?;
+            } else {
                 return Err(file_err(
                     &dir,
-                    format!("no {INDEX}, no {SINGLE} and no other .safetensors file"),
+                    format!(
+                        "no weights: no {INDEX}, {SINGLE} or other .safetensors file, and no \
+                         {TORCH_INDEX} or {TORCH_SINGLE}"
+                    ),
                 ));
-            }
-            for f in files {
-                ckpt.add_shard(&f, None)?;
             }
         }
         Ok(ckpt)
     }
 
-    fn open_indexed(&mut self, index_path: &Path) -> Result<()> {
-        let index = read_json(index_path)?;
-        let map = index
+    /// Opens the shards a `weight_map` index (`index`, a file name in the folder) lists.
+    fn open_indexed(&mut self, index: &str) -> Result<()> {
+        let index_path = self.dir.join(index);
+        let json = read_json(&index_path)?;
+        let map = json
             .get("weight_map")
             .and_then(|m| m.as_object())
-            .ok_or_else(|| file_err(index_path, "no \"weight_map\" object"))?;
+            .ok_or_else(|| file_err(&index_path, "no \"weight_map\" object"))?;
         // Shard file → tensor names the index expects there, in file-name order.
         let mut by_file: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for (name, file) in map {
             let file = file.as_str().ok_or_else(|| {
                 file_err(
-                    index_path,
+                    &index_path,
                     format!("weight_map[\"{name}\"] is not a file name"),
                 )
             })?;
+            // Checked by name before anything is opened: no file outside the folder is
+            // touched, and whether one exists is not revealed.
+            if !inside_folder(file) {
+                return Err(file_err(
+                    &index_path,
+                    format!(
+                        "weight_map[\"{name}\"] names the shard \"{file}\", which is not inside \
+                         the model folder; shard names must be relative paths without \"..\""
+                    ),
+                ));
+            }
             by_file.entry(file).or_default().push(name);
         }
         // Check all shards exist before mapping any, so the error lists every missing one.
@@ -115,47 +141,39 @@ impl Checkpoint {
             .collect();
         if !missing.is_empty() {
             return Err(file_err(
-                index_path,
+                &index_path,
                 format!("lists shard(s) that do not exist: {}", missing.join(", ")),
             ));
         }
         for (file, names) in by_file {
-            self.add_shard(&self.dir.join(file), Some(&names))?;
+            self.add_shard(&self.dir.join(file), Some((&names, index)))?;
         }
         Ok(())
     }
 
-    /// Maps one file and records its tensors: all of them, or only `wanted` (the index's
-    /// names for this shard, each of which must be there).
-    fn add_shard(&mut self, path: &Path, wanted: Option<&[&str]>) -> Result<()> {
+    /// Maps one file and records its tensors: all of them, or only `wanted` (the names an
+    /// index maps to this shard, each of which must be there, and the index's file name).
+    fn add_shard(&mut self, path: &Path, wanted: Option<(&[&str], &str)>) -> Result<()> {
         let file = File::open(path).map_err(|e| file_err(path, e))?;
         // SAFETY: the map is read-only; a checkpoint modified by another process while we run
         // is outside what any loader can defend against (every mmap-based loader shares this).
         let map = unsafe { Mmap::map(&file) }.map_err(|e| file_err(path, e))?;
-        let (header_len, meta) =
-            SafeTensors::read_metadata(&map).map_err(|e| file_err(path, describe(&e, &map)))?;
-        let data_start = 8 + header_len;
         let shard = self.shards.len();
-        let mut infos = meta.tensors();
+        let torch = path.extension().is_some_and(|x| x == "bin");
+        let mut found = file_entries(path, &map, shard, torch)?;
         // Without an index every tensor in the file is taken; with one, exactly its names.
         let names: Vec<String> = match wanted {
-            Some(names) => names.iter().map(|n| n.to_string()).collect(),
-            None => infos.keys().cloned().collect(),
+            Some((names, _)) => names.iter().map(|n| n.to_string()).collect(),
+            None => found.keys().cloned().collect(),
         };
         for name in names {
-            let info = infos.remove(&name).ok_or_else(|| {
+            let entry = found.remove(&name).ok_or_else(|| {
+                let index = wanted.map_or("the index", |(_, index)| index);
                 file_err(
                     path,
-                    format!("has no tensor {name}, but {INDEX} maps it to this file"),
+                    format!("has no tensor {name}, but {index} maps it to this file"),
                 )
             })?;
-            let entry = Entry {
-                shard,
-                dtype: info.dtype,
-                shape: info.shape.clone(),
-                start: data_start + info.data_offsets.0,
-                end: data_start + info.data_offsets.1,
-            };
             if let Some(old) = self.tensors.insert(name.clone(), entry) {
                 let other = self.file_of(&old);
                 return Err(file_err(path, format!("tensor {name} is also in {other}")));
@@ -320,6 +338,60 @@ impl Checkpoint {
     }
 }
 
+/// Every tensor of a mapped file (torch.save when `torch`, else safetensors) as entries of
+/// shard number `shard`.
+fn file_entries(
+    path: &Path,
+    map: &[u8],
+    shard: usize,
+    torch: bool,
+) -> Result<BTreeMap<String, Entry>> {
+    let tensors: Vec<(String, Dtype, Vec<usize>, Range<usize>)> = if torch {
+        let found = torch::parse(map).map_err(|e| file_err(path, e))?;
+        found
+            .into_iter()
+            .map(|(name, t)| (name, t.dtype, t.shape, t.start..t.end))
+            .collect()
+    } else {
+        let (header_len, meta) =
+            SafeTensors::read_metadata(map).map_err(|e| file_err(path, describe(&e, map)))?;
+        let data = 8 + header_len;
+        meta.tensors()
+            .into_iter()
+            .map(|(name, t)| {
+                let (start, end) = t.data_offsets;
+                (name, t.dtype, t.shape.clone(), data + start..data + end)
+            })
+            .collect()
+    };
+    Ok(tensors
+        .into_iter()
+        .map(|(name, dtype, shape, bytes)| {
+            let (start, end) = (bytes.start, bytes.end);
+            (
+                name,
+                Entry {
+                    shard,
+                    dtype,
+                    shape,
+                    start,
+                    end,
+                },
+            )
+        })
+        .collect())
+}
+
+/// Whether a shard name from an index stays inside the model folder: a relative path of
+/// plain components (no `..`, no root, no drive).
+fn inside_folder(file: &str) -> bool {
+    let path = Path::new(file);
+    !file.is_empty()
+        && path
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+}
+
 /// Reads and parses a JSON file; the error names the file.
 fn read_json(path: &Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
@@ -421,7 +493,13 @@ pub fn write_quantized(
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
-        if path.is_file() && !name.ends_with(".safetensors") && name != INDEX {
+        // Everything but the weights (config, tokenizer) is copied; the packed
+        // model.safetensors replaces safetensors and PyTorch files alike.
+        let weights = name.ends_with(".safetensors")
+            || (name.starts_with("pytorch_model") && name.ends_with(".bin"))
+            || name == INDEX
+            || name == TORCH_INDEX;
+        if path.is_file() && !weights {
             std::fs::copy(&path, out.join(&name)).map_err(|e| file_err(&path, e))?;
         }
     }
