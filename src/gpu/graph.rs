@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use super::arena::{self, Lifetime, Plan};
 use super::codegen::{self, Access, TensorArg};
 use super::pipelines::{pipeline, PipelineKey};
 use super::device::Gpu;
@@ -217,13 +218,8 @@ impl<'g> Graph<'g> {
         let align = gpu.limits.min_storage_buffer_offset_alignment as u64;
         let end = self.nodes.len();
         // Every chunk of every used intermediate is one allocation with a lifetime.
-        struct Alloc {
-            slot: usize,
-            size: u64,
-            first: usize,
-            last: usize,
-        }
         let mut allocs = Vec::new();
+        let mut owners = Vec::new();
         let mut intermediate_bytes = 0;
         for (i, s) in self.slots.iter().enumerate() {
             if s.external.is_some() {
@@ -234,58 +230,15 @@ impl<'g> Graph<'g> {
             for c in 0..s.layout.num_chunks() {
                 let size = s.layout.chunk_bytes(c).next_multiple_of(align);
                 intermediate_bytes += size;
-                allocs.push(Alloc {
-                    slot: i,
-                    size,
-                    first,
-                    last,
-                });
+                allocs.push(Lifetime { size, first, last });
+                owners.push(i);
             }
         }
-        // Greedy by size: each allocation takes the lowest offset free over its whole lifetime.
-        let mut order: Vec<usize> = (0..allocs.len()).collect();
-        order.sort_by_key(|&a| std::cmp::Reverse(allocs[a].size));
         let max_arena = gpu.limits.max_buffer_size / align * align;
-        let mut placed: Vec<(usize, u64, usize)> = Vec::new(); // (alloc, offset, arena)
-        let mut arena_sizes: Vec<u64> = Vec::new();
-        let mut placement = vec![(0usize, 0u64); allocs.len()];
-        for &a in &order {
-            let al = &allocs[a];
-            let mut chosen = None;
-            for arena in 0..=arena_sizes.len() {
-                let mut busy: Vec<(u64, u64)> = placed
-                    .iter()
-                    .filter(|&&(b, _, ar)| {
-                        ar == arena && allocs[b].first <= al.last && al.first <= allocs[b].last
-                    })
-                    .map(|&(b, off, _)| (off, off + allocs[b].size))
-                    .collect();
-                busy.sort();
-                let mut offset = 0;
-                for (lo, hi) in busy {
-                    if offset + al.size <= lo {
-                        break;
-                    }
-                    offset = offset.max(hi);
-                }
-                if offset + al.size <= max_arena {
-                    chosen = Some((arena, offset));
-                    break;
-                }
-            }
-            let (arena, offset) = chosen.ok_or_else(|| {
-                Error::AdapterLimits(format!(
-                    "an intermediate of {} bytes exceeds the max buffer size",
-                    al.size
-                ))
-            })?;
-            if arena == arena_sizes.len() {
-                arena_sizes.push(0);
-            }
-            arena_sizes[arena] = arena_sizes[arena].max(offset + al.size);
-            placed.push((a, offset, arena));
-            placement[a] = (arena, offset);
-        }
+        let Plan {
+            placement,
+            arena_sizes,
+        } = arena::plan(&allocs, max_arena)?;
         let arenas: Vec<Arc<wgpu::Buffer>> = arena_sizes
             .iter()
             .enumerate()
@@ -296,10 +249,9 @@ impl<'g> Graph<'g> {
             .collect::<Result<_>>()?;
         let mut tensors: Vec<Option<Tensor>> =
             self.slots.iter().map(|s| s.external.clone()).collect();
-        for (a, al) in allocs.iter().enumerate() {
-            let (arena, offset) = placement[a];
-            let slot = &self.slots[al.slot];
-            let t = tensors[al.slot].get_or_insert_with(|| Tensor {
+        for (&owner, &(arena, offset)) in owners.iter().zip(&placement) {
+            let slot = &self.slots[owner];
+            let t = tensors[owner].get_or_insert_with(|| Tensor {
                 layout: slot.layout.clone(),
                 chunks: Vec::new(),
             });

@@ -1,5 +1,6 @@
 //! GPU layer: device, tensors, shader assembly and the graph executor. Knows nothing of models.
 
+pub mod arena;
 pub mod codegen;
 pub mod device;
 pub mod format;
