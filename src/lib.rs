@@ -9,6 +9,7 @@
 //! * [`text`]: the Llama-3 tokenizer and chat template; [`tasks`]: Florence-2 task prompts and
 //!   the BART tokenizer (CPU only).
 //! * [`model`]: the forward passes (DaViT, Florence-2, Llama), reading like the spec.
+//! * [`output`]: every file written goes through a temporary file and a rename, never over an input.
 //! * [`postprocess`]: Florence-2 answers (text, boxes, quads, polygons) from generated text (CPU only).
 
 pub mod error;
@@ -16,6 +17,7 @@ pub mod gpu;
 pub mod image;
 pub mod model;
 pub mod ops;
+pub mod output;
 pub mod postprocess;
 pub mod tasks;
 pub mod text;

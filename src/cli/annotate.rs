@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use fvl_wgpu::image::RgbImage;
+use fvl_wgpu::output::write_file;
 use fvl_wgpu::postprocess::Answer;
 use fvl_wgpu::{Error, Result};
 
@@ -195,9 +196,9 @@ fn points(flat: &[i32]) -> Vec<(i64, i64)> {
         .collect()
 }
 
-/// Draws `answer` on `image` and writes the PNG `path`. A plain-text answer leaves the
+/// Draws `answer` on `image` and writes the PNG `path` (never over one of `inputs`). A plain-text answer leaves the
 /// image as it is.
-pub fn draw(image: &RgbImage, answer: &Answer, path: &Path) -> Result<()> {
+pub fn draw(image: &RgbImage, answer: &Answer, path: &Path, inputs: &[&Path]) -> Result<()> {
     let canvas =
         image::RgbImage::from_raw(image.width as u32, image.height as u32, image.data.clone())
             .ok_or_else(|| Error::input("decoded image has the wrong size"))?;
@@ -251,9 +252,9 @@ pub fn draw(image: &RgbImage, answer: &Answer, path: &Path) -> Result<()> {
             c.label(label, (x, y), rgb);
         }
     }
-    c.0.save_with_format(path, image::ImageFormat::Png)
-        .map_err(|e| Error::File {
-            path: path.display().to_string(),
-            msg: e.to_string(),
-        })
+    let mut png = std::io::Cursor::new(Vec::new());
+    c.0.write_to(&mut png, image::ImageFormat::Png)
+        .map_err(|e| Error::input(format!("PNG encoding failed: {e}")))?;
+    write_file(path, inputs, |w| w.write_all(png.get_ref()))?;
+    Ok(())
 }

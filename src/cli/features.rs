@@ -3,11 +3,9 @@
 //! has a tokenizer, `encoder_caption`, `encoder_ocr`, `encoder_grounding` — the image-token
 //! rows of the encoder output for Florence-VL's three prompts, run as one batch.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
-use safetensors::tensor::TensorView;
-use safetensors::Dtype;
 
 use fvl_wgpu::gpu::{Graph, Tensor};
 use fvl_wgpu::image::{preprocess, PreprocessConfig};
@@ -15,7 +13,8 @@ use fvl_wgpu::model::bart::Bart;
 use fvl_wgpu::model::florence2::VisionTower;
 use fvl_wgpu::tasks::Tokenizer;
 use fvl_wgpu::weights::florence2::Florence2Checkpoint;
-use fvl_wgpu::{Error, Result};
+use fvl_wgpu::weights::{save_safetensors, Dtype, TensorBytes};
+use fvl_wgpu::Result;
 
 use super::{load_tower, ModelArgs};
 
@@ -35,23 +34,10 @@ pub struct FeaturesArgs {
     pub pad: bool,
 }
 
-fn write_safetensors(path: &Path, tensors: &[(&str, Vec<usize>, &[f32])]) -> Result<()> {
-    let views: Vec<(String, TensorView)> = tensors
-        .iter()
-        .map(|(name, shape, data)| {
-            let view = TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(data))
-                .map_err(|e| Error::input(format!("{name}: {e}")))?;
-            Ok((name.to_string(), view))
-        })
-        .collect::<Result<_>>()?;
-    safetensors::serialize_to_file(views, None, path).map_err(|e| Error::File {
-        path: path.display().to_string(),
-        msg: e.to_string(),
-    })
-}
-
 pub fn run(args: &FeaturesArgs) -> Result<()> {
     let dir = &args.model.model;
+    // Checked before the work, so a bad --out fails in a moment, not after the model ran.
+    fvl_wgpu::output::check_target(&args.out, &[dir, &args.image])?;
     let ck = Florence2Checkpoint::open(dir)?;
     let pp = PreprocessConfig::from_dir_or_default(dir)?;
     let t0 = Instant::now();
@@ -104,11 +90,14 @@ pub fn run(args: &FeaturesArgs) -> Result<()> {
             tensors.push((name, batched.clone(), rows));
         }
     }
-    let views: Vec<_> = tensors
+    let views: Vec<TensorBytes> = tensors
         .iter()
-        .map(|(n, s, d)| (*n, s.clone(), &d[..]))
+        .map(|(n, s, d)| {
+            let bytes: &[u8] = bytemuck::cast_slice(d);
+            (n.to_string(), Dtype::F32, s.clone(), bytes.into())
+        })
         .collect();
-    write_safetensors(&args.out, &views)?;
+    save_safetensors(&args.out, &views, None, &[dir, &args.image])?;
     let summary = serde_json::json!({
         "model": dir.display().to_string(),
         "layout": format!("{:?}", ck.layout()),

@@ -113,6 +113,10 @@ fn describe(answer: &Answer) -> String {
 /// or length over the position table) come before any GPU work.
 pub fn run(args: &Florence2Args) -> Result<()> {
     let dir = &args.model.model;
+    if let Some(path) = &args.annotate {
+        // Checked before the work, so a bad --annotate fails in a moment.
+        fvl_wgpu::output::check_target(path, &[dir, &args.image])?;
+    }
     if !task_tokens().any(|t| t == args.task) {
         let known: Vec<_> = task_tokens().collect();
         return Err(Error::input(format!(
@@ -191,7 +195,7 @@ pub fn run(args: &Florence2Args) -> Result<()> {
     let answer = post.parse(&task, &text, size);
     if let Some(path) = &args.annotate {
         let original = load_image(&args.image)?;
-        annotate::draw(&original, &answer, path)?;
+        annotate::draw(&original, &answer, path, &[&args.image, &args.model.model])?;
     }
     if args.model.device.json {
         let summary = serde_json::json!({

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use fvl_wgpu::model::llama::quantizable;
 use fvl_wgpu::weights::{write_quantized, Checkpoint};
-use fvl_wgpu::{Error, Result};
+use fvl_wgpu::Result;
 
 use super::Quant;
 
@@ -16,7 +16,8 @@ pub struct QuantizeArgs {
     /// Llama model folder (config.json, safetensors single or sharded, tokenizer).
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
-    /// Output folder (created; its model.safetensors is overwritten).
+    /// Output folder outside --model (created; its model.safetensors and copies of the other
+    /// files are replaced).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Packed format: q8 or q4.
@@ -28,11 +29,6 @@ pub struct QuantizeArgs {
 }
 
 pub fn run(args: &QuantizeArgs) -> Result<()> {
-    if args.out == args.model {
-        return Err(Error::input(
-            "--out must differ from --model (the source files are read while writing)",
-        ));
-    }
     let dtype = args.quant.dtype();
     let ck = Checkpoint::open(&args.model)?;
     let t = Instant::now();

@@ -238,9 +238,24 @@ impl Checkpoint {
         Ok(e)
     }
 
-    /// Loads a tensor as f32 (from BF16, F16 or F32), checking its shape is `expected`.
+    /// Loads a tensor as f32 (from BF16, F16 or F32), checking its shape is `expected` and
+    /// that every value is finite (a NaN or Inf weight turns every answer into garbage).
     pub fn load_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
         let e = self.check_shape(name, expected)?;
+        let values = self.convert_f32(name, e)?;
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(file_err(
+                &self.shards[e.shard].path,
+                format!(
+                    "tensor {name} holds {} at element {i}; weights must be finite numbers (corrupt or diverged checkpoint)",
+                    values[i]
+                ),
+            ));
+        }
+        Ok(values)
+    }
+
+    fn convert_f32(&self, name: &str, e: &Entry) -> Result<Vec<f32>> {
         let bytes = &self.shards[e.shard].map[e.start..e.end];
         Ok(match e.dtype {
             Dtype::F32 => bytes
@@ -486,7 +501,11 @@ pub fn write_quantized(
             q.name()
         )));
     }
+    // Refused before anything is created: an output folder that resolves to the model folder
+    // (or inside it) would replace the files being read.
+    crate::output::check_out_dir(out, ck.dir(), "--out")?;
     std::fs::create_dir_all(out).map_err(|e| file_err(out, e))?;
+    let inputs = [ck.dir()];
     for entry in std::fs::read_dir(ck.dir()).map_err(|e| file_err(ck.dir(), e))? {
         let path = entry.map_err(|e| file_err(ck.dir(), e))?.path();
         let name = path
@@ -500,7 +519,7 @@ pub fn write_quantized(
             || name == INDEX
             || name == TORCH_INDEX;
         if path.is_file() && !weights {
-            std::fs::copy(&path, out.join(&name)).map_err(|e| file_err(&path, e))?;
+            crate::output::copy_file(&path, &out.join(&name), &inputs)?;
         }
     }
     let mut tensors: Vec<(String, Dtype, Vec<usize>, std::borrow::Cow<[u8]>)> = Vec::new();
@@ -521,22 +540,59 @@ pub fn write_quantized(
                 continue;
             }
         }
+        if matches!(dt, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+            // Copied unchanged, but a NaN or Inf is refused here as it would be at load.
+            ck.load_f32(name, shape)?;
+        }
         tensors.push((name.to_string(), dt, shape.to_vec(), bytes.into()));
     }
-    let views = tensors
-        .iter()
-        .map(|(n, dt, shape, b)| {
-            safetensors::tensor::TensorView::new(*dt, shape.clone(), b)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| Error::input(format!("{n}: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
     let path = out.join(SINGLE);
-    let meta =
-        std::collections::HashMap::from([("fvl_wgpu_quant".to_string(), dtype.name().to_string())]);
-    safetensors::serialize_to_file(views, Some(meta), &path).map_err(|e| file_err(&path, e))?;
-    let written = std::fs::metadata(&path)
-        .map_err(|e| file_err(&path, e))?
-        .len();
+    let meta = BTreeMap::from([("fvl_wgpu_quant".to_string(), dtype.name().to_string())]);
+    let written = save_safetensors(&path, &tensors, Some(&meta), &inputs)?;
     Ok((quantized, written))
+}
+
+/// One tensor to write: name, dtype, shape and its little-endian bytes.
+pub type TensorBytes<'a> = (String, Dtype, Vec<usize>, std::borrow::Cow<'a, [u8]>);
+
+/// Writes `tensors` (in this order) as the safetensors file `path`, through
+/// [`crate::output::write_file`] (temporary file and rename; `inputs` are never replaced).
+/// Returns the bytes written.
+pub fn save_safetensors(
+    path: &Path,
+    tensors: &[TensorBytes],
+    metadata: Option<&BTreeMap<String, String>>,
+    inputs: &[&Path],
+) -> Result<u64> {
+    let mut header = serde_json::Map::new();
+    if let Some(meta) = metadata {
+        header.insert("__metadata__".into(), serde_json::json!(meta));
+    }
+    let mut offset = 0usize;
+    for (name, dtype, shape, bytes) in tensors {
+        let expected = shape.iter().product::<usize>() * dtype.bitsize() / 8;
+        if bytes.len() != expected {
+            return Err(Error::shape(format!(
+                "{name}: {} bytes for shape {shape:?} of {dtype:?}, expected {expected}",
+                bytes.len()
+            )));
+        }
+        let dt = serde_json::to_value(dtype).map_err(|e| file_err(path, e))?;
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": dt, "shape": shape, "data_offsets": [offset, offset + bytes.len()]}),
+        );
+        offset += bytes.len();
+    }
+    let mut head = serde_json::Value::Object(header).to_string().into_bytes();
+    // The data section starts 8-byte aligned, as the format's own writer pads it.
+    head.resize(head.len().next_multiple_of(8), b' ');
+    crate::output::write_file(path, inputs, |w| {
+        w.write_all(&(head.len() as u64).to_le_bytes())?;
+        w.write_all(&head)?;
+        for (_, _, _, bytes) in tensors {
+            w.write_all(bytes)?;
+        }
+        Ok(())
+    })
 }

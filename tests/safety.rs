@@ -1,0 +1,209 @@
+//! Never lose a user's data, never read outside the model folder, never answer garbage
+//! silently: one regression test per defect of issue 14 (each failed before its fix).
+
+mod common;
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fvl_in(dir: Option<&Path>, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fvl-wgpu"));
+    cmd.args(args);
+    if let Some(d) = dir {
+        cmd.current_dir(d);
+    }
+    let out = cmd.output().expect("run fvl-wgpu");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn fvl(args: &[&str]) -> (i32, String, String) {
+    fvl_in(None, args)
+}
+
+/// A fresh empty folder for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fvl-safety-{name}-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Copies the fixture folder `name` into `to` (files only).
+fn copy_fixture(name: &str, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(common::fixture_path(name)).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+/// Every file of a folder with its bytes, to show nothing changed.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&p).unwrap())
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn one_line_error(code: i32, err: &str) {
+    assert_ne!(code, 0, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Item 1: `quantize --out` naming the model folder in any spelling (relative, absolute,
+/// through a symlink, `..`, a subfolder) is refused and every source file is left intact.
+#[test]
+fn quantize_never_writes_into_its_source() {
+    let root = scratch("quantize-src");
+    let model = root.join("M");
+    copy_fixture("llama-b", &model);
+    std::os::unix::fs::symlink(&model, root.join("link")).unwrap();
+    let before = snapshot(&model);
+    let abs = model.to_str().unwrap().to_string();
+    for out in ["./M", "M", &abs, "link", "M/../M", "./link/", "M/sub", "link/sub/deeper"] {
+        let (code, _, err) = fvl_in(
+            Some(&root),
+            &["quantize", "--model", "M", "--out", out, "--quant", "q8"],
+        );
+        one_line_error(code, &err);
+        assert!(err.contains("--out"), "{out}: {err}");
+        assert_eq!(snapshot(&model), before, "--out {out} changed the model folder");
+        assert!(!model.join("sub").exists(), "--out {out} created a folder in the model");
+    }
+}
+
+/// Item 2: an output path that is a device node, a FIFO or a symlink is refused and left as
+/// it was; a file inside the model folder or the input image itself is refused too.
+#[test]
+fn outputs_never_replace_special_files_or_inputs() {
+    let root = scratch("targets");
+    let model = common::fixture_path("florence2-a");
+    let image = common::fixture_path("images/photo.png");
+    let fifo = root.join("fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let victim = root.join("victim.txt");
+    std::fs::write(&victim, "keep me").unwrap();
+    let link = root.join("link.safetensors");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let inside = model.join("new.safetensors");
+    let (m, img) = (model.to_str().unwrap(), image.to_str().unwrap());
+    for out in [
+        Path::new("/dev/null"),
+        &fifo,
+        &link,
+        &inside,
+        &image,
+        &root,
+    ] {
+        let (code, _, err) = fvl(&[
+            "features",
+            "--model",
+            m,
+            "--image",
+            img,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        one_line_error(code, &err);
+    }
+    // --annotate onto the input image.
+    let (code, _, err) = fvl(&[
+        "florence2", "--model", m, "--image", img, "--task", "<OD>", "--annotate", img,
+    ]);
+    one_line_error(code, &err);
+    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+    assert!(!inside.exists());
+}
+
+/// Item 2: outputs get the usual permissions (0666 less the umask), replace an existing
+/// regular file whole, and leave no temporary file behind.
+#[test]
+fn outputs_get_the_usual_permissions() {
+    let root = scratch("perms");
+    let out = root.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("model.safetensors"), "old").unwrap();
+    let bin = env!("CARGO_BIN_EXE_fvl-wgpu");
+    let src = common::fixture_path("llama-b");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 022 && exec '{bin}' quantize --model '{}' --out '{}' --quant q8",
+            src.display(),
+            out.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for name in ["model.safetensors", "config.json", "tokenizer.json"] {
+        let mode = std::fs::metadata(out.join(name)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644, "{name}: mode {mode:o}");
+    }
+    let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
+    assert!(bytes.len() > 1000);
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// Sets element 0 of tensor `name` in the single-file checkpoint `dir` to `value`.
+fn poison_weight(dir: &Path, name: &str, value: f32) {
+    let path = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let t = &header[name];
+    assert_eq!(t["dtype"], "F32", "{name}");
+    let start = 8 + n + t["data_offsets"][0].as_u64().unwrap() as usize;
+    bytes[start..start + 4].copy_from_slice(&value.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+}
+
+/// Item 5: `quantize` refuses a checkpoint with Inf or NaN weights instead of packing them.
+#[test]
+fn quantize_refuses_non_finite_weights() {
+    for (tag, v) in [("inf", f32::INFINITY), ("nan", f32::NAN)] {
+        let root = scratch(&format!("q-{tag}"));
+        let model = root.join("M");
+        copy_fixture("llama-b", &model);
+        poison_weight(&model, "model.layers.0.mlp.down_proj.weight", v);
+        let out = root.join("out");
+        let (code, _, err) = fvl(&[
+            "quantize",
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--quant",
+            "q4",
+        ]);
+        one_line_error(code, &err);
+        assert!(
+            err.contains("model.layers.0.mlp.down_proj.weight")
+                && (err.contains("inf") || err.contains("NaN")),
+            "{err}"
+        );
+        assert!(!out.join("model.safetensors").exists());
+    }
+}
