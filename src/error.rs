@@ -33,6 +33,9 @@ pub enum Error {
     /// Invalid user input (arguments, prompts, options).
     #[error("{0}")]
     Input(String),
+    /// A hub id, the Hugging Face cache or a download: what failed and how to fix it.
+    #[error("{0}")]
+    Hub(String),
 }
 
 impl Error {

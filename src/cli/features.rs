@@ -35,7 +35,7 @@ pub struct FeaturesArgs {
 }
 
 pub fn run(args: &FeaturesArgs) -> Result<()> {
-    let dir = &args.model.model;
+    let dir = &args.model.resolve()?;
     // Checked before the work, so a bad --out fails in a moment, not after the model ran.
     fvl_wgpu::output::check_target(&args.out, &[dir, &args.image])?;
     let ck = Florence2Checkpoint::open(dir)?;

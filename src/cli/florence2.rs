@@ -112,7 +112,7 @@ fn describe(answer: &Answer) -> String {
 /// Runs the task: input errors (unknown task, text where none is taken or missing, a prompt
 /// or length over the position table) come before any GPU work.
 pub fn run(args: &Florence2Args) -> Result<()> {
-    let dir = &args.model.model;
+    let dir = &args.model.resolve()?;
     if let Some(path) = &args.annotate {
         // Checked before the work, so a bad --annotate fails in a moment.
         fvl_wgpu::output::check_target(path, &[dir, &args.image])?;

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use fvl_wgpu::model::llama::{Limits, Llama, LlamaConfig, Prompt, Session};
 use fvl_wgpu::text::llama::{LlamaTokenizer, Message, TextStream};
+use fvl_wgpu::weights::hub::{resolve, Needs};
 use fvl_wgpu::weights::Checkpoint;
 use fvl_wgpu::{Error, Result};
 
@@ -16,8 +17,9 @@ use super::{default_dtype, progress, DecodeArgs, DeviceArgs, Quant};
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["prompt", "prompt_ids"])))]
 pub struct GenerateArgs {
-    /// Model folder (config.json, safetensors single or sharded, tokenizer.json).
-    #[arg(long, value_name = "DIR")]
+    /// Model folder (config.json, safetensors single or sharded, tokenizer.json), or a hub id owner/name[@revision]
+    /// (from the Hugging Face cache, downloading what is missing).
+    #[arg(long, value_name = "DIR|OWNER/NAME")]
     pub model: PathBuf,
     /// Prompt text (tokenised with a leading <|begin_of_text|>).
     #[arg(long, value_name = "TEXT")]
@@ -41,12 +43,13 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
-    let ck = Checkpoint::open(&args.model)?;
+    let model = resolve(&args.model, Needs::Model)?;
+    let ck = Checkpoint::open(&model)?;
     let cfg = LlamaConfig::from_checkpoint(&ck)?;
     let vocab = cfg.vocab;
-    let tok_path = args.model.join("tokenizer.json");
+    let tok_path = model.join("tokenizer.json");
     let tok = if args.prompt.is_some() || tok_path.is_file() {
-        Some(LlamaTokenizer::open(&args.model)?)
+        Some(LlamaTokenizer::open(&model)?)
     } else {
         None
     };

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use fvl_wgpu::gpu::Gpu;
 use fvl_wgpu::model::florence_vl::{AskOptions, FlorenceVl};
+use fvl_wgpu::weights::hub::{resolve, Needs};
 use fvl_wgpu::{Error, Result};
 
 use super::DeviceArgs;
@@ -16,8 +17,9 @@ use super::{default_dtype, DecodeArgs, Quant};
 /// Arguments of `infer`.
 #[derive(clap::Args)]
 pub struct InferArgs {
-    /// Florence-VL folder (LLaVA layout: Llama, projector and Florence-2 tower in its shards).
-    #[arg(long, value_name = "DIR")]
+    /// Florence-VL folder (LLaVA layout: Llama, projector and Florence-2 tower in its shards), or a hub id owner/name[@revision]
+    /// (from the Hugging Face cache, downloading what is missing).
+    #[arg(long, value_name = "DIR|OWNER/NAME")]
     pub model: PathBuf,
     /// Image file (PNG, JPEG, WebP or BMP).
     #[arg(long, value_name = "FILE")]
@@ -32,9 +34,9 @@ pub struct InferArgs {
     /// vision path is f32 with f32, else f16 where available.
     #[arg(long, value_enum)]
     pub quant: Option<Quant>,
-    /// Folder with the Florence-2 (BART) tokenizer.json for the three encoder prompts
-    /// (default: the tower's folder, else Florence-VL's hard-coded ids).
-    #[arg(long, value_name = "DIR")]
+    /// Folder or hub id with the Florence-2 (BART) tokenizer.json for the three encoder
+    /// prompts (default: the tower's folder, else Florence-VL's hard-coded ids).
+    #[arg(long, value_name = "DIR|OWNER/NAME")]
     pub florence_tokenizer: Option<PathBuf>,
     /// Drop the mean token: 576 image rows instead of 577.
     #[arg(long)]
@@ -47,7 +49,13 @@ pub fn run(args: &InferArgs) -> Result<()> {
     let gpu = args.device.open()?;
     let quant = args.quant.map_or_else(|| default_dtype(&gpu), Quant::dtype);
     let t0 = Instant::now();
-    let mut m = FlorenceVl::load(&gpu, &args.model, quant, args.florence_tokenizer.as_deref())?;
+    let model = resolve(&args.model, Needs::Model)?;
+    let tokenizer = args
+        .florence_tokenizer
+        .as_ref()
+        .map(|t| resolve(t, Needs::Configs))
+        .transpose()?;
+    let mut m = FlorenceVl::load(&gpu, &model, quant, tokenizer.as_deref())?;
     m.keep_mean_token = !args.drop_mean_token;
     let load_s = t0.elapsed().as_secs_f64();
     let opts = AskOptions {

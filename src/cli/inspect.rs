@@ -6,14 +6,16 @@ use std::path::PathBuf;
 
 use fvl_wgpu::gpu::DType;
 use fvl_wgpu::weights::florence2::Florence2Layout;
+use fvl_wgpu::weights::hub::{resolve, Needs};
 use fvl_wgpu::weights::Checkpoint;
 use fvl_wgpu::Result;
 
 /// Arguments of `inspect`.
 #[derive(clap::Args)]
 pub struct InspectArgs {
-    /// Model folder (config.json and safetensors, single or sharded).
-    #[arg(long, value_name = "DIR")]
+    /// Model folder (config.json and safetensors, single or sharded), or a hub id owner/name[@revision]
+    /// (from the Hugging Face cache, downloading what is missing).
+    #[arg(long, value_name = "DIR|OWNER/NAME")]
     pub model: PathBuf,
     /// Print one JSON object on stdout.
     #[arg(long)]
@@ -38,7 +40,7 @@ fn describe_layout(ck: &Checkpoint) -> String {
 }
 
 pub fn run(args: &InspectArgs) -> Result<()> {
-    let ck = Checkpoint::open(&args.model)?;
+    let ck = Checkpoint::open(resolve(&args.model, Needs::Model)?)?;
     let mut by_dtype: BTreeMap<String, (usize, u64)> = BTreeMap::new();
     let mut params = 0u64;
     // Matrices a load could quantize (rows whole blocks of 32), other matrices (f16 at most,

@@ -14,6 +14,7 @@ mod devices;
 mod features;
 mod florence2;
 mod generate;
+mod hub;
 mod infer;
 mod inspect;
 mod quantize;
@@ -49,6 +50,11 @@ enum Command {
     Florence2(florence2::Florence2Args),
     /// Answer a question about an image with a Florence-VL checkpoint, streamed to stdout.
     Infer(infer::InferArgs),
+    /// Download a model from the Hugging Face hub into its cache ahead of time (a Florence-VL
+    /// checkpoint's tower repo too).
+    Pull(hub::PullArgs),
+    /// List the models in the Hugging Face cache with their sizes and revisions.
+    Models(hub::ModelsArgs),
     /// Measure kernels (or, later, whole models) against the device's own ceilings.
     Bench {
         #[command(subcommand)]
@@ -242,8 +248,9 @@ impl DecodeArgs {
 /// Options every model command takes.
 #[derive(Args, Clone)]
 pub struct ModelArgs {
-    /// Model folder (config.json and safetensors, single or sharded).
-    #[arg(long, value_name = "DIR")]
+    /// Model folder (config.json and safetensors, single or sharded), or a hub id owner/name[@revision]
+    /// (from the Hugging Face cache, downloading what is missing).
+    #[arg(long, value_name = "DIR|OWNER/NAME")]
     pub model: PathBuf,
     /// Weight precision (default: f16 where the adapter has SHADER_F16, else f32).
     #[arg(long, value_enum)]
@@ -253,6 +260,11 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// The model folder `--model` names (a hub id resolves through the cache).
+    pub fn resolve(&self) -> Result<PathBuf> {
+        fvl_wgpu::weights::hub::resolve(&self.model, fvl_wgpu::weights::hub::Needs::Model)
+    }
+
     /// The weight dtype for `gpu`.
     pub fn dtype(&self, gpu: &Gpu) -> DType {
         Self::dtype_for(self.precision, gpu)
@@ -308,6 +320,8 @@ pub fn run() -> Result<()> {
         Command::Generate(args) => generate::run(&args),
         Command::Florence2(args) => florence2::run(&args),
         Command::Infer(args) => infer::run(&args),
+        Command::Pull(args) => hub::pull(&args),
+        Command::Models(args) => hub::models(&args),
         Command::Bench {
             what:
                 BenchWhat::Kernels {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use fvl_wgpu::model::llama::quantizable;
+use fvl_wgpu::weights::hub::{resolve, Needs};
 use fvl_wgpu::weights::{write_quantized, Checkpoint};
 use fvl_wgpu::Result;
 
@@ -13,8 +14,9 @@ use super::Quant;
 /// Arguments of `quantize`.
 #[derive(clap::Args)]
 pub struct QuantizeArgs {
-    /// Llama model folder (config.json, safetensors single or sharded, tokenizer).
-    #[arg(long, value_name = "DIR")]
+    /// Llama model folder (config.json, safetensors single or sharded, tokenizer), or a hub id owner/name[@revision]
+    /// (from the Hugging Face cache, downloading what is missing).
+    #[arg(long, value_name = "DIR|OWNER/NAME")]
     pub model: PathBuf,
     /// Output folder outside --model (created; its model.safetensors and copies of the other
     /// files are replaced).
@@ -29,8 +31,9 @@ pub struct QuantizeArgs {
 }
 
 pub fn run(args: &QuantizeArgs) -> Result<()> {
+    let model = resolve(&args.model, Needs::Model)?;
     let dtype = args.quant.dtype();
-    let ck = Checkpoint::open(&args.model)?;
+    let ck = Checkpoint::open(&model)?;
     let t = Instant::now();
     let (count, bytes) = write_quantized(&ck, &args.out, dtype, &quantizable)?;
     let secs = t.elapsed().as_secs_f64();

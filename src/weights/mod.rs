@@ -6,6 +6,7 @@
 //! business of the per-model maps ([`florence2`]).
 
 pub mod florence2;
+pub mod hub;
 pub mod torch;
 
 use std::collections::BTreeMap;
