@@ -207,3 +207,93 @@ fn quantize_refuses_non_finite_weights() {
         assert!(!out.join("model.safetensors").exists());
     }
 }
+
+/// Rewrites the JSON file `path` with `edit`.
+fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(path, v.to_string()).unwrap();
+}
+
+/// The error of `open` with `name` (the offending string) replaced by `X`, so messages for
+/// different names compare equal exactly when they reveal nothing more.
+fn masked_error<T>(res: fvl_wgpu::Result<T>, name: &str) -> String {
+    match res {
+        Ok(_) => panic!("{name} was accepted"),
+        Err(e) => e.to_string().replace(name, "X"),
+    }
+}
+
+/// Item 3: shard names in an index with `..` or an absolute path are refused before any file
+/// is opened, with the same message whether the outside file exists or not.
+#[test]
+fn index_shards_stay_inside_the_model_folder() {
+    let root = scratch("index");
+    let model = root.join("a/M");
+    copy_fixture("llama-a", &model);
+    let outside = root.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let stolen = outside.join("stolen.safetensors");
+    std::fs::copy(model.join("model-00001-of-00005.safetensors"), &stolen).unwrap();
+    let index = model.join("model.safetensors.index.json");
+    let stolen_abs = stolen.to_str().unwrap().to_string();
+    let mut messages = Vec::new();
+    for shard in [
+        "../../outside/stolen.safetensors",
+        "../../outside/missing.safetensors",
+        &stolen_abs,
+        "/etc/passwd",
+        "/nonexistent/x.safetensors",
+        "sub/../../../outside/stolen.safetensors",
+    ] {
+        edit_json(&index, |v| {
+            let map = v["weight_map"].as_object_mut().unwrap();
+            for file in map.values_mut() {
+                if file == "model-00001-of-00005.safetensors" {
+                    *file = shard.into();
+                }
+            }
+        });
+        let msg = masked_error(fvl_wgpu::weights::Checkpoint::open(&model), shard);
+        assert!(msg.contains("not inside the model folder"), "{shard}: {msg}");
+        messages.push(msg);
+        edit_json(&index, |v| {
+            let map = v["weight_map"].as_object_mut().unwrap();
+            for file in map.values_mut() {
+                if file == shard {
+                    *file = "model-00001-of-00005.safetensors".into();
+                }
+            }
+        });
+    }
+    assert!(messages.windows(2).all(|w| w[0] == w[1]), "{messages:#?}");
+}
+
+/// Item 3: `mm_vision_tower` may name a hub id or a folder beside the model, nothing that
+/// climbs out or starts at the root; the message is the same whether that place exists.
+#[test]
+fn vision_tower_stays_beside_the_model() {
+    let root = scratch("tower");
+    let model = root.join("a/b/M");
+    copy_fixture("florence-vl-tiny", &model);
+    copy_fixture("florence2-a-original", &root.join("escaped"));
+    let config = model.join("config.json");
+    let mut messages = Vec::new();
+    for tower in [
+        "../../../escaped",
+        "../../../missing",
+        "../../../../../../../../etc",
+        "/etc",
+        "/nonexistent",
+        "./../../../escaped",
+        "a/b/c",
+    ] {
+        edit_json(&config, |v| v["mm_vision_tower"] = tower.into());
+        let res = fvl_wgpu::weights::florence2::Florence2Checkpoint::open(&model);
+        let msg = masked_error(res, tower);
+        assert!(msg.contains("mm_vision_tower"), "{tower}: {msg}");
+        messages.push(msg);
+    }
+    assert!(messages.windows(2).all(|w| w[0] == w[1]), "{messages:#?}");
+}

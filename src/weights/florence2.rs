@@ -902,6 +902,26 @@ fn find_config(ckpt: &Checkpoint) -> Result<(PathBuf, Value)> {
             "no vision_config, and no mm_vision_tower naming a Florence-2 folder that has one",
         ));
     };
+    // Checked by name before any file is looked at: a hub id (owner/name) or a folder name,
+    // never `..` or an absolute path, so nothing outside the model's own surroundings is read
+    // and whether such a file exists is not revealed.
+    let parts: Vec<_> = Path::new(tower).components().collect();
+    let plain = |c: &std::path::Component| {
+        c.as_os_str().to_str().is_some_and(|s| {
+            s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                && !s.starts_with('.')
+        })
+    };
+    if parts.is_empty() || parts.len() > 2 || !parts.iter().all(plain) {
+        return Err(file_err(
+            &own,
+            format!(
+                "mm_vision_tower = {tower:?} is neither a hub id (owner/name) nor the name of a \
+                 Florence-2 folder beside the model"
+            ),
+        ));
+    }
     let mut tried = Vec::new();
     for base in [Some(ckpt.dir()), ckpt.dir().parent()]
         .into_iter()
