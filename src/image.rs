@@ -1,7 +1,8 @@
 //! Image decoding and Florence-2 preprocessing, matching what the Python reference
 //! (PIL + HF `CLIPImageProcessor`, Florence-VL's `expand2square`) feeds the vision tower.
 //!
-//! * [`load_image`]: decode PNG/JPEG/WebP/BMP, apply EXIF orientation, convert to 8-bit RGB
+//! * [`load_image`] / [`decode_image`] (a file / bytes in memory): decode PNG/JPEG/WebP/BMP
+//!   (JPEG with libjpeg-turbo, to PIL's bytes), apply EXIF orientation, convert to 8-bit RGB
 //!   the way PIL's `.convert("RGB")` does. Dimensions are checked from the header before any
 //!   pixel buffer is allocated ([`MAX_IMAGE_SIDE`], [`MAX_IMAGE_PIXELS`]).
 //! * [`pad_to_square`]: Florence-VL's pad-to-square with the mean colour.
@@ -9,15 +10,17 @@
 //! * [`pixel_values`]: `(u8 · rescale − mean) / std`, CHW.
 //! * [`preprocess`]: all of the above for one file.
 
-use std::fs::File;
-use std::io::{BufReader, Read, Seek};
+use std::io::Cursor;
 use std::path::Path;
 
 use ::image::error::ImageError;
+use ::image::metadata::Orientation;
 use ::image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 use serde_json::Value;
 
 use crate::{Error, Result};
+
+mod jpeg;
 
 /// Largest accepted width or height, in pixels. Checked from the file header, before decoding.
 pub const MAX_IMAGE_SIDE: u32 = 16384;
@@ -233,38 +236,43 @@ fn file_err(path: &str, msg: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Decodes an image file to 8-bit RGB.
-///
-/// The format comes from the file's content (PNG, JPEG, WebP, BMP), not its extension. EXIF
-/// orientation is applied (as HF's `load_image` does with `exif_transpose`; a bare PIL
-/// `Image.open` does not). Colour conversion follows PIL's `.convert("RGB")` on what PIL opens:
-/// alpha is dropped (not composited), grey is replicated to the three channels, palettes are
-/// expanded, and 16-bit samples keep their high byte (PIL's `RGB;16B`-style unpacking).
-/// Deviation: PIL opens 16-bit greyscale as mode `I` and clips it to 0..255 on conversion
-/// (a near-white image); here it keeps the high byte like every other 16-bit type.
-///
-/// Errors name the file and the problem: unrecognised or unsupported format, corrupt or
-/// truncated data, a zero width or height, or dimensions above [`MAX_IMAGE_SIDE`] /
-/// [`MAX_IMAGE_PIXELS`] (refused from the header, before the pixels are allocated).
+/// Decodes an image file to 8-bit RGB; see [`decode_image`] (this reads the file and names it
+/// in errors).
 pub fn load_image(path: impl AsRef<Path>) -> Result<RgbImage> {
     let path = path.as_ref();
     let shown = path.display().to_string();
-    let err = |msg: String| file_err(&shown, msg);
+    let bytes = std::fs::read(path).map_err(|e| file_err(&shown, format!("cannot read: {e}")))?;
+    decode_image(&bytes, &shown)
+}
 
-    let mut file = File::open(path).map_err(|e| err(format!("cannot open: {e}")))?;
-    let mut head = Vec::with_capacity(HEADER_BYTES);
-    (&mut file)
-        .take(HEADER_BYTES as u64)
-        .read_to_end(&mut head)
-        .and_then(|_| file.rewind())
-        .map_err(|e| err(format!("cannot read: {e}")))?;
-    let mut reader = ImageReader::new(BufReader::new(file))
+/// Decodes an encoded image held in memory (the bytes of a PNG, JPEG, WebP or BMP file) to
+/// 8-bit RGB; `name` labels errors (a file name, a URL, "upload").
+///
+/// The format comes from the content, not a name. JPEGs decode with libjpeg-turbo under PIL's
+/// settings, to PIL's bytes (see the `jpeg` module); the other formats with the `image` crate.
+/// EXIF orientation is applied (as HF's `load_image` does with `exif_transpose`; a bare PIL
+/// `Image.open` does not). Colour conversion follows PIL's `.convert("RGB")` on what PIL opens:
+/// alpha is dropped (not composited), grey is replicated to the three channels, palettes are
+/// expanded, CMYK uses PIL's formula, and 16-bit samples keep their high byte (PIL's
+/// `RGB;16B`-style unpacking).
+/// Deviation: PIL opens 16-bit greyscale as mode `I` and clips it to 0..255 on conversion
+/// (a near-white image); here it keeps the high byte like every other 16-bit type.
+///
+/// Errors name `name` and the problem: unrecognised or unsupported format, corrupt or
+/// truncated data, a zero width or height, or dimensions above [`MAX_IMAGE_SIDE`] /
+/// [`MAX_IMAGE_PIXELS`] (refused from the header, before the pixels are allocated).
+pub fn decode_image(bytes: &[u8], name: &str) -> Result<RgbImage> {
+    let err = |msg: String| file_err(name, msg);
+    if bytes.starts_with(&jpeg::MAGIC) {
+        let (img, orientation) = jpeg::decode(bytes).map_err(err)?;
+        return Ok(oriented(img, orientation));
+    }
+    let head = &bytes[..bytes.len().min(HEADER_BYTES)];
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| err(format!("cannot read: {e}")))?;
     let format = match reader.format() {
-        Some(f @ (ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::WebP | ImageFormat::Bmp)) => {
-            f
-        }
+        Some(f @ (ImageFormat::Png | ImageFormat::WebP | ImageFormat::Bmp)) => f,
         Some(other) => {
             return Err(err(format!(
                 "unsupported image format {other:?} (supported: PNG, JPEG, WebP, BMP)"
@@ -285,23 +293,32 @@ pub fn load_image(path: impl AsRef<Path>) -> Result<RgbImage> {
     let mut decoder = reader.into_decoder().map_err(|e| {
         // The PNG and BMP decoders refuse a zero size in the header with unrelated wording
         // ("too large"); say what is wrong when the header shows it.
-        match header_dimensions(&head, format).map(|(w, h)| check_dimensions(w, h)) {
+        match header_dimensions(head, format).map(|(w, h)| check_dimensions(w, h)) {
             Some(Err(msg)) => err(msg),
-            _ => decode_err(&shown, e),
+            _ => decode_err(name, e),
         }
     })?;
     let (w, h) = decoder.dimensions();
     check_dimensions(w, h).map_err(err)?;
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
-    decoder
-        .set_limits(limits)
-        .map_err(|e| decode_err(&shown, e))?;
+    decoder.set_limits(limits).map_err(|e| decode_err(name, e))?;
 
-    let orientation = decoder.orientation().map_err(|e| decode_err(&shown, e))?;
-    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| decode_err(&shown, e))?;
-    img.apply_orientation(orientation);
-    Ok(to_rgb(img))
+    let orientation = decoder.orientation().map_err(|e| decode_err(name, e))?;
+    let img = DynamicImage::from_decoder(decoder).map_err(|e| decode_err(name, e))?;
+    Ok(oriented(to_rgb(img), orientation))
+}
+
+/// `img` turned as its EXIF orientation says.
+fn oriented(img: RgbImage, orientation: Orientation) -> RgbImage {
+    if orientation == Orientation::NoTransforms {
+        return img;
+    }
+    let (w, h) = (img.width as u32, img.height as u32);
+    let buf = ::image::RgbImage::from_raw(w, h, img.data).expect("RGB buffer of its own size");
+    let mut dynamic = DynamicImage::ImageRgb8(buf);
+    dynamic.apply_orientation(orientation);
+    to_rgb(dynamic)
 }
 
 /// Bytes read up front for [`header_dimensions`].

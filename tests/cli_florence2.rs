@@ -132,3 +132,48 @@ fn greedy_ids_match_transformers() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `<OCR>` on the JPEG fixture: our libjpeg-turbo decode equals PIL's, so the ids equal
+/// transformers' (greedy and Florence-2's default 3 beams). With a decoder that differed by
+/// ±1 they did not (`[2,0,824,1146,…]` against HF's `[2,0,824,824,…]`).
+#[test]
+fn ocr_on_the_jpeg_fixture_equals_hf() {
+    let gen: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{MODEL}/generate.json")).unwrap())
+            .unwrap();
+    let run = gen["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["task"] == "<OCR>" && r["image"] == "text.jpg")
+        .unwrap();
+    for (mode, extra) in [
+        ("greedy", &["--num-beams", "1", "--no-repeat-ngram-size", "0"][..]),
+        ("beam3", &[][..]),
+    ] {
+        let mut args = vec![
+            "florence2",
+            "--model",
+            MODEL,
+            "--image",
+            "tests/fixtures/images/text.jpg",
+            "--task",
+            "<OCR>",
+            "--max-new-tokens",
+            "20",
+            "--precision",
+            "f32",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = Command::new(env!("CARGO_BIN_EXE_fvl-wgpu"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{mode}: {err}");
+        let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(got["token_ids"], run[mode]["ids"], "<OCR> {mode}");
+        assert_eq!(got["text"], run[mode]["text"], "<OCR> {mode}");
+    }
+}

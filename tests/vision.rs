@@ -90,14 +90,18 @@ fn image_features_f16_within_budget() {
 #[test]
 fn image_file_to_features_end_to_end() {
     // Our decoding and resizing feed the tower: V within the f32 budget of HF's, which
-    // holds when preprocessing is exact (it is checked within one uint8 step in tests/image.rs).
+    // holds when preprocessing is exact (tests/image.rs: PIL's bytes, JPEG included).
     let gpu = common::gpu();
     for model in MODELS {
         let t = tower(&gpu, model, DType::F32);
         let pp =
             PreprocessConfig::from_file(fixture_path(&format!("{model}/preprocessor_config.json")))
                 .unwrap();
-        for (image, file) in [("photo", "photo.png"), ("gray", "gray.png")] {
+        for (image, file) in [
+            ("photo", "photo.png"),
+            ("gray", "gray.png"),
+            ("text", "text.jpg"),
+        ] {
             let pre = preprocess(fixture_path(&format!("images/{file}")), &pp, false).unwrap();
             let (_, v) = run(&gpu, &t, &[1, 3, pre.height, pre.width], &pre.pixel_values);
             let (_, v_want) = fixture_tensor(

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One-time set-up of a Debian/Ubuntu machine: a Vulkan driver (Mesa's software one, lavapipe,
-# when no other is installed — real GPUs bring their own), libjpeg-turbo's TurboJPEG library
-# (the JPEG decoder PIL uses, so images decode to PIL's bytes), pkg-config and a C linker, and
-# a Rust toolchain. Installs only what is missing; a second run checks and does nothing.
+# when no other is installed — real GPUs bring their own), the tools that build libjpeg-turbo
+# (the JPEG decoder PIL uses, vendored by the turbojpeg crate: cmake, make, nasm, a C compiler),
+# and a Rust toolchain. Installs only what is missing; a second run checks and does nothing.
 # Everything it says goes to stderr, so `setup.sh && fvl-wgpu …` prints only the answer on stdout.
 set -euo pipefail
 exec 1>&2 # our chatter and apt's output go to stderr
@@ -20,9 +20,11 @@ has_lib() { ldconfig -p 2>/dev/null | grep -q "$1"; }
 missing=()
 has_lib 'libvulkan\.so\.1 ' || missing+=(libvulkan1)
 has_vulkan_driver || missing+=(mesa-vulkan-drivers)
-command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
-# turbojpeg.h and libturbojpeg.pc: the JPEG binding links the system library through pkg-config.
-pkg-config --exists libturbojpeg 2>/dev/null || missing+=(libturbojpeg0-dev)
+# The JPEG binding builds libjpeg-turbo 3 from source (Debian's is 2.x, too old for its API);
+# nasm brings its SIMD code, which decodes to the same bytes, faster.
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+command -v make >/dev/null 2>&1 || missing+=(make)
+command -v nasm >/dev/null 2>&1 || missing+=(nasm)
 command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 
 if [ ${#missing[@]} -gt 0 ]; then
