@@ -232,11 +232,24 @@ fn conformance_table() {
     );
 }
 
+/// Whether this is the full run (CI: `tools/test.sh --full` sets `FVL_TEST_FULL=1`). A
+/// developer's quick run checks the fallback shaders on the linear layers only
+/// (`linear_layers_without_subgroups`); the full table without optional features doubles the
+/// table's time, which on lavapipe is mostly shader compilation.
+fn full_run() -> bool {
+    std::env::var_os("FVL_TEST_FULL").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
 /// The same table with SHADER_F16 and SUBGROUP turned off: the fallback shaders must be
 /// right and must translate without those capabilities. It also runs the kernels in their
 /// other layout choice (GPU-style on lavapipe), so both are checked on one device.
+/// Full runs only ([`full_run`]).
 #[test]
 fn conformance_table_without_optional_features() {
+    if !full_run() {
+        eprintln!("skipped: the full run (tools/test.sh --full, or FVL_TEST_FULL=1) has it");
+        return;
+    }
     let mut gpu = common::gpu_without_optional_features();
     assert!(!gpu.subgroups && !gpu.shader_f16);
     gpu.cpu_style_kernels = !gpu.cpu_style_kernels;
