@@ -13,13 +13,12 @@
 use crate::gpu::{DType, Executable, Gpu, Graph, Tensor, TensorId};
 use crate::ops::attention::{attention, Attention};
 use crate::ops::copy::{copy, Block};
-use crate::ops::eltwise::{self, Unary};
 use crate::ops::{embed, matmul, sample, RunValue, View};
 use crate::weights::florence2::{Florence2Checkpoint, TextConfig, FINAL_LOGITS_BIAS};
 use crate::{Error, Result};
 
 use super::beam::{BeamOptions, BeamSearch};
-use super::layers::{add, param, LayerNorm, Linear, Source};
+use super::layers::{add, param, LayerNorm, Linear, Mlp, Source};
 
 const PREFIX: &str = "model.language_model";
 const SHARED: &str = "model.language_model.shared.weight";
@@ -50,34 +49,6 @@ fn fused(
         weight: Tensor::from_f32(gpu, &[n, dim], dtype, &w, prefix)?,
         bias: Some(Tensor::from_f32(gpu, &[n], DType::F32, &b, prefix)?),
     })
-}
-
-/// `fc1 → exact GELU → fc2`.
-struct FeedForward {
-    fc1: Linear,
-    fc2: Linear,
-}
-
-impl FeedForward {
-    fn load(
-        gpu: &Gpu,
-        src: &Source,
-        prefix: &str,
-        d: usize,
-        ffn: usize,
-        dtype: DType,
-    ) -> Result<Self> {
-        Ok(FeedForward {
-            fc1: Linear::load(gpu, src, &format!("{prefix}.fc1"), ffn, d, true, dtype)?,
-            fc2: Linear::load(gpu, src, &format!("{prefix}.fc2"), d, ffn, true, dtype)?,
-        })
-    }
-
-    fn forward(&self, g: &mut Graph, x: TensorId) -> Result<TensorId> {
-        let h = self.fc1.forward(g, x)?;
-        eltwise::unary(g, Unary::Gelu, h, h)?;
-        self.fc2.forward(g, h)
-    }
 }
 
 /// Token embeddings + learned positions → `layernorm_embedding`, as both stacks begin.
@@ -144,7 +115,7 @@ struct EncoderLayer {
     qkv: Linear,
     out: Linear,
     attn_norm: LayerNorm,
-    ffn: FeedForward,
+    ffn: Mlp,
     ffn_norm: LayerNorm,
 }
 
@@ -156,7 +127,7 @@ impl EncoderLayer {
             qkv: fused(gpu, src, &a, &["q_proj", "k_proj", "v_proj"], d, dtype)?,
             out: Linear::load(gpu, src, &format!("{a}.out_proj"), d, d, true, dtype)?,
             attn_norm: LayerNorm::load(gpu, src, &format!("{p}.self_attn_layer_norm"), d, 1e-5)?,
-            ffn: FeedForward::load(gpu, src, p, d, cfg.encoder_ffn_dim, dtype)?,
+            ffn: Mlp::load_fc(gpu, src, p, d, cfg.encoder_ffn_dim, dtype)?,
             ffn_norm: LayerNorm::load(gpu, src, &format!("{p}.final_layer_norm"), d, 1e-5)?,
         })
     }
@@ -193,7 +164,7 @@ struct DecoderLayer {
     cross_kv: Linear,
     cross_out: Linear,
     cross_norm: LayerNorm,
-    ffn: FeedForward,
+    ffn: Mlp,
     ffn_norm: LayerNorm,
 }
 
@@ -215,7 +186,7 @@ impl DecoderLayer {
                 d,
                 1e-5,
             )?,
-            ffn: FeedForward::load(gpu, src, p, d, cfg.decoder_ffn_dim, dtype)?,
+            ffn: Mlp::load_fc(gpu, src, p, d, cfg.decoder_ffn_dim, dtype)?,
             ffn_norm: LayerNorm::load(gpu, src, &format!("{p}.final_layer_norm"), d, 1e-5)?,
         })
     }

@@ -11,12 +11,11 @@
 use crate::gpu::{DType, Gpu, Graph, TensorId};
 use crate::ops::attention::{self, Attention};
 use crate::ops::conv::{self, Conv2d, ConvInput};
-use crate::ops::eltwise::{self, Unary};
 use crate::ops::{channel_attn, window, RunValue, View};
 use crate::weights::florence2::VisionConfig;
 use crate::{Error, Result};
 
-use super::layers::{add, param, DwConvResidual, LayerNorm, Linear, Source};
+use super::layers::{add, param, DwConvResidual, LayerNorm, Linear, Mlp, Source};
 
 const LN_EPS: f32 = 1e-5;
 const PREFIX: &str = "model.vision_tower";
@@ -28,34 +27,6 @@ struct ConvEmbed {
     bias: crate::gpu::Tensor,
     norm: LayerNorm,
     pre_norm: bool,
-}
-
-/// `fc1 → GELU → fc2`.
-struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
-}
-
-impl Mlp {
-    fn load(
-        gpu: &Gpu,
-        src: &Source,
-        prefix: &str,
-        dim: usize,
-        hidden: usize,
-        dtype: DType,
-    ) -> Result<Mlp> {
-        Ok(Mlp {
-            fc1: Linear::load(gpu, src, &format!("{prefix}.fc1"), hidden, dim, true, dtype)?,
-            fc2: Linear::load(gpu, src, &format!("{prefix}.fc2"), dim, hidden, true, dtype)?,
-        })
-    }
-
-    fn forward(&self, g: &mut Graph, x: TensorId) -> Result<TensorId> {
-        let h = self.fc1.forward(g, x)?;
-        eltwise::unary(g, Unary::Gelu, h, h)?;
-        self.fc2.forward(g, h)
-    }
 }
 
 /// Which attention a block runs in its second sub-step.
@@ -118,7 +89,7 @@ impl Block {
             mixer,
             conv2: DwConvResidual::load(gpu, src, &format!("{prefix}.conv2"), dim, dtype)?,
             norm2: LayerNorm::load(gpu, src, &format!("{prefix}.norm2"), dim, LN_EPS)?,
-            ffn: Mlp::load(gpu, src, &format!("{prefix}.ffn"), dim, mlp_hidden, dtype)?,
+            ffn: Mlp::load_fc(gpu, src, &format!("{prefix}.ffn"), dim, mlp_hidden, dtype)?,
         })
     }
 

@@ -15,10 +15,9 @@ use crate::gpu::{DType, Gpu, Graph, Tensor, TensorId};
 use crate::image::PreprocessConfig;
 use crate::model::bart::Bart;
 use crate::model::florence2::VisionTower;
-use crate::model::layers::Linear;
+use crate::model::layers::{gelu_mlp, Linear};
 use crate::model::llama::{Limits, Llama, Pick, Prompt, Session, Stop};
 use crate::ops::copy::{copy, Block};
-use crate::ops::eltwise::{self, Unary};
 use crate::tasks::Tokenizer;
 use crate::text::llama::{LlamaTokenizer, BOS};
 use crate::weights::florence2::Florence2Checkpoint;
@@ -122,12 +121,7 @@ impl Projector {
 
     /// Records the MLP on `x` (`[rows, 4·D]`) → `[rows, H]`.
     pub fn forward(&self, g: &mut Graph, x: TensorId) -> Result<TensorId> {
-        let mut x = self.layers[0].forward(g, x)?;
-        for layer in &self.layers[1..] {
-            eltwise::unary(g, Unary::Gelu, x, x)?;
-            x = layer.forward(g, x)?;
-        }
-        Ok(x)
+        gelu_mlp(g, &self.layers, x)
     }
 }
 

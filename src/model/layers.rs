@@ -3,7 +3,7 @@
 //! formats or naming schemes.
 
 use crate::gpu::{DType, Gpu, Graph, Tensor, TensorId};
-use crate::ops::eltwise::{self, Binary};
+use crate::ops::eltwise::{self, Binary, Unary};
 use crate::ops::{conv, matmul, norm};
 use crate::Result;
 
@@ -61,6 +61,52 @@ impl Linear {
         matmul::linear(g, x, w, b, out)?;
         Ok(out)
     }
+}
+
+/// Linears with exact GELU between them: DaViT's and BART's feed-forward (`fc1`, `fc2`) and,
+/// with more layers, Florence-VL's projector.
+pub struct Mlp {
+    /// The linears, first to last.
+    pub layers: Vec<Linear>,
+}
+
+impl Mlp {
+    /// The two-layer feed-forward `{prefix}.fc1` (`dim → hidden`), GELU, `{prefix}.fc2`
+    /// (`hidden → dim`), both with biases.
+    pub fn load_fc(
+        gpu: &Gpu,
+        src: &Source,
+        prefix: &str,
+        dim: usize,
+        hidden: usize,
+        dtype: DType,
+    ) -> Result<Mlp> {
+        Ok(Mlp {
+            layers: vec![
+                Linear::load(gpu, src, &format!("{prefix}.fc1"), hidden, dim, true, dtype)?,
+                Linear::load(gpu, src, &format!("{prefix}.fc2"), dim, hidden, true, dtype)?,
+            ],
+        })
+    }
+
+    /// Records `linear → (GELU → linear)*` on `x`.
+    pub fn forward(&self, g: &mut Graph, x: TensorId) -> Result<TensorId> {
+        gelu_mlp(g, &self.layers, x)
+    }
+}
+
+/// Records `layers[0] → (GELU → layers[k])*` on `x`: the forward pass of an [`Mlp`], for
+/// models that keep their linears elsewhere (Florence-VL's projector).
+pub fn gelu_mlp(g: &mut Graph, layers: &[Linear], x: TensorId) -> Result<TensorId> {
+    let (first, rest) = layers
+        .split_first()
+        .ok_or_else(|| crate::Error::shape("an MLP needs at least one linear layer"))?;
+    let mut x = first.forward(g, x)?;
+    for layer in rest {
+        eltwise::unary(g, Unary::Gelu, x, x)?;
+        x = layer.forward(g, x)?;
+    }
+    Ok(x)
 }
 
 /// PyTorch `nn.LayerNorm` over the last dimension.
