@@ -76,6 +76,19 @@ fn binary(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
 }
 #endif
 
+#if swiglu_halves
+// out[r, c] = silu(x[r, c]) * x[r, I + c] for x = [gate | up] rows of 2·I (I = b_len): the
+// output of one fused gate/up projection.
+@compute @workgroup_size(WG)
+fn swiglu_halves(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let i = index(wg, nwg, lid);
+    if (i >= p.n) { return; }
+    let j = i + (i / p.b_len) * p.b_len;
+    st_out(i, silu(ld_x(j)) * ld_x(j + p.b_len));
+}
+#endif
+
 #if swiglu
 // out = silu(gate) * up
 @compute @workgroup_size(WG)

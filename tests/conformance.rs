@@ -78,6 +78,7 @@ fn all_cases() -> Vec<Case> {
     v.extend(norm::cases());
     v.extend(softmax::cases());
     v.extend(rope::cases());
+    v.extend(rope::kv_cases());
     v.extend(attention::cases());
     v.extend(bmm::cases());
     v.extend(sample::cases());
@@ -87,6 +88,11 @@ fn all_cases() -> Vec<Case> {
     v.extend(window::cases());
     v.extend(channel_attn::cases());
     v.extend(reduce::cases());
+    // FVL_CONFORMANCE_ONLY=rope,swiglu runs the rows whose op starts with one of the names
+    // (while working on a kernel; CI runs them all).
+    if let Ok(only) = std::env::var("FVL_CONFORMANCE_ONLY") {
+        v.retain(|c| only.split(',').any(|o| c.op.starts_with(o)));
+    }
     v
 }
 

@@ -6,6 +6,7 @@ mod common;
 use common::{fixture_path, fixture_tensor, max_rel_error};
 use fvl_wgpu::gpu::{DType, Gpu, Graph, Tensor};
 use fvl_wgpu::model::florence_vl::{prompt_text, AskOptions, FlorenceVl};
+use fvl_wgpu::text::chat::Template;
 use fvl_wgpu::model::llama::{Pick, Prompt, Session, Stop};
 
 const DIR: &str = "florence-vl-tiny";
@@ -73,7 +74,7 @@ fn prompt_embeddings_and_greedy_answer_match_transformers() {
     let m = load(&gpu);
     let j = expected_json();
     let question = j["question"].as_str().unwrap();
-    assert_eq!(prompt_text(question), j["prompt_text"].as_str().unwrap());
+    assert_eq!(prompt_text(Template::Llama3, question), j["prompt_text"].as_str().unwrap());
     let ids = m.prompt_ids(question).unwrap();
     let want: Vec<i64> = j["input_ids"]
         .as_array()

@@ -380,7 +380,10 @@ fn config_parses_both_rope_styles_and_defaults() {
     let c = LlamaConfig::from_json(&base, 300).unwrap();
     assert_eq!((c.head_dim, c.kv_heads, c.vocab), (16, 4, 300));
     assert_eq!(c.rope_theta, 500000.0);
-    assert_eq!(c.rope_scaling.unwrap().factor, 8.0);
+    match c.rope_scaling {
+        Some(fvl_wgpu::ops::rope::RopeScaling::Llama3(s)) => assert_eq!(s.factor, 8.0),
+        other => panic!("{other:?}"),
+    }
     assert!(!c.tie_word_embeddings);
     let mut other = base.clone();
     other["rope_scaling"] = serde_json::json!({"type": "yarn", "factor": 4.0});

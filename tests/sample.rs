@@ -6,7 +6,7 @@ mod common;
 
 use common::{gpu, Rng};
 use fvl_wgpu::gpu::{DType, Gpu, Graph, Tensor};
-use fvl_wgpu::ops::sample::{sample, Sampling};
+use fvl_wgpu::ops::sample::{sample, Row, Sampling};
 use fvl_wgpu::ops::RunValue;
 
 /// Draws `steps` tokens with one built graph, like a decode loop: run slots hold
@@ -16,7 +16,7 @@ fn draws(gpu: &Gpu, logits: &[f32], s: Sampling, seed: u32, steps: usize) -> Vec
     let ids = Tensor::from_u32(gpu, &[steps], &vec![u32::MAX; steps], "ids").unwrap();
     let mut g = Graph::new(gpu);
     let (xi, ii) = (g.external(&x), g.external(&ids));
-    sample(&mut g, xi, 0, ii, RunValue::Slot(1), &s).unwrap();
+    sample(&mut g, xi, Row::all(0), ii, RunValue::Slot(1), &s).unwrap();
     let exe = g.build().unwrap();
     for step in 0..steps as u32 {
         exe.submit(gpu, &[seed, step]).unwrap();

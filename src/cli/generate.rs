@@ -1,5 +1,5 @@
-//! `fvl-wgpu generate`: text generation with a Llama-3 checkpoint, streamed to stdout as it
-//! decodes, or one JSON object with `--json`.
+//! `fvl-wgpu generate`: text generation with a Llama-3 or Phi-3 checkpoint, streamed to stdout
+//! as it decodes, or one JSON object with `--json`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -21,13 +21,14 @@ pub struct GenerateArgs {
     /// (from the Hugging Face cache, downloading what is missing).
     #[arg(long, value_name = "DIR|OWNER/NAME")]
     pub model: PathBuf,
-    /// Prompt text (tokenised with a leading <|begin_of_text|>).
+    /// Prompt text (tokenised with the tokenizer's leading BOS, if it adds one).
     #[arg(long, value_name = "TEXT")]
     pub prompt: Option<String>,
     /// Prompt as token ids, comma-separated (used as given).
     #[arg(long, value_name = "ID,ID,...", value_delimiter = ',')]
     pub prompt_ids: Option<Vec<u32>>,
-    /// Wrap --prompt as a user message in the Llama-3 chat template.
+    /// Wrap --prompt as a user message in the model's chat template (Llama 3 or Phi-3; Phi-3
+    /// chats start with the system message "You are a helpful AI assistant.").
     #[arg(long, requires = "prompt")]
     pub chat: bool,
     #[command(flatten)]
@@ -55,7 +56,9 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     };
     let prompt = match (&args.prompt, &args.prompt_ids, &tok) {
         (Some(text), _, Some(tok)) if args.chat => {
-            tok.encode_chat(&[Message::new("user", text)])?
+            let system = tok.template.default_system().map(|s| Message::new("system", s));
+            let messages: Vec<Message> = system.into_iter().chain([Message::new("user", text)]).collect();
+            tok.encode_chat(&messages)?
         }
         (Some(text), _, Some(tok)) => tok.encode(text, true)?,
         (_, Some(ids), _) => ids.clone(),
@@ -69,7 +72,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             "prompt id {bad} is outside the vocabulary of {vocab} tokens"
         )));
     }
-    let context = args.context.unwrap_or(cfg.max_position_embeddings);
+    let context = cfg.context_limit(args.context.unwrap_or(cfg.max_position_embeddings));
     if prompt.len() >= context {
         return Err(Error::input(format!(
             "the prompt has {} tokens, the context holds {context} positions (prompt plus at least one new token); shorten the prompt or raise --context",
@@ -85,8 +88,11 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         (None, Some(stored)) => stored,
         (None, None) => default_dtype(&gpu),
     };
-    let bar = progress(Llama::tensor_count(&cfg), "loading Llama");
-    let llama = Llama::load(&gpu, &ck, quant, &|| bar.inc(1))?;
+    let bar = progress(Llama::tensor_count(&cfg), "loading weights");
+    let mut llama = Llama::load(&gpu, &ck, quant, &|| bar.inc(1))?;
+    if let Some(tok) = &tok {
+        llama.sampled_vocab = tok.len();
+    }
     bar.finish_and_clear();
     if llama.f16_fallbacks > 0 {
         eprintln!(

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use fvl_wgpu::model::llama::quantizable;
 use fvl_wgpu::weights::hub::{resolve, Needs};
+use fvl_wgpu::weights::llama::quantizable;
 use fvl_wgpu::weights::{write_quantized, Checkpoint};
 use fvl_wgpu::Result;
 

@@ -592,7 +592,7 @@ impl GreedyStep {
         let mut g = Graph::new(gpu);
         let (i, p, n) = (g.external(&ids), g.external(&positions), g.external(&next));
         let logits = bart.decode(&mut g, i, p, cache)?;
-        sample::argmax(&mut g, logits, 0, n, RunValue::Fixed(0))?;
+        sample::argmax(&mut g, logits, sample::Row::all(0), n, RunValue::Fixed(0))?;
         Ok(GreedyStep {
             exe: g.build()?,
             ids,

@@ -1,6 +1,7 @@
 //! Florence-VL (spec §1, §6, §7.3, §8.2): the Florence-2 tower and encoder give four views of
 //! the image (V, and the image rows of the encoder under three prompts), fused on channels and
-//! projected to the LLM width by an MLP; the rows replace `<image>` in a Llama-3 chat prompt.
+//! projected to the LLM width by an MLP; the rows replace `<image>` in a Llama-3 (8B) or
+//! Phi-3 (3B) chat prompt.
 //!
 //! Everything comes from one LLaVA-style folder: Llama tensors at the top level, the projector
 //! at `model.mm_projector.encoder_mlp.*`, the Florence-2 model under
@@ -19,7 +20,8 @@ use crate::model::layers::{gelu_mlp, Linear};
 use crate::model::llama::{Limits, Llama, Pick, Prompt, Session, Stop};
 use crate::ops::copy::{copy, Block};
 use crate::tasks::Tokenizer;
-use crate::text::llama::{LlamaTokenizer, BOS};
+use crate::text::chat::{Message, Template};
+use crate::text::llama::LlamaTokenizer;
 use crate::weights::florence2::Florence2Checkpoint;
 use crate::{Error, Result};
 
@@ -45,11 +47,15 @@ const HARD_CODED_PROMPTS: [[u32; 14]; 3] = [
 /// Vocabulary of the real Florence-2 BART (the one [`HARD_CODED_PROMPTS`] belong to).
 const FLORENCE2_VOCAB: usize = 51289;
 
-/// The llama3 template text for one user turn with an image (spec §7.3).
-pub fn prompt_text(question: &str) -> String {
-    format!(
-        "{BOS}<|start_header_id|>system<|end_header_id|>\n\n{SYSTEM}<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n{IMAGE_PLACEHOLDER}\n{question}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
-    )
+/// The template text for one user turn with an image (spec §7.3, §7.4): Florence-VL's system
+/// message (`llama3`: [`SYSTEM`]; `phi3`: the template's default), then `<image>`, a newline
+/// and the question.
+pub fn prompt_text(template: Template, question: &str) -> String {
+    let system = template.default_system().unwrap_or(SYSTEM);
+    template.prompt(&[
+        Message::new("system", system),
+        Message::new("user", &format!("{IMAGE_PLACEHOLDER}\n{question}")),
+    ])
 }
 
 /// Florence-VL's settings from `config.json`.
@@ -281,7 +287,9 @@ impl FlorenceVl {
         let prompts = Tensor::from_u32(gpu, &[3, len], &ids, "encoder prompts")?;
         let tower = VisionTower::from_checkpoint(gpu, &f2, vision_dtype, &|| {})?;
         let bart = Bart::from_checkpoint(gpu, &f2, vision_dtype)?;
-        let llama = Llama::load(gpu, ck, quant, &|| {})?;
+        let mut llama = Llama::load(gpu, ck, quant, &|| {})?;
+        let tokenizer = LlamaTokenizer::open(dir)?;
+        llama.sampled_vocab = tokenizer.len();
         let h = llama.cfg.hidden;
         let src = |name: &str, shape: &[usize]| ck.load_f32(name, shape);
         let layers = (0..config.projector_depth)
@@ -312,7 +320,7 @@ impl FlorenceVl {
             tower,
             bart,
             projector: Projector { layers },
-            tokenizer: LlamaTokenizer::open(dir)?,
+            tokenizer,
             llama,
             preprocess,
             keep_mean_token: true,
@@ -333,21 +341,29 @@ impl FlorenceVl {
     }
 
     /// Prompt ids for `question` (spec §7.3): the template split on `<image>`, each chunk
-    /// tokenized with its automatic BOS, kept for the first chunk only (so the sequence starts
-    /// with two BOS), [`IMAGE_TOKEN_INDEX`] between chunks.
+    /// tokenized with special tokens; when the first chunk starts with the post-processor's
+    /// BOS, that BOS is kept once and every chunk's is dropped (LLaVA's
+    /// `tokenizer_image_token`: Llama 3's sequence starts with two BOS, the template's and
+    /// the tokenizer's); [`IMAGE_TOKEN_INDEX`] between chunks.
     pub fn prompt_ids(&self, question: &str) -> Result<Vec<i64>> {
         if question.contains(IMAGE_PLACEHOLDER) {
             return Err(Error::input(
                 "the question must not contain <image>: the template places the image",
             ));
         }
-        let mut ids = Vec::new();
-        for (k, chunk) in prompt_text(question).split(IMAGE_PLACEHOLDER).enumerate() {
+        let tok = &self.tokenizer;
+        let chunks = prompt_text(tok.template, question)
+            .split(IMAGE_PLACEHOLDER)
+            .map(|c| tok.encode(c, true))
+            .collect::<Result<Vec<_>>>()?;
+        let bos = tok.bos_id()?;
+        let offset = usize::from(bos.is_some() && chunks[0].first() == bos.as_ref());
+        let mut ids: Vec<i64> = chunks[0][..offset].iter().map(|&i| i as i64).collect();
+        for (k, chunk) in chunks.iter().enumerate() {
             if k > 0 {
                 ids.push(IMAGE_TOKEN_INDEX);
             }
-            let chunk = self.tokenizer.encode(chunk, true)?;
-            ids.extend(chunk.iter().skip(usize::from(k > 0)).map(|&i| i as i64));
+            ids.extend(chunk.iter().skip(offset).map(|&i| i as i64));
         }
         Ok(ids)
     }
@@ -548,8 +564,10 @@ impl FlorenceVl {
 }
 
 impl Chat<'_> {
-    /// A follow-up question about the same image: `{answer}<|eot_id|>` closes the last turn,
-    /// then the user and assistant headers (spec §7.3); only these tokens are prefilled.
+    /// A follow-up question about the same image: the template's turn end closes the last
+    /// answer (`<|eot_id|>`, Phi-3 `<|end|>\n`; a stop token that ended it stands for its
+    /// part), then the user and assistant headers (spec §7.3); only these tokens are
+    /// prefilled.
     pub fn ask(
         &mut self,
         question: &str,
@@ -557,14 +575,14 @@ impl Chat<'_> {
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Answer> {
         let tok = &self.vl.tokenizer;
+        let end = tok.template.turn_end();
         let close = if tok.is_stop(self.pending) {
-            ""
+            let stop = tok.decode(&[self.pending])?;
+            end.strip_prefix(stop.as_str()).unwrap_or("")
         } else {
-            "<|eot_id|>"
+            end
         };
-        let text = format!(
-            "{close}<|start_header_id|>user<|end_header_id|>\n\n{question}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
-        );
+        let text = close.to_string() + &tok.template.continuation(&[Message::new("user", question)]);
         let mut ids = vec![self.pending];
         ids.extend(tok.encode(&text, false)?);
         let positions = ids.len();

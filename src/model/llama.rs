@@ -1,5 +1,8 @@
-//! Llama 3 decoder (HF `LlamaForCausalLM`): RMSNorm, RoPE with Llama 3 frequency scaling,
-//! grouped-query attention over a KV cache, SwiGLU MLP, tied or untied LM head.
+//! The Llama-family decoder (HF `LlamaForCausalLM` and `Phi3ForCausalLM`): RMSNorm, RoPE
+//! (Llama 3 scaling or LongRoPE), grouped-query attention over a KV cache, SwiGLU MLP, tied or
+//! untied LM head. Both layouts load into the same fused matrices (`[q; k; v]`, `[gate; up]`),
+//! so one forward, one KV cache and one sampler serve both; configs and tensor names live in
+//! `weights::llama`.
 //!
 //! A forward is recorded once per shape: a prefill graph for a prompt of `T` tokens and a
 //! decode graph for one token. Both write into the same KV cache (one `[S, kv_heads·head_dim]`
@@ -9,15 +12,16 @@
 
 use std::time::Instant;
 
-use serde_json::Value;
-
 use crate::gpu::{DType, Executable, Gpu, Graph, Submission, Tensor, TensorId, TokenReadback};
 use crate::ops::attention::{self, Attention};
 use crate::ops::copy::{self, Block};
-use crate::ops::rope::{self, inv_freq, Llama3Scaling, Rope};
+use crate::ops::rope::{self, CacheWrite, Rope, RopeTables};
 use crate::ops::sample::{self, Sampling};
 use crate::ops::{eltwise, embed, norm, RunValue, View};
+use crate::weights::llama::EMBED;
 use crate::weights::Checkpoint;
+
+pub use crate::weights::llama::{Arch, LlamaConfig};
 use crate::{Error, Result};
 
 use super::layers::{add, param, Linear, Source};
@@ -31,153 +35,14 @@ pub const SEED_SLOT: u32 = 2;
 /// Run slot holding the sampling step (the index of the draw).
 pub const STEP_SLOT: u32 = 3;
 
-/// The `config.json` fields the forward pass needs.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LlamaConfig {
-    /// Model width (`hidden_size`).
-    pub hidden: usize,
-    /// MLP inner width (`intermediate_size`).
-    pub intermediate: usize,
-    /// Number of decoder layers (`num_hidden_layers`).
-    pub layers: usize,
-    /// Query heads (`num_attention_heads`).
-    pub heads: usize,
-    /// Key/value heads (`num_key_value_heads`); divides `heads`.
-    pub kv_heads: usize,
-    /// Width of one head.
-    pub head_dim: usize,
-    /// Rows of the embedding table (may differ from `vocab_size` in the config).
-    pub vocab: usize,
-    /// RMSNorm epsilon.
-    pub rms_norm_eps: f32,
-    /// RoPE base frequency.
-    pub rope_theta: f64,
-    /// Llama 3 frequency scaling, if any.
-    pub rope_scaling: Option<Llama3Scaling>,
-    /// The LM head reuses the embedding table.
-    pub tie_word_embeddings: bool,
-    /// Longest context the model was trained for.
-    pub max_position_embeddings: usize,
-}
-
-fn field<'a>(cfg: &'a Value, key: &str) -> Result<&'a Value> {
-    cfg.get(key)
-        .filter(|v| !v.is_null())
-        .ok_or_else(|| Error::input(format!("config.json: missing \"{key}\"")))
-}
-
-fn usize_field(cfg: &Value, key: &str) -> Result<usize> {
-    field(cfg, key)?
-        .as_u64()
-        .map(|v| v as usize)
-        .ok_or_else(|| Error::input(format!("config.json: \"{key}\" is not an integer")))
-}
-
-fn f64_field(cfg: &Value, key: &str) -> Result<f64> {
-    field(cfg, key)?
-        .as_f64()
-        .ok_or_else(|| Error::input(format!("config.json: \"{key}\" is not a number")))
-}
-
-impl LlamaConfig {
-    /// The config of a checkpoint (plain or written by `quantize`), see [`LlamaConfig::from_json`].
-    pub fn from_checkpoint(ck: &Checkpoint) -> Result<LlamaConfig> {
-        // The vocabulary is the embedding's row count, packed (`quantize`) or not.
-        let packed = ck.stored_quant().map(|q| format!("{EMBED}.{}", q.name()));
-        let embed = packed
-            .filter(|n| ck.contains(n))
-            .unwrap_or_else(|| EMBED.to_string());
-        LlamaConfig::from_json(ck.config(), ck.info(&embed)?.0[0])
-    }
-
-    /// Parses a transformers Llama `config.json`; `vocab` is the embedding table's row count.
-    /// RoPE settings come from `rope_parameters` (transformers 5) or from `rope_theta` plus
-    /// `rope_scaling` (transformers 4; `null` or absent means unscaled).
-    pub fn from_json(cfg: &Value, vocab: usize) -> Result<LlamaConfig> {
-        let hidden = usize_field(cfg, "hidden_size")?;
-        let heads = usize_field(cfg, "num_attention_heads")?;
-        let kv_heads = match cfg.get("num_key_value_heads").filter(|v| !v.is_null()) {
-            Some(_) => usize_field(cfg, "num_key_value_heads")?,
-            None => heads,
-        };
-        let head_dim = match cfg.get("head_dim").filter(|v| !v.is_null()) {
-            Some(_) => usize_field(cfg, "head_dim")?,
-            None => hidden / heads.max(1),
-        };
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
-            return Err(Error::input(format!(
-                "config.json: {heads} attention heads are not a multiple of {kv_heads} kv heads"
-            )));
-        }
-        let (theta, scaling) = match cfg.get("rope_parameters").filter(|v| !v.is_null()) {
-            Some(p) => (f64_field(p, "rope_theta")?, rope_scaling(p)?),
-            None => (
-                cfg.get("rope_theta")
-                    .and_then(Value::as_f64)
-                    .unwrap_or(10000.0),
-                match cfg.get("rope_scaling").filter(|v| !v.is_null()) {
-                    Some(s) => rope_scaling(s)?,
-                    None => None,
-                },
-            ),
-        };
-        Ok(LlamaConfig {
-            hidden,
-            intermediate: usize_field(cfg, "intermediate_size")?,
-            layers: usize_field(cfg, "num_hidden_layers")?,
-            heads,
-            kv_heads,
-            head_dim,
-            vocab,
-            rms_norm_eps: cfg
-                .get("rms_norm_eps")
-                .and_then(Value::as_f64)
-                .unwrap_or(1e-6) as f32,
-            rope_theta: theta,
-            rope_scaling: scaling,
-            tie_word_embeddings: cfg
-                .get("tie_word_embeddings")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            max_position_embeddings: usize_field(cfg, "max_position_embeddings")?,
-        })
-    }
-
-    /// Width of the keys (and of the values) of one token: `kv_heads · head_dim`.
-    pub fn kv_dim(&self) -> usize {
-        self.kv_heads * self.head_dim
-    }
-}
-
-/// The scaling part of a RoPE settings object (`rope_type`, or the older `type`).
-fn rope_scaling(p: &Value) -> Result<Option<Llama3Scaling>> {
-    let kind = p
-        .get("rope_type")
-        .or_else(|| p.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    match kind {
-        "default" => Ok(None),
-        "llama3" => Ok(Some(Llama3Scaling {
-            factor: f64_field(p, "factor")?,
-            low_freq_factor: f64_field(p, "low_freq_factor")?,
-            high_freq_factor: f64_field(p, "high_freq_factor")?,
-            original_max_position_embeddings: f64_field(p, "original_max_position_embeddings")?,
-        })),
-        other => Err(Error::input(format!(
-            "config.json: rope type \"{other}\" is not supported (default and llama3 are)"
-        ))),
-    }
-}
-
-/// One decoder layer's weights. q, k and v are one fused projection `[(H + 2·Hkv)·D, hidden]`.
+/// One decoder layer's weights. q, k and v are one fused projection `[(H + 2·Hkv)·D, hidden]`,
+/// gate and up one `[2·I, hidden]` (one matvec each in a decode step).
 struct Layer {
     attn_norm: Tensor,
     qkv: Linear,
     o: Linear,
     mlp_norm: Tensor,
-    gate: Linear,
-    up: Linear,
+    gate_up: Linear,
     down: Linear,
 }
 
@@ -194,20 +59,13 @@ pub struct Llama {
     norm: Tensor,
     /// `None` when tied to the embedding table.
     lm_head: Option<Linear>,
+    /// RoPE frequency tables (LongRoPE: short then long).
     inv_freq: Tensor,
+    rope: RopeTables,
+    /// Ids a step may choose: the tokenizer's size. Rows of the embedding past it are padding
+    /// (Phi-3.5: 32064 rows, 32011 tokens) and are never sampled. Defaults to every row.
+    pub sampled_vocab: usize,
 }
-
-/// Whether `fvl-wgpu quantize` packs a tensor: the matrices a decode step streams (and the
-/// embedding table, which [`Llama::load`] stores in the same format).
-pub fn quantizable(name: &str) -> bool {
-    let layer_matrix = name.starts_with("model.layers.")
-        && (name.contains(".self_attn.") || name.contains(".mlp."))
-        && name.ends_with("_proj.weight");
-    layer_matrix || name == "lm_head.weight" || name == EMBED
-}
-
-/// The token embedding table's name.
-const EMBED: &str = "model.embed_tokens.weight";
 
 /// Pre-quantized matrices: `(name, dtype, [rows, cols])` → the packed words, or `None` when
 /// the source stores that matrix as floats.
@@ -226,10 +84,11 @@ fn weight_dtype(quant: DType, cols: usize) -> DType {
 impl Llama {
     /// Number of tensors [`Llama::load`] reads, for progress bars.
     pub fn tensor_count(cfg: &LlamaConfig) -> usize {
-        2 + 9 * cfg.layers + usize::from(!cfg.tie_word_embeddings)
+        let per_layer = 4 + cfg.qkv_parts(0).len() + cfg.gate_up_parts(0).len();
+        2 + per_layer * cfg.layers + usize::from(!cfg.tie_word_embeddings)
     }
 
-    /// Loads a HF Llama checkpoint with the linear weights and the embedding table as `quant`
+    /// Loads a HF Llama or Phi-3 checkpoint with the linear weights and the embedding table as `quant`
     /// (F32, F16, Q8 or Q4; a quantized weight whose rows are not a multiple of 32 long is
     /// kept as f16). Norm weights stay f32. `on_tensor` is called after each tensor.
     pub fn load(gpu: &Gpu, ck: &Checkpoint, quant: DType, on_tensor: &dyn Fn()) -> Result<Llama> {
@@ -275,8 +134,7 @@ impl Llama {
             )));
         }
         let vocab = cfg.vocab;
-        let (h, d) = (cfg.hidden, cfg.head_dim);
-        let (q_dim, kv_dim) = (cfg.heads * d, cfg.kv_dim());
+        let (h, q_dim) = (cfg.hidden, cfg.heads * cfg.head_dim);
         let fallbacks = std::cell::Cell::new(0);
         let dtype = |cols: usize| {
             let dt = weight_dtype(quant, cols);
@@ -315,11 +173,6 @@ impl Llama {
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let p = format!("model.layers.{i}");
-            let qkv_parts = [
-                (format!("{p}.self_attn.q_proj.weight"), q_dim),
-                (format!("{p}.self_attn.k_proj.weight"), kv_dim),
-                (format!("{p}.self_attn.v_proj.weight"), kv_dim),
-            ];
             layers.push(Layer {
                 attn_norm: param(
                     gpu,
@@ -329,7 +182,7 @@ impl Llama {
                     DType::F32,
                 )?,
                 qkv: Linear {
-                    weight: matrix(&qkv_parts, h, &format!("{p}.self_attn.qkv"))?,
+                    weight: matrix(&cfg.qkv_parts(i), h, &format!("{p}.self_attn.qkv"))?,
                     bias: None,
                 },
                 o: linear(&format!("{p}.self_attn.o_proj"), h, q_dim)?,
@@ -340,8 +193,10 @@ impl Llama {
                     &[h],
                     DType::F32,
                 )?,
-                gate: linear(&format!("{p}.mlp.gate_proj"), cfg.intermediate, h)?,
-                up: linear(&format!("{p}.mlp.up_proj"), cfg.intermediate, h)?,
+                gate_up: Linear {
+                    weight: matrix(&cfg.gate_up_parts(i), h, &format!("{p}.mlp.gate_up"))?,
+                    bias: None,
+                },
                 down: linear(&format!("{p}.mlp.down_proj"), h, cfg.intermediate)?,
             });
         }
@@ -351,13 +206,21 @@ impl Llama {
         } else {
             Some(linear("lm_head", vocab, h)?)
         };
-        let freqs = inv_freq(d, cfg.rope_theta, cfg.rope_scaling);
+        let rope = RopeTables::new(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling.as_ref());
         Ok(Llama {
             embed,
             layers,
             norm: param(gpu, &src, "model.norm.weight", &[h], DType::F32)?,
             lm_head,
-            inv_freq: Tensor::from_f32(gpu, &[d / 2], DType::F32, &freqs, "inv_freq")?,
+            inv_freq: Tensor::from_f32(
+                gpu,
+                &[rope.inv_freq.len()],
+                DType::F32,
+                &rope.inv_freq,
+                "inv_freq",
+            )?,
+            rope,
+            sampled_vocab: vocab,
             quant,
             f16_fallbacks: fallbacks.get(),
             cfg,
@@ -401,27 +264,19 @@ impl Llama {
             // Attention: x += o(attn(rope(q), cache ⊕ rope(k), cache ⊕ v)).
             let h = rmsnorm(g, x, &layer.attn_norm, c.rms_norm_eps)?;
             let qkv = layer.qkv.forward(g, h)?;
-            for (col, heads) in [(0, c.heads), (q_dim, c.kv_heads)] {
-                let r = Rope {
-                    batch: 1,
-                    tokens: t,
-                    n_heads: heads,
-                    head_dim: d,
-                    pos0: RunValue::Slot(POS_SLOT),
-                };
-                rope::rope(g, View::strided(qkv, col, qkv_width), inv_freq, &r)?;
-            }
             let (k_cache, v_cache) = (g.external(k_cache), g.external(v_cache));
-            for (col, dst) in [(q_dim, k_cache), (q_dim + kv_dim, v_cache)] {
-                let append = Block {
-                    src_col: col,
-                    rows: t,
-                    cols: kv_dim,
-                    dst_row_slot: Some(POS_SLOT as usize),
-                    ..Default::default()
-                };
-                copy::copy(g, qkv, dst, &append)?;
-            }
+            let r = Rope {
+                long_after: self.rope.long_after,
+                scale: self.rope.scale,
+                ..Rope::plain(1, t, c.heads, d, RunValue::Slot(POS_SLOT))
+            };
+            let append = CacheWrite {
+                q_heads: c.heads,
+                kv_heads: c.kv_heads,
+                k_cache,
+                v_cache,
+            };
+            rope::rope_qkv_to_cache(g, qkv, inv_freq, &r, &append)?;
             let attn = g.tensor(&[t, q_dim], DType::F32)?;
             let a = Attention {
                 batch: 1,
@@ -441,9 +296,9 @@ impl Llama {
 
             // MLP: x += down(silu(gate(h)) · up(h)).
             let h = rmsnorm(g, x, &layer.mlp_norm, c.rms_norm_eps)?;
-            let (gate, up) = (layer.gate.forward(g, h)?, layer.up.forward(g, h)?);
+            let gate_up = layer.gate_up.forward(g, h)?;
             let act = g.tensor(&[t, c.intermediate], DType::F32)?;
-            eltwise::swiglu(g, gate, up, act)?;
+            eltwise::swiglu_halves(g, gate_up, act)?;
             let down = layer.down.forward(g, act)?;
             x = add(g, x, down)?;
         }
@@ -467,6 +322,11 @@ impl Llama {
             }
             .forward(g, h),
         }
+    }
+
+    /// Ids a step chooses from: [`Llama::sampled_vocab`], at most the embedding's rows.
+    fn candidates(&self) -> usize {
+        self.sampled_vocab.clamp(1, self.cfg.vocab)
     }
 
     /// Records the embedding lookup of the u32 ids in `ids` (`[t]`), returning `[t, hidden]`.
@@ -599,6 +459,11 @@ pub struct Session<'m> {
     pos: usize,
     /// Draws so far (the sampler's step).
     step: u32,
+    /// Every id in the cache, while the cache holds ids only (`None` once a prompt came as
+    /// embeddings): LongRoPE recomputes them at the step that crosses the original context.
+    history: Option<Vec<u32>>,
+    /// The last chosen id (what a decode step feeds unless forced).
+    last: u32,
     /// Whether [`Session::generate`] queues each step before reading the previous id back.
     /// On by default on GPUs, where it hides the host's per-token work; off on CPU drivers,
     /// where the "GPU" is the same cores and the overlap measured no gain (docs/perf.md).
@@ -614,13 +479,13 @@ impl<'m> Session<'m> {
         pick: Pick,
         seed: u32,
     ) -> Result<Session<'m>> {
-        let cache = model.kv_cache(gpu, max_context)?;
+        let cache = model.kv_cache(gpu, model.cfg.context_limit(max_context))?;
         let next = Tensor::from_u32(gpu, &[1], &[0], "next token")?;
         let mut g = Graph::new(gpu);
         let ids = g.external(&next);
         let x = model.embed(&mut g, ids)?;
         let logits = model.forward(&mut g, x, &cache, false)?;
-        choose(&mut g, logits, ids, pick)?;
+        choose(&mut g, logits, model.candidates(), ids, pick)?;
         g.keep(logits);
         let decode = g.build()?;
         let readback = TokenReadback::new(gpu)?;
@@ -637,6 +502,8 @@ impl<'m> Session<'m> {
             seed,
             pos: 0,
             step: 0,
+            history: Some(Vec::new()),
+            last: 0,
             queue_ahead: !gpu.cpu_style_kernels,
         })
     }
@@ -676,7 +543,29 @@ impl<'m> Session<'m> {
     pub fn prefill(&mut self, prompt: Prompt, all_logits: bool) -> Result<u32> {
         self.pos = 0;
         self.step = 0;
+        self.history = Some(Vec::new());
         self.extend(prompt, all_logits)
+    }
+
+    /// Whether feeding one more id now crosses LongRoPE's original context with a cache of ids
+    /// only: then, as transformers' Phi-3 `generate` does, the whole sequence is recomputed
+    /// with the long factors instead of decoding one step over short-factor keys (from
+    /// embeddings transformers cannot recompute, and neither does this).
+    fn refill_due(&self, pos: usize) -> bool {
+        self.history.is_some() && self.model.rope.long_after == Some(pos)
+    }
+
+    /// The step that feeds `id` at the crossing: the cache's ids and `id` rerun from position
+    /// 0; returns the next id, as [`Session::decode`] would.
+    fn refill(&mut self, id: u32) -> Result<u32> {
+        let mut ids = self.history.take().unwrap_or_default();
+        ids.push(id);
+        let step = self.step;
+        self.pos = 0;
+        self.history = Some(Vec::new());
+        let next = self.extend(Prompt::Ids(&ids), false)?;
+        self.step = step + 1;
+        Ok(next)
     }
 
     /// Runs more prompt tokens after what the cache already holds (a follow-up turn reuses
@@ -709,13 +598,18 @@ impl<'m> Session<'m> {
         };
         let logits = self.model.forward(&mut g, x, &self.cache, all_logits)?;
         let next = g.external(&self.next);
-        choose(&mut g, logits, next, self.pick)?;
+        choose(&mut g, logits, self.model.candidates(), next, self.pick)?;
         g.keep(logits);
         let exe = g.build()?;
         let index = self.submit_choice(&exe, self.run_values(t), 0)?;
         let id = self.read_choice(0, index)?;
         self.advance(t);
         self.prefill = Some((exe, logits));
+        match (&mut self.history, prompt) {
+            (Some(h), Prompt::Ids(ids)) => h.extend_from_slice(ids),
+            (h, _) => *h = None,
+        }
+        self.last = id;
         Ok(id)
     }
 
@@ -723,6 +617,10 @@ impl<'m> Session<'m> {
     /// submit, 4 bytes read back.
     pub fn decode(&mut self, force: Option<u32>) -> Result<u32> {
         self.check_room(1)?;
+        let fed = force.unwrap_or(self.last);
+        if self.refill_due(self.pos) {
+            return self.refill(fed);
+        }
         if let Some(id) = force {
             self.next.write_words(self.gpu, &[id]);
         }
@@ -730,7 +628,16 @@ impl<'m> Session<'m> {
         let index = self.submit_choice(&self.decode, self.run_values(1), 0)?;
         let id = self.read_choice(0, index)?;
         self.advance(1);
+        self.fed(fed, id);
         Ok(id)
+    }
+
+    /// Records a decode step that fed `fed` and chose `chose`.
+    fn fed(&mut self, fed: u32, chose: u32) {
+        if let Some(h) = &mut self.history {
+            h.push(fed);
+        }
+        self.last = chose;
     }
 
     /// Queues one replay of `exe` (a prefill or the decode step) with `values`, copying the
@@ -781,6 +688,10 @@ impl<'m> Session<'m> {
             if self.pos + limits.reserve >= self.cache.max_context {
                 break Stop::Context;
             }
+            if queued.is_none() && self.refill_due(self.pos) {
+                id = self.refill(id)?;
+                continue;
+            }
             self.prefill = None;
             let (index, slot) = match queued.take() {
                 Some(q) => q,
@@ -792,6 +703,7 @@ impl<'m> Session<'m> {
             if self.queue_ahead
                 && ids.len() + 1 < limits.max_new
                 && self.pos + 1 + limits.reserve < self.cache.max_context
+                && !self.refill_due(self.pos + 1)
             {
                 let values = self.run_values_ahead(1, 1);
                 queued = Some((
@@ -799,8 +711,10 @@ impl<'m> Session<'m> {
                     1 - slot,
                 ));
             }
+            let fed = id;
             id = self.read_choice(slot, index)?;
             self.advance(1);
+            self.fed(fed, id);
         };
         if queued.is_some() {
             // A step queued past a stop or cancel fed `id` at the current position: the cache
@@ -861,9 +775,19 @@ impl<'m> Session<'m> {
     }
 }
 
-/// Records the choice of the next token from the last row of `logits` into `ids[0]`.
-fn choose(g: &mut Graph, logits: TensorId, ids: TensorId, pick: Pick) -> Result<()> {
-    let row = g.layout(logits).rows() - 1;
+/// Records the choice of the next token among the first `candidates` columns of the last row
+/// of `logits` into `ids[0]`.
+fn choose(
+    g: &mut Graph,
+    logits: TensorId,
+    candidates: usize,
+    ids: TensorId,
+    pick: Pick,
+) -> Result<()> {
+    let row = sample::Row {
+        row: g.layout(logits).rows() - 1,
+        candidates: Some(candidates),
+    };
     match pick {
         Pick::Greedy => sample::argmax(g, logits, row, ids, RunValue::Fixed(0)),
         Pick::Sample {

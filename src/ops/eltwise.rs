@@ -1,4 +1,5 @@
-//! Element-wise ops (`shaders/eltwise.wgsl`): GELU, SiLU, scale, add, mul, SwiGLU.
+//! Element-wise ops (`shaders/eltwise.wgsl`): GELU, SiLU, scale, add, mul, SwiGLU (on two
+//! tensors, or on the two halves of one fused gate/up output).
 
 use bytemuck::{Pod, Zeroable};
 
@@ -123,6 +124,34 @@ pub fn binary(g: &mut Graph, f: Binary, a: TensorId, b: TensorId, out: TensorId)
             ("b", b, Access::Read),
             ("out", out, Access::Write),
         ],
+    )
+}
+
+/// SwiGLU of a fused `[gate | up]` projection: `gate_up` `[.., 2·I]`, `out` `[.., I]` with
+/// `out[r, c] = silu(gate_up[r, c]) · gate_up[r, I + c]`.
+pub fn swiglu_halves(g: &mut Graph, gate_up: TensorId, out: TensorId) -> Result<()> {
+    let op = "swiglu_halves";
+    expect_f32(g, op, "gate_up", gate_up)?;
+    expect_f32(g, op, "out", out)?;
+    let mut shape = g.shape(gate_up).to_vec();
+    let last = shape.last_mut().filter(|w| **w % 2 == 0 && **w > 0).ok_or_else(|| {
+        Error::shape(format!("{op}: gate_up {:?} needs an even, non-zero last dimension", g.shape(gate_up)))
+    })?;
+    *last /= 2;
+    let half = *last;
+    expect_shape(g, op, "out", out, &shape)?;
+    let p = Params {
+        n: numel(g, op, out)?,
+        b_len: half as u32,
+        op: 0,
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    launch(
+        g,
+        "swiglu_halves",
+        p,
+        vec![("x", gate_up, Access::Read), ("out", out, Access::Write)],
     )
 }
 

@@ -42,23 +42,37 @@ struct Params {
     ids_len: u32,
 }
 
-/// Writes the index of the largest logit of row `row` of `logits` (f32 `[.., V]`; ties → the
+/// Which logits a choice looks at: row `row`, its first `candidates` columns (`None`: all;
+/// the rest, e.g. a vocabulary's padding rows, are never chosen).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Row {
+    /// Row of the logits.
+    pub row: usize,
+    /// Leading columns that may be chosen.
+    pub candidates: Option<usize>,
+}
+
+impl Row {
+    /// Every column of row `row`.
+    pub fn all(row: usize) -> Row {
+        Row {
+            row,
+            candidates: None,
+        }
+    }
+}
+
+/// Writes the index of the largest logit of `row` of `logits` (f32 `[.., V]`; ties → the
 /// lowest index) into `ids[at]` (u32 tensor). An `at` run value past the end writes nothing.
-pub fn argmax(
-    g: &mut Graph,
-    logits: TensorId,
-    row: usize,
-    ids: TensorId,
-    at: RunValue,
-) -> Result<()> {
+pub fn argmax(g: &mut Graph, logits: TensorId, row: Row, ids: TensorId, at: RunValue) -> Result<()> {
     launch(g, "argmax", logits, row, ids, at, None)
 }
 
-/// Draws a token from row `row` of `logits` as [`Sampling`] says and writes it into `ids[at]`.
+/// Draws a token from `row` of `logits` as [`Sampling`] says and writes it into `ids[at]`.
 pub fn sample(
     g: &mut Graph,
     logits: TensorId,
-    row: usize,
+    row: Row,
     ids: TensorId,
     at: RunValue,
     s: &Sampling,
@@ -70,7 +84,7 @@ fn launch(
     g: &mut Graph,
     op: &'static str,
     logits: TensorId,
-    row: usize,
+    Row { row, candidates }: Row,
     ids: TensorId,
     at: RunValue,
     s: Option<&Sampling>,
@@ -78,10 +92,11 @@ fn launch(
     expect_f32(g, op, "logits", logits)?;
     expect_dtype(g, op, "ids", ids, &[DType::U32])?;
     let layout = g.layout(logits);
-    let (n, rows) = (layout.cols(), layout.rows());
-    if row >= rows || u32::try_from(layout.numel()).is_err() {
+    let (width, rows) = (layout.cols(), layout.rows());
+    let n = candidates.unwrap_or(width);
+    if row >= rows || n == 0 || n > width || u32::try_from(layout.numel()).is_err() {
         return Err(Error::shape(format!(
-            "{op}: row {row} of logits {:?} (at most 2³² elements)",
+            "{op}: row {row} of logits {:?}, {n} candidates (at most 2³² elements)",
             layout.shape
         )));
     }
@@ -96,7 +111,7 @@ fn launch(
     let (at_slot, at_fixed) = at.encode(op, "at")?;
     let mut p = Params {
         n: n as u32,
-        base: (row * n) as u32,
+        base: (row * width) as u32,
         top_k: 0,
         top_p: 1.0,
         inv_temp: 1.0,

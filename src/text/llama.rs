@@ -1,5 +1,6 @@
-//! The Llama-3 tokenizer (byte-level BPE from `tokenizer.json`), its chat template and the stop
-//! ids of `generation_config.json`, plus incremental detokenization for streaming.
+//! The tokenizer of the Llama-family decoders (`tokenizer.json`: Llama 3's byte-level BPE or
+//! Phi-3's SentencePiece-style BPE), its chat template (`text::chat`) and the stop ids of
+//! `generation_config.json`, plus incremental detokenization for streaming.
 
 use std::path::Path;
 
@@ -7,48 +8,26 @@ use serde_json::Value;
 
 use crate::{Error, Result};
 
-/// `<|begin_of_text|>`: the post-processor prepends it; the chat template writes it itself.
-pub const BOS: &str = "<|begin_of_text|>";
+pub use super::chat::Message;
+use super::chat::Template;
 
-/// One chat message.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Message {
-    /// `system`, `user` or `assistant`.
-    pub role: String,
-    /// Text of the message.
-    pub content: String,
-}
-
-impl Message {
-    /// A message from `role`.
-    pub fn new(role: &str, content: &str) -> Message {
-        Message {
-            role: role.into(),
-            content: content.into(),
-        }
-    }
-}
-
-/// The Llama-3 chat template: `<|begin_of_text|>`, then per message
-/// `<|start_header_id|>ROLE<|end_header_id|>\n\nCONTENT<|eot_id|>` (content trimmed, as the
-/// Jinja template does), then the assistant header the model continues from.
+/// HF's Llama 3 chat template: the messages' contents trimmed (as the Jinja template does),
+/// then [`Template::Llama3`].
 pub fn chat_text(messages: &[Message]) -> String {
-    let mut s = String::from(BOS);
-    for m in messages {
-        s += &format!(
-            "<|start_header_id|>{}<|end_header_id|>\n\n{}<|eot_id|>",
-            m.role,
-            m.content.trim()
-        );
-    }
-    s + "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    let trimmed: Vec<Message> = messages
+        .iter()
+        .map(|m| Message::new(&m.role, m.content.trim()))
+        .collect();
+    Template::Llama3.prompt(&trimmed)
 }
 
-/// A Llama-3 tokenizer with the model's stop ids.
+/// A Llama-family tokenizer with the model's stop ids and chat template.
 pub struct LlamaTokenizer {
     tok: tokenizers::Tokenizer,
     /// Ids that end a generation (`eos_token_id`, an int or a list).
     pub stop_ids: Vec<u32>,
+    /// The conversation format its special tokens belong to.
+    pub template: Template,
 }
 
 impl LlamaTokenizer {
@@ -79,7 +58,12 @@ impl LlamaTokenizer {
             };
             break;
         }
-        Ok(LlamaTokenizer { tok, stop_ids })
+        let template = Template::for_vocab(|t| tok.token_to_id(t).is_some());
+        Ok(LlamaTokenizer {
+            tok,
+            stop_ids,
+            template,
+        })
     }
 
     /// Token ids of `text`; special tokens written in the text are recognised. With
@@ -95,7 +79,28 @@ impl LlamaTokenizer {
     /// Prompt ids of a chat: the template's text without another BOS (as HF's
     /// `apply_chat_template(tokenize=True)`; tokenizing the text with `add_bos` would double it).
     pub fn encode_chat(&self, messages: &[Message]) -> Result<Vec<u32>> {
-        self.encode(&chat_text(messages), false)
+        let text = match self.template {
+            Template::Llama3 => chat_text(messages),
+            Template::Phi3 => self.template.prompt(messages),
+        };
+        self.encode(&text, false)
+    }
+
+    /// Number of tokens (pieces and added tokens): ids at or past it are the model's padding
+    /// rows.
+    pub fn len(&self) -> usize {
+        self.tok.get_vocab_size(true)
+    }
+
+    /// Whether the tokenizer has no token at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The id the post-processor puts before a text (`<|begin_of_text|>`, `<s>`), if any.
+    pub fn bos_id(&self) -> Result<Option<u32>> {
+        let (with, without) = (self.encode("", true)?, self.encode("", false)?);
+        Ok(with.first().copied().filter(|_| without.is_empty()))
     }
 
     /// Text of `ids`, special tokens included.

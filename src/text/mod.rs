@@ -1,3 +1,4 @@
 //! Text: tokenizers (HF `tokenizer.json`) and chat templates. CPU only, no GPU use.
 
+pub mod chat;
 pub mod llama;

@@ -7,6 +7,7 @@
 
 pub mod florence2;
 pub mod hub;
+pub mod llama;
 pub mod torch;
 
 use std::collections::BTreeMap;

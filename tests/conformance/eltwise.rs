@@ -109,6 +109,10 @@ pub fn cases() -> Vec<Case> {
     for &shape in SHAPES {
         let shape = shape.to_vec();
         let n: usize = shape.iter().product();
+        let half = *shape.last().unwrap();
+        let out_shape = shape.clone();
+        let mut wide = shape.clone();
+        *wide.last_mut().unwrap() *= 2;
         v.push(Case {
             op: "swiglu",
             shape: format!("{shape:?}"),
@@ -127,6 +131,29 @@ pub fn cases() -> Vec<Case> {
                     out.read_f32(gpu).unwrap(),
                     (0..n).map(|i| r::silu(gs[i]) * us[i]).collect(),
                 )
+            }),
+        });
+        // The same on one fused [gate | up] tensor, rows twice as wide.
+        v.push(Case {
+            op: "swiglu_halves",
+            shape: format!("{wide:?}"),
+            dtype: DType::F32,
+            largest_bytes: 8 * n as u64,
+            row_bytes: 8 * half as u64,
+            run: Box::new(move |gpu, rng: &mut Rng| {
+                let (gu, xs) = upload(gpu, &wide, DType::F32, &rng.vec(2 * n, 4.0));
+                let out = poisoned(gpu, &out_shape);
+                let mut g = Graph::new(gpu);
+                let (gi, oi) = (g.external(&gu), g.external(&out));
+                eltwise::swiglu_halves(&mut g, gi, oi).unwrap();
+                g.build().unwrap().run(gpu, &[]).unwrap();
+                let want = (0..n)
+                    .map(|i| {
+                        let (r, c) = (i / half, i % half);
+                        r::silu(xs[r * 2 * half + c]) * xs[r * 2 * half + half + c]
+                    })
+                    .collect();
+                (out.read_f32(gpu).unwrap(), want)
             }),
         });
     }

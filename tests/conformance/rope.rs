@@ -3,7 +3,7 @@
 use super::common::{upload, Rng};
 use super::Case;
 use fvl_wgpu::gpu::{DType, Graph, Tensor};
-use fvl_wgpu::ops::rope::{inv_freq, rope, Llama3Scaling, Rope};
+use fvl_wgpu::ops::rope::{inv_freq, rope, rope_qkv_to_cache, CacheWrite, Llama3Scaling, Rope};
 use fvl_wgpu::ops::{RunValue, View};
 
 const LLAMA3: Llama3Scaling = Llama3Scaling {
@@ -137,17 +137,12 @@ pub fn cases() -> Vec<Case> {
                         Tensor::from_f32(gpu, &[inv.len()], DType::F32, &inv, "inv_freq").unwrap();
                     let mut g = Graph::new(gpu);
                     let (xi, ii) = (g.external(&x), g.external(&inv_t));
-                    let r = Rope {
-                        batch: s.batch,
-                        tokens: s.tokens,
-                        n_heads: s.heads,
-                        head_dim: s.head_dim,
-                        pos0: if s.from_slot {
-                            RunValue::Slot(3)
-                        } else {
-                            RunValue::Fixed(s.pos0 as u32)
-                        },
+                    let pos0 = if s.from_slot {
+                        RunValue::Slot(3)
+                    } else {
+                        RunValue::Fixed(s.pos0 as u32)
                     };
+                    let r = Rope::plain(s.batch, s.tokens, s.heads, s.head_dim, pos0);
                     rope(&mut g, View::strided(xi, s.offset, cols), ii, &r).unwrap();
                     let run = [0, 0, 0, s.pos0 as u32];
                     g.build().unwrap().run(gpu, &run).unwrap();
@@ -162,6 +157,95 @@ pub fn cases() -> Vec<Case> {
                         s.pos0,
                     );
                     (x.read_f32(gpu).unwrap(), want)
+                }),
+            }
+        })
+        .collect()
+}
+
+/// The fused decoder form: a `[q; k; v]` row block rotated with LongRoPE's two tables (the
+/// second chosen when the sequence passes `long_after`) and a cos/sin scale, k and v written to
+/// cache rows `pos0..`. The reference rotates in f64 from the table the sequence length picks;
+/// the output compared is q (in place) followed by both whole caches, poisoned (NaN) beforehand:
+/// rows `pos0..pos0 + t` must be written, every other row must stay poisoned.
+pub fn kv_cases() -> Vec<Case> {
+    // (name, tokens, q heads, kv heads, head_dim, pos0, long_after)
+    let setups = [
+        ("rope_kv_short", 5usize, 3usize, 1usize, 24usize, 7usize, 40usize),
+        ("rope_kv_long_prefill", 37, 4, 2, 16, 0, 32),
+        ("rope_kv_long_decode", 1, 4, 4, 16, 32, 32),
+        ("rope_kv_last_short_step", 1, 2, 2, 40, 31, 32),
+    ];
+    setups
+        .into_iter()
+        .map(|(name, t, hq, hkv, d, pos0, long_after)| {
+            let width = (hq + 2 * hkv) * d;
+            let kv_dim = hkv * d;
+            let s_max = pos0 + t + 3;
+            Case {
+                op: name,
+                shape: format!("[{t}, {width}] q{hq} kv{hkv} d{d} pos {pos0}"),
+                dtype: DType::F32,
+                largest_bytes: 4 * (t * width).max(s_max * kv_dim) as u64,
+                row_bytes: 4 * width as u64,
+                run: Box::new(move |gpu, rng: &mut Rng| {
+                    let half = d / 2;
+                    let base = inv_freq(d, 10000.0, None);
+                    let factors = rng.vec(2 * half, 1.0);
+                    let inv: Vec<f32> = (0..2 * half)
+                        .map(|i| base[i % half] / (2.5 + factors[i]))
+                        .collect();
+                    let scale = 1.19;
+                    let (qkv, xs) = upload(gpu, &[t, width], DType::F32, &rng.vec(t * width, 3.0));
+                    let poison = vec![f32::NAN; s_max * kv_dim];
+                    let kc = Tensor::from_f32(gpu, &[s_max, kv_dim], DType::F32, &poison, "k").unwrap();
+                    let vc = Tensor::from_f32(gpu, &[s_max, kv_dim], DType::F32, &poison, "v").unwrap();
+                    let inv_t = Tensor::from_f32(gpu, &[2 * half], DType::F32, &inv, "inv").unwrap();
+                    let mut g = Graph::new(gpu);
+                    let (xi, ii) = (g.external(&qkv), g.external(&inv_t));
+                    let (ki, vi) = (g.external(&kc), g.external(&vc));
+                    let r = Rope {
+                        long_after: Some(long_after),
+                        scale,
+                        ..Rope::plain(1, t, hq, d, RunValue::Slot(0))
+                    };
+                    let w = CacheWrite {
+                        q_heads: hq,
+                        kv_heads: hkv,
+                        k_cache: ki,
+                        v_cache: vi,
+                    };
+                    rope_qkv_to_cache(&mut g, xi, ii, &r, &w).unwrap();
+                    g.build().unwrap().run(gpu, &[pos0 as u32]).unwrap();
+                    // Reference: the whole row block rotated (q and k heads), scaled, with
+                    // the table the sequence length picks; then k and v placed in the caches.
+                    let table = if pos0 + t > long_after { &inv[half..] } else { &inv[..half] };
+                    let rotated = reference(&xs, table, (0, width), 1, t, hq + hkv, d, pos0);
+                    let mut want: Vec<f32> = Vec::new();
+                    let mut got: Vec<f32> = Vec::new();
+                    let out_q = qkv.read_f32(gpu).unwrap();
+                    let (k_got, v_got) = (kc.read_f32(gpu).unwrap(), vc.read_f32(gpu).unwrap());
+                    let mut k_want = poison.clone();
+                    let mut v_want = poison.clone();
+                    for row in 0..t {
+                        for c in 0..hq * d {
+                            want.push(rotated[row * width + c] * scale);
+                            got.push(out_q[row * width + c]);
+                        }
+                        for c in 0..kv_dim {
+                            k_want[(pos0 + row) * kv_dim + c] = rotated[row * width + hq * d + c] * scale;
+                            v_want[(pos0 + row) * kv_dim + c] = xs[row * width + (hq + hkv) * d + c];
+                        }
+                    }
+                    // Rows the op must not touch stay NaN on both sides; compare them as 0.
+                    let un_nan = |v: Vec<f32>, w: &[f32]| -> Vec<f32> {
+                        v.iter().zip(w).map(|(&a, &b)| if a.is_nan() && b.is_nan() { 0.0 } else { a }).collect()
+                    };
+                    got.extend(un_nan(k_got.clone(), &k_want));
+                    got.extend(un_nan(v_got.clone(), &v_want));
+                    want.extend(un_nan(k_want.clone(), &k_want));
+                    want.extend(un_nan(v_want.clone(), &v_want));
+                    (got, want)
                 }),
             }
         })

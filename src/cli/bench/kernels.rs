@@ -191,7 +191,7 @@ pub fn kernels(args: &DeviceArgs, quick: bool, only: Option<&str>) -> Result<()>
         let ids = Tensor::empty(&gpu, &[1], DType::U32, "ids")?;
         let seconds = time(&gpu, |g| {
             let (li, ii) = (g.external(&logits), g.external(&ids));
-            sample::argmax(g, li, 0, ii, RunValue::Fixed(0))
+            sample::argmax(g, li, sample::Row::all(0), ii, RunValue::Fixed(0))
         })?;
         rows_out.push(Row {
             kernel: "argmax".into(),
