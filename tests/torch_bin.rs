@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use fvl_wgpu::weights::torch::parse;
+use fvl_wgpu::weights::torch::{archive_bytes, parse};
 use fvl_wgpu::weights::{Checkpoint, Dtype};
 use safetensors::SafeTensors;
 
@@ -244,4 +244,113 @@ fn damaged_files_give_errors_not_panics() {
             let _ = parse(&bad);
         }
     }
+}
+
+/// Parses `pickle` wrapped as torch.save wraps it; the error it gives.
+fn pickle_err(pickle: &[u8]) -> String {
+    parse(&archive_bytes(pickle, &[("0", &[0; 8])]).unwrap()).expect_err("parsed")
+}
+
+#[test]
+fn hostile_pickles_are_refused_by_name_without_running_anything() {
+    // Protocol-4 STACK_GLOBAL builtins.eval, called on a string.
+    let mut p = vec![0x80, 4, 0x8c, 8];
+    p.extend(b"builtins");
+    p.extend([0x8c, 4]);
+    p.extend(b"eval");
+    p.extend([0x93, 0x8c, 1, b'1', 0x85, b'R', b'.']);
+    assert!(
+        pickle_err(&p).contains("global builtins.eval"),
+        "{}",
+        pickle_err(&p)
+    );
+    // An opcode a state dict never uses (INST builds any class from text).
+    let err = pickle_err(b"\x80\x02(ios\nsystem\nX\x01\x00\x00\x001.");
+    assert!(err.contains("opcode INST (0x69) at byte 3"), "{err}");
+    // A string claiming 4 GiB: refused as truncated, nothing allocated.
+    let err = pickle_err(b"\x80\x02X\xff\xff\xff\xff.");
+    assert!(err.contains("ends inside an opcode at byte 7"), "{err}");
+    // A storage class called directly instead of named in a persistent id.
+    let err = pickle_err(b"\x80\x02ctorch\nFloatStorage\n)R.");
+    assert!(err.contains("calls torch.FloatStorage"), "{err}");
+    // Not a state dict.
+    assert!(pickle_err(b"\x80\x02K\x07.").contains("holds a int, not a state dict"));
+}
+
+#[test]
+fn self_referencing_and_deep_pickles_stay_bounded() {
+    // A list appended to itself 10⁵ times (a billion-laughs shape) and 10⁶ nested tuples:
+    // each opcode adds at most one object, and nothing recurses on the way out.
+    let mut p = vec![0x80, 2, b']', b'q', 0];
+    for _ in 0..100_000 {
+        p.extend([b'h', 0, b'a']);
+    }
+    p.push(b'.');
+    assert!(pickle_err(&p).contains("holds a list"));
+    let mut p = vec![0x80, 2, b')'];
+    p.extend(std::iter::repeat_n(0x85, 1_000_000));
+    p.push(b'.');
+    assert!(pickle_err(&p).contains("holds a tuple"));
+}
+
+#[test]
+fn written_files_read_back_and_are_what_torch_writes() {
+    // Odd shapes, every float dtype, a scalar and an empty tensor.
+    let f32s: Vec<u8> = (0..35)
+        .flat_map(|i| (i as f32 * 0.37 - 5.0).to_le_bytes())
+        .collect();
+    let f16s: Vec<u8> = (0..6)
+        .flat_map(|i| half::f16::from_f32(i as f32 + 0.5).to_le_bytes())
+        .collect();
+    let bf16s: Vec<u8> = (0..3)
+        .flat_map(|i| half::bf16::from_f32(-(i as f32) - 1.25).to_le_bytes())
+        .collect();
+    let one = 2.5f32.to_le_bytes();
+    let tensors = [
+        ("w", Dtype::F32, &[5usize, 7][..], &f32s[..]),
+        ("h", Dtype::F16, &[1, 2, 3][..], &f16s[..]),
+        ("b", Dtype::BF16, &[3][..], &bf16s[..]),
+        ("s", Dtype::F32, &[][..], &one[..]),
+        ("e", Dtype::F32, &[0, 4][..], &[][..]),
+    ];
+    let dir = temp_model("write", &[]);
+    let path = dir.join("pytorch_model.bin");
+    fvl_wgpu::weights::torch::write(&path, &tensors).unwrap();
+    let ck = Checkpoint::open(&dir).unwrap();
+    for (name, dtype, shape, bytes) in tensors {
+        assert_eq!(ck.raw(name).unwrap(), (bytes, dtype, shape), "{name}");
+    }
+    // The layout torch.save uses: stored entries under archive/, data 64-byte aligned.
+    let file = std::fs::read(&path).unwrap();
+    let found = parse(&file).unwrap();
+    assert!(
+        found.values().all(|t| t.start % 64 == 0),
+        "unaligned storage"
+    );
+    assert!(file.windows(16).any(|w| w == b"archive/data.pkl"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn bench_load_runs_on_a_torch_folder() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fvl-wgpu"))
+        .args(["bench", "load", "--json", "--dir"])
+        .arg(fixture("sharded"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = json["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{json}");
+    assert_eq!(
+        (rows[0]["files"].as_u64(), rows[0]["tensors"].as_u64()),
+        (Some(2), Some(10))
+    );
+    assert!(rows
+        .iter()
+        .all(|r| r["open_load_f32_gb_per_s"].as_f64().unwrap() > 0.0));
 }

@@ -126,6 +126,19 @@ enum BenchWhat {
         #[arg(long, default_value_t = 8)]
         tokens: usize,
     },
+    /// Checkpoint load speed: `Checkpoint::open` plus reading every tensor, for a
+    /// safetensors and a PyTorch `.bin` file of random tensors (or a given model folder),
+    /// in bytes per second next to a plain sequential read of the same files.
+    Load {
+        #[command(flatten)]
+        device: DeviceArgs,
+        /// Size of each generated file in MiB (default: 1024, or 64 on a CPU adapter).
+        #[arg(long, value_name = "MIB", conflicts_with = "dir")]
+        size_mb: Option<usize>,
+        /// Time this model folder (config.json and its weights) instead of generated files.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Florence-2 vision path (DaViT + image head) at the real sizes, random weights.
     Vision {
         #[command(flatten)]
@@ -368,5 +381,13 @@ pub fn run() -> Result<()> {
                     precision,
                 },
         } => bench::vision(&device, &config, size, precision),
+        Command::Bench {
+            what:
+                BenchWhat::Load {
+                    device,
+                    size_mb,
+                    dir,
+                },
+        } => bench::load(&device, size_mb, dir.as_deref()),
     }
 }

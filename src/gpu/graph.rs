@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use super::arena::{self, Lifetime, Plan};
 use super::codegen::{self, Access, TensorArg};
-use super::pipelines::{pipeline, PipelineKey};
 use super::device::Gpu;
 use super::format::DType;
+use super::pipelines::{pipeline, PipelineKey};
 use super::tensor::{Chunk, Layout, Tensor, TENSOR_USAGE};
 use crate::error::{Error, Result};
 
@@ -187,7 +187,15 @@ impl<'g> Graph<'g> {
             defines.push("SUBGROUP");
         }
         let source = codegen::header(&k.consts, &args) + &codegen::preprocess(k.source, &defines);
-        let cached = pipeline(self.gpu, k.name, PipelineKey { entry: k.entry, source }, &args)?;
+        let cached = pipeline(
+            self.gpu,
+            k.name,
+            PipelineKey {
+                entry: k.entry,
+                source,
+            },
+            &args,
+        )?;
         for &(_, id, _) in &k.tensors {
             let s = &mut self.slots[id.0];
             s.first_use.get_or_insert(node_index);

@@ -193,6 +193,11 @@ impl Checkpoint {
         &self.dir
     }
 
+    /// The weight files opened, in the order they were mapped.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        self.shards.iter().map(|s| s.path.as_path())
+    }
+
     /// The parsed `config.json`.
     pub fn config(&self) -> &serde_json::Value {
         &self.config

@@ -11,8 +11,9 @@
 //! left, so memory stays proportional to the pickle's size; nothing recurses.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Cursor;
+use std::io::{Cursor, Seek, Write};
 use std::ops::Range;
+use std::path::Path;
 
 use safetensors::Dtype;
 
@@ -46,6 +47,118 @@ pub fn parse(bytes: &[u8]) -> Result<BTreeMap<String, TorchTensor>, String> {
             Ok((name.to_string(), tensor))
         })
         .collect()
+}
+
+/// One tensor to write: name, dtype, shape and its row-major little-endian bytes.
+pub type TensorToWrite<'t> = (&'t str, Dtype, &'t [usize], &'t [u8]);
+
+/// Writes `tensors` as `torch.save(state_dict)` lays them out (archive `archive`, one stored
+/// and 64-byte aligned storage per tensor, little-endian), through a temporary file renamed
+/// to `path`. For benchmarks and tests: it writes what [`parse`] reads, nothing more.
+pub fn write(path: &Path, tensors: &[TensorToWrite]) -> Result<(), String> {
+    let tmp = path.with_extension("bin.partial");
+    let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", tmp.display());
+    let file = std::fs::File::create(&tmp).map_err(|e| fail(&e))?;
+    let mut pickle = vec![0x80, 2];
+    global(&mut pickle, "collections", "OrderedDict");
+    pickle.extend(b")R(");
+    for (i, &(name, dtype, shape, bytes)) in tensors.iter().enumerate() {
+        let numel: usize = shape.iter().product();
+        if numel * (dtype.bitsize() / 8) != bytes.len() {
+            return Err(format!(
+                "tensor {name}: {} bytes for shape {shape:?} {dtype:?}",
+                bytes.len()
+            ));
+        }
+        let storage = STORAGES
+            .iter()
+            .find(|(_, d)| *d == dtype)
+            .ok_or_else(|| format!("tensor {name}: torch has no storage for {dtype:?}"))?
+            .0;
+        text(&mut pickle, name);
+        global(&mut pickle, "torch._utils", "_rebuild_tensor_v2");
+        pickle.extend(b"((");
+        text(&mut pickle, "storage");
+        global(&mut pickle, "torch", storage);
+        text(&mut pickle, &i.to_string());
+        text(&mut pickle, "cpu");
+        int(&mut pickle, numel);
+        pickle.extend(b"tQ");
+        int(&mut pickle, 0);
+        let mut strides = vec![1usize; shape.len()];
+        for d in (1..shape.len()).rev() {
+            strides[d - 1] = strides[d] * shape[d];
+        }
+        for dims in [shape, &strides[..]] {
+            pickle.push(b'(');
+            dims.iter().for_each(|&d| int(&mut pickle, d));
+            pickle.push(b't');
+        }
+        pickle.push(0x89); // requires_grad = False
+        global(&mut pickle, "collections", "OrderedDict");
+        pickle.extend(b")RtR"); // empty backward hooks; the argument tuple; rebuild
+    }
+    pickle.extend(b"u."); // SETITEMS, STOP
+    let storages = tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (format!("data/{i}"), t.3));
+    archive(file, &pickle, storages).map_err(|e| fail(&e))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// `pickle` as `archive/data.pkl` of a torch.save-style zip with the given storages
+/// (`data/<key>`, bytes): for tests and fuzzing of the pickle reader behind [`parse`].
+pub fn archive_bytes(pickle: &[u8], storages: &[(&str, &[u8])]) -> Result<Vec<u8>, String> {
+    let storages = storages.iter().map(|&(key, b)| (format!("data/{key}"), b));
+    archive(Cursor::new(Vec::new()), pickle, storages)
+        .map(Cursor::into_inner)
+        .map_err(|e| e.to_string())
+}
+
+/// A zip as torch.save writes it: `archive/data.pkl`, `archive/byteorder`, the storages
+/// (`rel` name, bytes), `archive/version`; every entry stored and aligned to 64 bytes.
+fn archive<'b, W: Write + Seek>(
+    w: W,
+    pickle: &'b [u8],
+    storages: impl Iterator<Item = (String, &'b [u8])>,
+) -> zip::result::ZipResult<W> {
+    let mut zip = zip::ZipWriter::new(w);
+    let entries = [
+        ("data.pkl".to_string(), pickle),
+        ("byteorder".to_string(), &b"little"[..]),
+    ]
+    .into_iter()
+    .chain(storages)
+    .chain([("version".to_string(), &b"3\n"[..])]);
+    for (rel, bytes) in entries {
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored)
+            .with_alignment(64)
+            .large_file(bytes.len() as u64 >= u32::MAX as u64);
+        zip.start_file(format!("archive/{rel}"), options)?;
+        zip.write_all(bytes)?;
+    }
+    zip.finish()
+}
+
+/// Pickle GLOBAL `module.name`.
+fn global(p: &mut Vec<u8>, module: &str, name: &str) {
+    p.push(b'c');
+    p.extend(format!("{module}\n{name}\n").bytes());
+}
+
+/// Pickle BINUNICODE.
+fn text(p: &mut Vec<u8>, s: &str) {
+    p.push(b'X');
+    p.extend((s.len() as u32).to_le_bytes());
+    p.extend(s.bytes());
+}
+
+/// Pickle LONG1 of 8 bytes: any size or count.
+fn int(p: &mut Vec<u8>, v: usize) {
+    p.extend([0x8a, 8]);
+    p.extend((v as u64).to_le_bytes());
 }
 
 /// The zip container: where each stored entry's bytes are.
@@ -166,7 +279,7 @@ impl Archive {
 
     /// Resolves a pickled tensor to its bytes: storage entry, dtype, contiguity, bounds.
     fn tensor(&self, bytes: &[u8], name: &str, t: &View) -> Result<TorchTensor, String> {
-        let dtype = storage_dtype(&t.storage_type).ok_or_else(|| {
+        let dtype = storage_dtype(t.storage_type).ok_or_else(|| {
             format!(
                 "tensor {name}: storage type torch.{} is not supported (float32, float16, \
                      bfloat16, float64, integer and bool storages are)",
@@ -250,21 +363,26 @@ fn method_name(method: zip::CompressionMethod) -> &'static str {
     .map_or("an unknown zip method", |(_, name)| name)
 }
 
+/// The `torch.<Name>Storage` classes read here and their element types.
+const STORAGES: [(&str, Dtype); 10] = [
+    ("FloatStorage", Dtype::F32),
+    ("HalfStorage", Dtype::F16),
+    ("BFloat16Storage", Dtype::BF16),
+    ("DoubleStorage", Dtype::F64),
+    ("LongStorage", Dtype::I64),
+    ("IntStorage", Dtype::I32),
+    ("ShortStorage", Dtype::I16),
+    ("CharStorage", Dtype::I8),
+    ("ByteStorage", Dtype::U8),
+    ("BoolStorage", Dtype::BOOL),
+];
+
 /// Element type of a `torch.<Name>Storage`, `None` for one we do not read.
 fn storage_dtype(storage_type: &str) -> Option<Dtype> {
-    Some(match storage_type {
-        "FloatStorage" => Dtype::F32,
-        "HalfStorage" => Dtype::F16,
-        "BFloat16Storage" => Dtype::BF16,
-        "DoubleStorage" => Dtype::F64,
-        "LongStorage" => Dtype::I64,
-        "IntStorage" => Dtype::I32,
-        "ShortStorage" => Dtype::I16,
-        "CharStorage" => Dtype::I8,
-        "ByteStorage" => Dtype::U8,
-        "BoolStorage" => Dtype::BOOL,
-        _ => return None,
-    })
+    STORAGES
+        .iter()
+        .find(|(name, _)| *name == storage_type)
+        .map(|&(_, dtype)| dtype)
 }
 
 /// A tensor as the pickle rebuilds it: arena indices of its storage and of its size and

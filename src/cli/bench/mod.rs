@@ -13,9 +13,11 @@ use fvl_wgpu::ops::matmul;
 use fvl_wgpu::Result;
 
 mod kernels;
+mod load;
 mod models;
 
 pub use kernels::kernels;
+pub use load::load;
 pub use models::{decode, e2e, florence2, vision};
 
 pub(super) const REPS: usize = 4;
