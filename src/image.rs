@@ -27,6 +27,9 @@ pub const MAX_IMAGE_SIDE: u32 = 16384;
 /// Largest accepted pixel count (width × height), checked before decoding. 100 Mpixel is a
 /// little above PIL's own `MAX_IMAGE_PIXELS` warning threshold (~89.5 Mpixel).
 pub const MAX_IMAGE_PIXELS: u64 = 100_000_000;
+/// Largest resize target side `preprocessor_config.json` may ask for: bounds the pixel
+/// buffer and the vision pass before anything is allocated (Florence-2 uses 768).
+pub const MAX_RESIZE_SIDE: usize = 4096;
 /// Memory the decoder may allocate: enough for the largest accepted image at 16-bit RGBA
 /// (8 bytes a pixel), so no accepted image trips it, but a lying header cannot run away.
 const MAX_DECODER_ALLOC: u64 = MAX_IMAGE_PIXELS * 8 + (64 << 20);
@@ -172,6 +175,15 @@ impl PreprocessConfig {
                 )
             })?,
         };
+        if height.max(width) > MAX_RESIZE_SIDE {
+            return Err(err(
+                "size",
+                format!(
+                    "{height}×{width} is above the {MAX_RESIZE_SIDE}-pixel side this engine \
+                     resizes to (Florence-2 uses 768)"
+                ),
+            ));
+        }
         if let Some(v) = get("resample") {
             if v.as_u64() != Some(PIL_BICUBIC) {
                 return Err(err(
@@ -201,6 +213,12 @@ impl PreprocessConfig {
             image_mean: triple("image_mean", d.image_mean)?,
             image_std: triple("image_std", d.image_std)?,
         };
+        if !cfg.rescale_factor.is_finite() || cfg.image_mean.iter().any(|m| !m.is_finite()) {
+            return Err(err(
+                "rescale_factor",
+                "rescale_factor and image_mean must be finite".into(),
+            ));
+        }
         if cfg.image_std.iter().any(|&s| s == 0.0 || !s.is_finite()) {
             return Err(err(
                 "image_std",

@@ -297,3 +297,88 @@ fn vision_tower_stays_beside_the_model() {
     }
     assert!(messages.windows(2).all(|w| w[0] == w[1]), "{messages:#?}");
 }
+
+/// Item 4: a resize target of 60000×60000 (which ran 5 minutes into a 10 GB allocation
+/// failure) is refused while the config is read.
+#[test]
+fn resize_targets_are_bounded() {
+    let json = serde_json::json!({"size": {"height": 60000, "width": 60000}});
+    let err = fvl_wgpu::image::PreprocessConfig::from_json(&json, "preprocessor_config.json")
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("size") && err.contains("60000"), "{err}");
+    let ok = serde_json::json!({"size": {"height": 768, "width": 1024}});
+    assert!(fvl_wgpu::image::PreprocessConfig::from_json(&ok, "p").is_ok());
+}
+
+/// Items 4 and 5: config values are checked as transformers checks them, and sizes are
+/// bounded, before anything is allocated: no silent default for a non-number, no zero layers.
+#[test]
+fn llama_config_values_are_validated() {
+    let base: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::fixture_path("llama-b/config.json")).unwrap(),
+    )
+    .unwrap();
+    let parse = |key: &str, v: serde_json::Value| {
+        let mut cfg = base.clone();
+        cfg[key] = v;
+        cfg.as_object_mut().unwrap().remove("rope_parameters");
+        fvl_wgpu::weights::llama::LlamaConfig::from_json(&cfg, 517)
+    };
+    assert!(parse("rope_theta", 500000.0.into()).is_ok());
+    for (key, v) in [
+        ("rope_theta", serde_json::json!(0.0)),
+        ("rope_theta", serde_json::json!(-1.0)),
+        ("rope_theta", serde_json::json!("abc")),
+        ("rms_norm_eps", serde_json::json!(-1e-5)),
+        ("rms_norm_eps", serde_json::json!("1e-5")),
+        ("num_hidden_layers", serde_json::json!(0)),
+        ("hidden_size", serde_json::json!(0)),
+        ("hidden_size", serde_json::json!(1u64 << 40)),
+        ("intermediate_size", serde_json::json!(1u64 << 40)),
+        ("max_position_embeddings", serde_json::json!(0)),
+    ] {
+        let err = parse(key, v.clone()).err().unwrap_or_else(|| panic!("{key} = {v} accepted"));
+        assert!(err.to_string().contains(key), "{key}: {err}");
+    }
+}
+
+/// Item 4: Florence-2 config sizes are bounded before any allocation.
+#[test]
+fn florence2_config_sizes_are_bounded() {
+    let root = scratch("f2-config");
+    let model = root.join("M");
+    copy_fixture("florence2-a", &model);
+    edit_json(&model.join("config.json"), |v| {
+        v["text_config"]["vocab_size"] = (1u64 << 40).into();
+    });
+    let err = fvl_wgpu::weights::florence2::Florence2Checkpoint::open(&model)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("vocab_size"), "{err}");
+}
+
+/// Item 5: a NaN or Inf weight is found at load, naming the tensor, instead of every token
+/// id becoming 0 with exit status 0.
+#[test]
+fn non_finite_weights_are_refused_at_load() {
+    let root = scratch("gen-inf");
+    let model = root.join("M");
+    copy_fixture("llama-b", &model);
+    poison_weight(&model, "model.layers.0.self_attn.q_proj.weight", f32::INFINITY);
+    let (code, _, err) = fvl(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt-ids",
+        "1,2,3",
+        "--max-new-tokens",
+        "2",
+        "--quant",
+        "f32",
+    ]);
+    one_line_error(code, &err.lines().filter(|l| !l.starts_with("device:")).collect::<Vec<_>>().join("\n"));
+    assert!(err.contains("model.layers.0.self_attn.q_proj.weight"), "{err}");
+}

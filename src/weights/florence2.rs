@@ -292,13 +292,20 @@ fn as_usize(v: &Value) -> Option<usize> {
     v.as_u64().and_then(|n| usize::try_from(n).ok())
 }
 
+/// Largest size or count a Florence-2 config may give (the real ones stay under 60 000).
+const MAX_CONFIG_SIZE: usize = 1 << 20;
+
 /// An optional non-negative integer at `section.key`.
 fn opt_usize(v: &Value, section: &str, key: &str) -> Result<Option<usize>, String> {
     match lookup(v, key) {
         None | Some(Value::Null) => Ok(None),
+        // Bounded so a corrupt config is refused before anything is sized from it.
         Some(x) => as_usize(x)
+            .filter(|&n| n <= MAX_CONFIG_SIZE)
             .map(Some)
-            .ok_or_else(|| format!("{section}.{key} = {x} is not a non-negative integer")),
+            .ok_or_else(|| {
+                format!("{section}.{key} = {x} is not an integer from 0 to {MAX_CONFIG_SIZE}")
+            }),
     }
 }
 

@@ -79,6 +79,14 @@ fn f64_field(cfg: &Value, key: &str) -> Result<f64> {
         .ok_or_else(|| Error::input(format!("config.json: \"{key}\" is not a number")))
 }
 
+/// An optional number: absent or `null` gives `default`, anything but a number is an error.
+fn opt_f64(cfg: &Value, key: &str, default: f64) -> Result<f64> {
+    match opt(cfg, key) {
+        None => Ok(default),
+        Some(_) => f64_field(cfg, key),
+    }
+}
+
 /// `cfg[key]` unless absent or null.
 fn opt<'a>(cfg: &'a Value, key: &str) -> Option<&'a Value> {
     cfg.get(key).filter(|v| !v.is_null())
@@ -133,7 +141,7 @@ impl LlamaConfig {
         let (theta, scaling) = match opt(cfg, "rope_parameters") {
             Some(p) => (f64_field(p, "rope_theta")?, rope_scaling(cfg, p, head_dim)?),
             None => (
-                opt(cfg, "rope_theta").and_then(Value::as_f64).unwrap_or(10000.0),
+                opt_f64(cfg, "rope_theta", 10000.0)?,
                 match opt(cfg, "rope_scaling") {
                     Some(s) => rope_scaling(cfg, s, head_dim)?,
                     None => None,
@@ -144,7 +152,7 @@ impl LlamaConfig {
             Some(_) => Some(usize_field(cfg, "sliding_window")?),
             None => None,
         };
-        Ok(LlamaConfig {
+        LlamaConfig {
             arch: Arch::from_model_type(cfg.get("model_type").and_then(Value::as_str)),
             hidden,
             intermediate: usize_field(cfg, "intermediate_size")?,
@@ -153,9 +161,7 @@ impl LlamaConfig {
             kv_heads,
             head_dim,
             vocab,
-            rms_norm_eps: opt(cfg, "rms_norm_eps")
-                .and_then(Value::as_f64)
-                .unwrap_or(1e-6) as f32,
+            rms_norm_eps: opt_f64(cfg, "rms_norm_eps", 1e-6)? as f32,
             rope_theta: theta,
             rope_scaling: scaling,
             tie_word_embeddings: opt(cfg, "tie_word_embeddings")
@@ -163,7 +169,42 @@ impl LlamaConfig {
                 .unwrap_or(false),
             max_position_embeddings,
             sliding_window,
-        })
+        }
+        .validated()
+    }
+
+    /// The checks transformers' config validation makes (positive sizes, `rope_theta > 0`,
+    /// `rms_norm_eps ≥ 0`), plus bounds on every size so a corrupt config is refused before
+    /// anything is allocated from it.
+    fn validated(self) -> Result<LlamaConfig> {
+        let sizes = [
+            ("hidden_size", self.hidden, 1 << 16),
+            ("intermediate_size", self.intermediate, 1 << 18),
+            ("num_hidden_layers", self.layers, 1024),
+            ("num_attention_heads", self.heads, 1024),
+            ("head_dim", self.head_dim, 1024),
+            ("max_position_embeddings", self.max_position_embeddings, 1 << 24),
+        ];
+        for (key, v, max) in sizes {
+            if v == 0 || v > max {
+                return Err(Error::input(format!(
+                    "config.json: \"{key}\" is {v}; expected 1 to {max}"
+                )));
+            }
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return Err(Error::input(format!(
+                "config.json: \"rope_theta\" is {}; expected a positive number",
+                self.rope_theta
+            )));
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
+            return Err(Error::input(format!(
+                "config.json: \"rms_norm_eps\" is {}; expected a number ≥ 0",
+                self.rms_norm_eps
+            )));
+        }
+        Ok(self)
     }
 
     /// Width of the keys (and of the values) of one token: `kv_heads · head_dim`.
