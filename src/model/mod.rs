@@ -1,5 +1,6 @@
 //! The models' forward passes, written to be read beside the paper and the spec. Layers hold
-//! GPU tensors and record into a [`Graph`](crate::gpu::Graph); no wgpu types appear here.
+//! GPU tensors and record into a [`Graph`](crate::gpu::Graph); no graphics-API types appear here
+//! (tests/layering.rs checks it).
 
 pub mod bart;
 pub mod beam;

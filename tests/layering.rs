@@ -1,0 +1,60 @@
+//! The layering rule CI keeps: only `src/gpu/` (and the kernels' Rust side in `src/ops/`)
+//! may name the graphics API. Models, pipelines, tokenizers and checkpoint code record graphs
+//! and read files; they never touch buffers, queues or submissions.
+
+use std::path::Path;
+
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// Whether `line` mentions wgpu other than inside the program's own name (`fvl-wgpu` in a
+/// message telling the user which command to run, `fvl_wgpu` the crate).
+fn names_the_api(line: &str) -> bool {
+    line.match_indices("wgpu").any(|(i, _)| {
+        let before = &line[..i];
+        !(before.ends_with("fvl-") || before.ends_with("fvl_"))
+    })
+}
+
+#[test]
+fn the_check_sees_api_names_but_not_the_program_name() {
+    assert!(names_the_api("use wgpu::Buffer;"));
+    assert!(names_the_api("staging: [wgpu::Buffer; 2], // fvl-wgpu"));
+    assert!(!names_the_api("run `fvl-wgpu pull {id}`"));
+    assert!(!names_the_api("use fvl_wgpu::gpu::Gpu;"));
+}
+
+#[test]
+fn only_gpu_and_ops_name_the_graphics_api() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    for dir in ["model", "pipeline", "text", "weights"] {
+        rust_files(&root.join(dir), &mut files);
+    }
+    assert!(!files.is_empty(), "no sources found under {}", root.display());
+    let mut offenders = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            if names_the_api(line) {
+                offenders.push(format!("{}:{}: {}", f.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "only src/gpu and src/ops may name wgpu:\n{}",
+        offenders.join("\n")
+    );
+}
