@@ -214,8 +214,9 @@ impl Gpu {
         let adapter = pick_adapter(adapters(&instance), want)?;
         let info = adapter.get_info();
         let offered = adapter.features();
-        let mut wanted =
-            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        let mut wanted = wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
+            | wgpu::Features::PIPELINE_CACHE;
         if !opts.disable_optional_features {
             wanted |= wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
         }
@@ -258,6 +259,11 @@ impl Gpu {
         let device_binding =
             (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
         let max_binding = lowered.map_or(device_binding, |b| b.clamp(256, device_binding)) & !3;
+        let pipelines = PipelineCache::new(
+            &device,
+            &info,
+            features.contains(wgpu::Features::PIPELINE_CACHE),
+        );
         Ok(Gpu {
             cpu_style_kernels: info.device_type == wgpu::DeviceType::Cpu,
             device,
@@ -268,7 +274,7 @@ impl Gpu {
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
             limits,
-            pipelines: PipelineCache::default(),
+            pipelines,
             error,
             submits: AtomicU64::new(0),
         })
@@ -284,6 +290,12 @@ impl Gpu {
             && self.subgroups
             && self.info.subgroup_min_size == 8
             && self.info.subgroup_max_size == 8
+    }
+
+    /// Seconds this device has spent compiling kernels (first runs; report it apart from
+    /// the model's own time).
+    pub fn compile_seconds(&self) -> f64 {
+        self.pipelines.compile_seconds()
     }
 
     /// Returns the first device error (validation, out-of-memory, loss) since the last check.

@@ -10,7 +10,7 @@ use super::arena::{self, Lifetime, Plan};
 use super::codegen::{self, Access, TensorArg};
 use super::device::Gpu;
 use super::format::DType;
-use super::pipelines::{pipeline, PipelineKey};
+use super::pipelines::{compile_missing, CachedPipeline, Pending, PipelineKey};
 use super::tensor::{Chunk, Layout, Tensor, TENSOR_USAGE};
 use crate::error::{Error, Result};
 
@@ -64,12 +64,18 @@ struct Node {
     name: &'static str,
     /// `file:entry`, for profiles.
     label: String,
-    pipeline: Arc<wgpu::ComputePipeline>,
-    bind_layout: Arc<wgpu::BindGroupLayout>,
+    pipeline: NodePipeline,
     params_offset: u64,
     params_len: u64,
     tensors: Vec<TensorId>,
     workgroups: [u32; 3],
+}
+
+/// A node's kernel: compiled already, or to compile with the graph's other new kernels when
+/// it is built (so their number is known and the wait can be shown).
+enum NodePipeline {
+    Ready(CachedPipeline),
+    New(PipelineKey, Vec<TensorArg>),
 }
 
 /// A graph under construction.
@@ -187,15 +193,14 @@ impl<'g> Graph<'g> {
             defines.push("SUBGROUP");
         }
         let source = codegen::header(&k.consts, &args) + &codegen::preprocess(k.source, &defines);
-        let cached = pipeline(
-            self.gpu,
-            k.name,
-            PipelineKey {
-                entry: k.entry,
-                source,
-            },
-            &args,
-        )?;
+        let key = PipelineKey {
+            entry: k.entry,
+            source,
+        };
+        let pipeline = match self.gpu.pipelines.get(&key) {
+            Some(p) => NodePipeline::Ready(p),
+            None => NodePipeline::New(key, args),
+        };
         for &(_, id, _) in &k.tensors {
             let s = &mut self.slots[id.0];
             s.first_use.get_or_insert(node_index);
@@ -210,8 +215,7 @@ impl<'g> Graph<'g> {
         self.nodes.push(Node {
             name: k.name,
             label: format!("{}:{}", k.name, k.entry),
-            pipeline: cached.pipeline,
-            bind_layout: cached.bind_layout,
+            pipeline,
             params_offset: offset as u64,
             params_len: len as u64,
             tensors: k.tensors.iter().map(|t| t.1).collect(),
@@ -282,8 +286,25 @@ impl<'g> Graph<'g> {
             (RUN_SLOTS * 4) as u64,
             wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
         )?;
+        let pending: Vec<Pending> = self
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.pipeline {
+                NodePipeline::New(key, tensors) => Some(Pending {
+                    name: n.name,
+                    key,
+                    tensors,
+                }),
+                NodePipeline::Ready(_) => None,
+            })
+            .collect();
+        compile_missing(gpu, &pending)?;
         let mut nodes = Vec::with_capacity(self.nodes.len());
         for n in &self.nodes {
+            let p = match &n.pipeline {
+                NodePipeline::Ready(p) => p.clone(),
+                NodePipeline::New(key, _) => gpu.pipelines.get(key).expect("compiled above"),
+            };
             let mut entries = vec![
                 wgpu::BindGroupEntry {
                     binding: 0,
@@ -313,12 +334,12 @@ impl<'g> Graph<'g> {
             }
             let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some(n.name),
-                layout: &n.bind_layout,
+                layout: &p.bind_layout,
                 entries: &entries,
             });
             nodes.push(BuiltNode {
                 label: n.label.clone(),
-                pipeline: n.pipeline.clone(),
+                pipeline: p.pipeline,
                 bind_group,
                 workgroups: n.workgroups,
             });
