@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use fvl_wgpu::gpu::{DType, Gpu, GpuOptions};
-use fvl_wgpu::model::florence_vl::{AskOptions, FlorenceVl};
+use fvl_wgpu::pipeline::{AskOptions, FlorenceVl, ImageInput};
 
 fn main() -> fvl_wgpu::Result<()> {
     let args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
@@ -24,7 +24,7 @@ fn main() -> fvl_wgpu::Result<()> {
     } else {
         DType::F32
     };
-    let vl = FlorenceVl::load(&gpu, model, dtype, args.get(2).map(PathBuf::as_path))?;
+    let vl = FlorenceVl::load(gpu, model, dtype, args.get(2).map(PathBuf::as_path))?;
     let opts = AskOptions {
         max_new_tokens: 32,
         ..Default::default()
@@ -32,7 +32,7 @@ fn main() -> fvl_wgpu::Result<()> {
     for question in ["What is in the picture?", "What colours do you see?"] {
         println!("Q: {question}");
         print!("A: ");
-        let answer = vl.ask(&gpu, image, question, &opts, &mut |piece| {
+        let answer = vl.ask(ImageInput::Path(image), question, &opts, &mut |piece| {
             print!("{piece}");
             std::io::stdout().flush().is_ok() // a UI would return false to cancel
         })?;

@@ -320,7 +320,9 @@ pub fn decode_image(bytes: &[u8], name: &str) -> Result<RgbImage> {
     check_dimensions(w, h).map_err(err)?;
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
-    decoder.set_limits(limits).map_err(|e| decode_err(name, e))?;
+    decoder
+        .set_limits(limits)
+        .map_err(|e| decode_err(name, e))?;
 
     let orientation = decoder.orientation().map_err(|e| decode_err(name, e))?;
     let img = DynamicImage::from_decoder(decoder).map_err(|e| decode_err(name, e))?;
@@ -640,30 +642,39 @@ pub struct Preprocessed {
     pub original_size: (usize, usize),
 }
 
-/// Loads `path` and prepares it for the vision tower: optional Florence-VL pad-to-square
-/// (with [`PreprocessConfig::pad_fill`]), PIL-exact bicubic resize if `do_resize`, then
-/// [`pixel_values`].
+/// Loads `path` and prepares it for the vision tower: [`preprocess_image`] on
+/// [`load_image`].
 pub fn preprocess(
     path: impl AsRef<Path>,
     cfg: &PreprocessConfig,
     pad: bool,
 ) -> Result<Preprocessed> {
-    let img = load_image(path)?;
+    Ok(preprocess_image(&load_image(path)?, cfg, pad))
+}
+
+/// Prepares a decoded image for the vision tower: optional Florence-VL pad-to-square (with
+/// [`PreprocessConfig::pad_fill`]), PIL-exact bicubic resize if `do_resize`, then
+/// [`pixel_values`].
+pub fn preprocess_image(img: &RgbImage, cfg: &PreprocessConfig, pad: bool) -> Preprocessed {
     let original_size = (img.width, img.height);
+    let padded;
     let img = if pad {
-        pad_to_square(&img, cfg.pad_fill())
+        padded = pad_to_square(img, cfg.pad_fill());
+        &padded
     } else {
         img
     };
+    let resized;
     let img = if cfg.do_resize {
-        resize_bicubic(&img, cfg.width, cfg.height)
+        resized = resize_bicubic(img, cfg.width, cfg.height);
+        &resized
     } else {
         img
     };
-    Ok(Preprocessed {
-        pixel_values: pixel_values(&img, cfg),
+    Preprocessed {
+        pixel_values: pixel_values(img, cfg),
         height: img.height,
         width: img.width,
         original_size,
-    })
+    }
 }

@@ -11,6 +11,9 @@
 //! * [`model`]: the forward passes (DaViT, Florence-2, Llama), reading like the spec.
 //! * [`output`]: every file written goes through a temporary file and a rename, never over an input.
 //! * [`postprocess`]: Florence-2 answers (text, boxes, quads, polygons) from generated text (CPU only).
+//! * [`pipeline`]: whole pipelines for applications — [`pipeline::Florence2`] tasks and
+//!   [`pipeline::FlorenceVl`] questions, from image paths, bytes or decoded pixels.
+//! * [`server`]: the OpenAI-compatible HTTP server over the pipelines (`fvl-wgpu serve`).
 
 pub mod error;
 pub mod gpu;
@@ -18,7 +21,9 @@ pub mod image;
 pub mod model;
 pub mod ops;
 pub mod output;
+pub mod pipeline;
 pub mod postprocess;
+pub mod server;
 pub mod tasks;
 pub mod text;
 pub mod weights;

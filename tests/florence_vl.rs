@@ -5,9 +5,10 @@ mod common;
 
 use common::{fixture_path, fixture_tensor, max_rel_error};
 use fvl_wgpu::gpu::{DType, Gpu, Graph, Tensor};
-use fvl_wgpu::model::florence_vl::{prompt_text, AskOptions, FlorenceVl};
-use fvl_wgpu::text::chat::Template;
+use fvl_wgpu::model::florence_vl::{prompt_text, FlorenceVl};
 use fvl_wgpu::model::llama::{Pick, Prompt, Session, Stop};
+use fvl_wgpu::pipeline::{self, AskOptions, ImageInput};
+use fvl_wgpu::text::chat::Template;
 
 const DIR: &str = "florence-vl-tiny";
 const EXPECTED: &str = "florence-vl-tiny/expected.safetensors";
@@ -36,6 +37,12 @@ fn prompt_embeddings(gpu: &Gpu, m: &FlorenceVl, pixels: &Tensor, ids: &[i64]) ->
 fn load(gpu: &Gpu) -> FlorenceVl {
     let bart = fixture_path("florence2-a");
     FlorenceVl::load(gpu, &fixture_path(DIR), DType::F32, Some(&bart)).unwrap()
+}
+
+/// [`load`] behind the library's pipeline layer (which owns its GPU).
+fn load_pipeline() -> pipeline::FlorenceVl {
+    let bart = fixture_path("florence2-a");
+    pipeline::FlorenceVl::load(common::gpu(), &fixture_path(DIR), DType::F32, Some(&bart)).unwrap()
 }
 
 #[test]
@@ -74,7 +81,10 @@ fn prompt_embeddings_and_greedy_answer_match_transformers() {
     let m = load(&gpu);
     let j = expected_json();
     let question = j["question"].as_str().unwrap();
-    assert_eq!(prompt_text(Template::Llama3, question), j["prompt_text"].as_str().unwrap());
+    assert_eq!(
+        prompt_text(Template::Llama3, question),
+        j["prompt_text"].as_str().unwrap()
+    );
     let ids = m.prompt_ids(question).unwrap();
     let want: Vec<i64> = j["input_ids"]
         .as_array()
@@ -279,18 +289,18 @@ fn cli_infer_bad_inputs_are_one_clear_line() {
 /// next question still gets the full reference answer.
 #[test]
 fn ask_streams_cancels_and_stays_usable() {
-    let gpu = common::gpu();
-    let m = load(&gpu);
+    let m = load_pipeline();
     let j = expected_json();
     let question = j["question"].as_str().unwrap();
-    let image = fixture_path("images/photo.png");
+    let path = fixture_path("images/photo.png");
+    let image = ImageInput::Path(&path);
     let opts = AskOptions {
         max_new_tokens: 16,
         ..Default::default()
     };
     let mut pieces = 0;
     let cancelled = m
-        .ask(&gpu, &image, question, &opts, &mut |_| {
+        .ask(image, question, &opts, &mut |_| {
             pieces += 1;
             pieces < 2
         })
@@ -299,7 +309,7 @@ fn ask_streams_cancels_and_stays_usable() {
     assert!(cancelled.token_ids.len() < 16);
     let mut streamed = String::new();
     let full = m
-        .ask(&gpu, &image, question, &opts, &mut |piece| {
+        .ask(image, question, &opts, &mut |piece| {
             streamed += piece;
             true
         })
@@ -348,15 +358,20 @@ fn missing_tower_or_tokenizer_is_one_clear_line() {
 fn follow_up_reuses_the_cache_like_a_full_recompute() {
     use fvl_wgpu::model::florence2::VisionTower;
     use fvl_wgpu::model::llama::{Pick, Prompt, Session};
-    let gpu = common::gpu();
-    let m = load(&gpu);
+    let vl = load_pipeline();
+    let (gpu, m) = (&vl.gpu, &vl.model);
     let image = fixture_path("images/photo.png");
     let opts = AskOptions {
         max_new_tokens: 6,
         ..Default::default()
     };
-    let (mut chat, first) = m
-        .chat(&gpu, &image, "What is this?", &opts, &mut |_| true)
+    let (mut chat, first) = vl
+        .chat(
+            ImageInput::Path(&image),
+            "What is this?",
+            &opts,
+            &mut |_| true,
+        )
         .unwrap();
     let second = chat.ask("And the colours?", &opts, &mut |_| true).unwrap();
     assert!(!second.token_ids.is_empty());
@@ -384,9 +399,9 @@ fn follow_up_reuses_the_cache_like_a_full_recompute() {
             .map(i64::from),
     );
     let pre = fvl_wgpu::image::preprocess(&image, &m.preprocess, m.config.pad_to_square).unwrap();
-    let pixels = VisionTower::pixels(&gpu, &pre).unwrap();
-    let x = &prompt_embeddings(&gpu, &m, &pixels, &ids);
-    let mut s = Session::new(&gpu, &m.llama, x.shape()[0] + 8, Pick::Greedy, 0).unwrap();
+    let pixels = VisionTower::pixels(gpu, &pre).unwrap();
+    let x = &prompt_embeddings(gpu, m, &pixels, &ids);
+    let mut s = Session::new(gpu, &m.llama, x.shape()[0] + 8, Pick::Greedy, 0).unwrap();
     let mut want = vec![s.prefill(Prompt::Embeddings(x), false).unwrap()];
     while want.len() < second.token_ids.len() {
         want.push(s.decode(None).unwrap());

@@ -2,23 +2,15 @@
 //! encoder, beam search (or greedy) decoding and post-processing (spec §5.5) — printed as text or JSON, and
 //! optionally drawn onto the image.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use fvl_wgpu::gpu::Graph;
-use fvl_wgpu::image::{load_image, preprocess, PreprocessConfig};
-use fvl_wgpu::model::bart::Bart;
-use fvl_wgpu::model::beam::BeamOptions;
-use fvl_wgpu::model::florence2::VisionTower;
-use fvl_wgpu::postprocess::{Answer, PostProcessor};
-use fvl_wgpu::tasks::{task_tokens, Tokenizer};
-use fvl_wgpu::weights::florence2::Florence2Checkpoint;
-use fvl_wgpu::{Error, Result};
+use fvl_wgpu::image::{load_image, preprocess_image};
+use fvl_wgpu::pipeline::florence2::Florence2Folder;
+use fvl_wgpu::pipeline::{Answer, ImageInput, Task, TaskOptions};
+use fvl_wgpu::Result;
 
-use super::{annotate, load_tower, ModelArgs};
-
-/// Generation length when `--max-new-tokens` is not given (capped by the position table).
-const DEFAULT_MAX_NEW_TOKENS: usize = 1024;
+use super::{annotate, batch, progress, ModelArgs};
 
 /// Arguments of `florence2`.
 #[derive(clap::Args)]
@@ -26,8 +18,14 @@ pub struct Florence2Args {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Image file (PNG, JPEG, WebP or BMP).
-    #[arg(long, value_name = "FILE")]
-    pub image: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "images")]
+    pub image: Option<PathBuf>,
+    /// Many images: folders, globs (`photos/*.jpg`) or files; one JSON line per image.
+    #[arg(long, value_name = "DIR|GLOB|FILE", num_args = 1.., conflicts_with_all = ["image", "annotate"])]
+    pub images: Vec<PathBuf>,
+    /// With --images: write the JSON lines to this file instead of stdout.
+    #[arg(long, value_name = "FILE.jsonl", requires = "images")]
+    pub out: Option<PathBuf>,
     /// Task token, e.g. `<CAPTION>`, `<OD>`, `<OCR_WITH_REGION>`,
     /// `<CAPTION_TO_PHRASE_GROUNDING>` (which takes --text).
     #[arg(long, value_name = "TASK")]
@@ -113,108 +111,59 @@ fn describe(answer: &Answer) -> String {
 /// or length over the position table) come before any GPU work.
 pub fn run(args: &Florence2Args) -> Result<()> {
     let dir = &args.model.resolve()?;
-    if let Some(path) = &args.annotate {
+    if let (Some(path), Some(image)) = (&args.annotate, &args.image) {
         // Checked before the work, so a bad --annotate fails in a moment.
-        fvl_wgpu::output::check_target(path, &[dir, &args.image])?;
+        fvl_wgpu::output::check_target(path, &[dir, image])?;
     }
-    if !task_tokens().any(|t| t == args.task) {
-        let known: Vec<_> = task_tokens().collect();
-        return Err(Error::input(format!(
-            "unknown task {:?}; known tasks: {}",
-            args.task,
-            known.join(" ")
-        )));
-    }
-    let ck = Florence2Checkpoint::open(dir)?;
-    let cfg = ck.text();
-    let tokenizer = Tokenizer::open(dir)?;
-    let task = format!("{}{}", args.task, args.text.as_deref().unwrap_or(""));
-    let prompt = tokenizer.encode_task(&task)?;
-    let positions = cfg.max_position_embeddings;
-    if prompt.len() >= positions {
-        return Err(Error::input(format!(
-            "the prompt is {} tokens; with the image tokens it must fit the model's {positions} positions",
-            prompt.len()
-        )));
-    }
-    if args.num_beams == 0 {
-        return Err(Error::input("--num-beams 0: at least one beam"));
-    }
-    let max_new = args
-        .max_new_tokens
-        .unwrap_or(DEFAULT_MAX_NEW_TOKENS.min(positions));
-    if max_new == 0 || max_new > positions {
-        return Err(Error::input(format!(
-            "--max-new-tokens {max_new}: must be 1..={positions} (the model's position table)"
-        )));
-    }
-    let post = PostProcessor::for_model(dir)?;
-    let pp = PreprocessConfig::from_dir_or_default(dir)?;
-    let image = preprocess(&args.image, &pp, false)?;
+    let task = Task::new(&args.task, args.text.as_deref())?;
+    let folder = Florence2Folder::open(dir)?;
+    let opts = TaskOptions {
+        max_new_tokens: args.max_new_tokens,
+        num_beams: args.num_beams,
+        no_repeat_ngram_size: args.no_repeat_ngram_size,
+    };
+    let plan = folder.plan(&task, &opts)?;
 
     let t0 = Instant::now();
     let gpu = args.model.device.open()?;
     let dtype = args.model.dtype(&gpu);
-    let tower = load_tower(&gpu, &ck, dtype)?;
-    let bart = Bart::from_checkpoint(&gpu, &ck, dtype)?;
+    let bar = progress(folder.tower_tensor_count(), "loading vision tower");
+    let model = folder.load(gpu, dtype, &|| bar.inc(1))?;
+    bar.finish_and_clear();
     let t_load = t0.elapsed();
 
-    let t1 = Instant::now();
-    let pixels = VisionTower::pixels(&gpu, &image)?;
-    let mut g = Graph::new(&gpu);
-    let p = g.external(&pixels);
-    let out = tower.forward(&mut g, p)?;
-    g.keep(out.features);
-    let exe = g.build()?;
-    exe.run(&gpu, &[])?;
-    let features = exe.tensor(out.features);
-    let n_image = features.shape()[0];
-    if n_image + prompt.len() > positions {
-        return Err(Error::input(format!(
-            "{n_image} image tokens and a {}-token prompt exceed the model's {positions} positions; shorten --text",
-            prompt.len()
-        )));
-    }
-    let ids = if args.num_beams == 1 && args.no_repeat_ngram_size == 0 {
-        bart.greedy(&gpu, features, &prompt, max_new)?
-    } else {
-        let opts = BeamOptions {
-            num_beams: args.num_beams,
-            no_repeat_ngram_size: args.no_repeat_ngram_size,
-            max_new_tokens: max_new,
-            early_stopping: true,
-            length_penalty: 1.0,
-        };
-        bart.beam_search(&gpu, features, &prompt, &opts)?
+    let Some(image_path) = &args.image else {
+        let cfg = model.preprocess_config().clone();
+        let prepare = |p: &Path| load_image(p).map(|i| preprocess_image(&i, &cfg, false));
+        return batch::run(&args.images, args.out.as_deref(), prepare, |image| {
+            let out = model.run_plan(&image, &plan, &mut |_| true)?;
+            Ok(serde_json::json!({"task": out.task, "text": out.text, "result": out.result}))
+        });
     };
-    let t_run = t1.elapsed();
-
-    let text = tokenizer.decode(&ids)?;
-    let (w, h) = image.original_size;
-    let size = (w as u32, h as u32);
-    let answer = post.parse(&task, &text, size);
+    let image = model.preprocess(ImageInput::Path(image_path))?;
+    let out = model.run_plan(&image, &plan, &mut |_| true)?;
     if let Some(path) = &args.annotate {
-        let original = load_image(&args.image)?;
-        annotate::draw(&original, &answer, path, &[&args.image, &args.model.model])?;
+        let original = load_image(image_path)?;
+        annotate::draw(&original, &out.answer, path, &[image_path, dir])?;
     }
     if args.model.device.json {
         let summary = serde_json::json!({
-            "task": args.task,
-            "token_ids": ids,
-            "text": text,
-            "result": post.parse_json(&task, &text, size),
+            "task": out.task,
+            "token_ids": out.token_ids,
+            "text": out.text,
+            "result": out.result,
         });
         println!("{summary}");
     } else {
-        println!("{text}");
-        println!("{}", describe(&answer));
+        println!("{}", out.text);
+        println!("{}", describe(&out.answer));
     }
     eprintln!(
         "{} tokens ({} precision): load {:.0} ms, run {:.0} ms",
-        ids.len(),
+        out.token_ids.len(),
         dtype.name(),
         t_load.as_secs_f64() * 1e3,
-        t_run.as_secs_f64() * 1e3
+        out.vision_ms + out.decode_ms
     );
     Ok(())
 }

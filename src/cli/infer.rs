@@ -3,15 +3,15 @@
 //! stdout until `<|eot_id|>` (or one JSON object with `--json`).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use fvl_wgpu::gpu::Gpu;
-use fvl_wgpu::model::florence_vl::{AskOptions, FlorenceVl};
+use fvl_wgpu::image::{load_image, preprocess_image};
+use fvl_wgpu::pipeline::{AskOptions, FlorenceVl, ImageInput};
 use fvl_wgpu::weights::hub::{resolve, Needs};
 use fvl_wgpu::{Error, Result};
 
-use super::DeviceArgs;
+use super::{batch, DeviceArgs};
 use super::{default_dtype, DecodeArgs, Quant};
 
 /// Arguments of `infer`.
@@ -22,8 +22,15 @@ pub struct InferArgs {
     #[arg(long, value_name = "DIR|OWNER/NAME")]
     pub model: PathBuf,
     /// Image file (PNG, JPEG, WebP or BMP).
-    #[arg(long, value_name = "FILE")]
-    pub image: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "images")]
+    pub image: Option<PathBuf>,
+    /// Many images: folders, globs (`photos/*.jpg`) or files; the --prompt question about
+    /// each, one JSON line per image.
+    #[arg(long, value_name = "DIR|GLOB|FILE", num_args = 1.., conflicts_with = "image", requires = "prompt")]
+    pub images: Vec<PathBuf>,
+    /// With --images: write the JSON lines to this file instead of stdout.
+    #[arg(long, value_name = "FILE.jsonl", requires = "images")]
+    pub out: Option<PathBuf>,
     /// The question about the image. Without it: an interactive chat about the image (one
     /// question a line on stdin; follow-ups reuse the cache; an empty line or EOF ends).
     #[arg(long, value_name = "TEXT")]
@@ -55,8 +62,8 @@ pub fn run(args: &InferArgs) -> Result<()> {
         .as_ref()
         .map(|t| resolve(t, Needs::Configs))
         .transpose()?;
-    let mut m = FlorenceVl::load(&gpu, &model, quant, tokenizer.as_deref())?;
-    m.keep_mean_token = !args.drop_mean_token;
+    let mut m = FlorenceVl::load(gpu, &model, quant, tokenizer.as_deref())?;
+    m.model.keep_mean_token = !args.drop_mean_token;
     let load_s = t0.elapsed().as_secs_f64();
     let opts = AskOptions {
         max_new_tokens: args.decode.max_new_tokens,
@@ -64,16 +71,30 @@ pub fn run(args: &InferArgs) -> Result<()> {
         seed: args.decode.seed,
     };
     let json = args.device.json;
+    let Some(image_path) = &args.image else {
+        let question = args.prompt.as_deref().unwrap_or_default();
+        let (cfg, pad) = (m.model.preprocess.clone(), m.model.config.pad_to_square);
+        let prepare = |p: &Path| load_image(p).map(|i| preprocess_image(&i, &cfg, pad));
+        return batch::run(&args.images, args.out.as_deref(), prepare, |image| {
+            let (_, reply) = m.chat_preprocessed(&image, question, &opts, &mut |_| true)?;
+            Ok(serde_json::json!({
+                "answer": reply.text,
+                "token_ids": reply.token_ids,
+                "stopped": reply.stopped.name(),
+            }))
+        });
+    };
     let Some(question) = &args.prompt else {
         if json {
             return Err(Error::input(
                 "--json needs --prompt (the interactive chat prints text)",
             ));
         }
-        return interactive(&gpu, &m, args, &opts);
+        return interactive(&m, image_path, &opts);
     };
     let mut stdout = std::io::stdout();
-    let answer = m.ask(&gpu, &args.image, question, &opts, &mut |piece| {
+    let image = ImageInput::Path(image_path);
+    let answer = m.ask(image, question, &opts, &mut |piece| {
         if !json {
             print!("{piece}");
             stdout.flush().ok();
@@ -117,7 +138,7 @@ pub fn run(args: &InferArgs) -> Result<()> {
 
 /// Questions from stdin, answers streamed to stdout; the first question sees the image, the
 /// rest continue the same conversation (its KV cache).
-fn interactive(gpu: &Gpu, m: &FlorenceVl, args: &InferArgs, opts: &AskOptions) -> Result<()> {
+fn interactive(m: &FlorenceVl, image: &Path, opts: &AskOptions) -> Result<()> {
     let mut lines = std::io::stdin().lines();
     let mut next_question = || -> Option<String> {
         eprint!("> ");
@@ -134,7 +155,7 @@ fn interactive(gpu: &Gpu, m: &FlorenceVl, args: &InferArgs, opts: &AskOptions) -
     let Some(first) = next_question() else {
         return Ok(());
     };
-    let (mut chat, _) = m.chat(gpu, &args.image, &first, opts, print)?;
+    let (mut chat, _) = m.chat(ImageInput::Path(image), &first, opts, print)?;
     println!();
     while let Some(q) = next_question() {
         chat.ask(&q, opts, print)?;

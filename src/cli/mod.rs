@@ -9,6 +9,7 @@ use fvl_wgpu::gpu::{DType, Gpu, GpuOptions};
 use fvl_wgpu::Result;
 
 mod annotate;
+mod batch;
 mod bench;
 mod devices;
 mod features;
@@ -19,6 +20,7 @@ mod infer;
 mod inspect;
 mod quantize;
 mod selfcheck;
+mod serve;
 
 /// Florence-VL and Florence-2 inference on any GPU (Vulkan, Metal, DX12) through wgpu.
 #[derive(Parser)]
@@ -55,6 +57,12 @@ enum Command {
     Pull(hub::PullArgs),
     /// List the models in the Hugging Face cache with their sizes and revisions.
     Models(hub::ModelsArgs),
+    /// Serve the model over HTTP: OpenAI chat completions (streaming), /v1/florence2,
+    /// /v1/models, /health.
+    Serve(serve::ServeArgs),
+    /// Serve the model to agents and editors over MCP (stdio): Florence-2 tools caption,
+    /// detailed_caption, ocr, detect, ground; Florence-VL tool ask.
+    Mcp(serve::McpArgs),
     /// Measure kernels (or, later, whole models) against the device's own ceilings.
     Bench {
         #[command(subcommand)]
@@ -138,6 +146,24 @@ enum BenchWhat {
         /// Time this model folder (config.json and its weights) instead of generated files.
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+    },
+    /// Many images through one Florence-2 model: `<CAPTION>` images/s one at a time against
+    /// the batch path (decoding overlapping the GPU), and against a process per image.
+    Batch {
+        #[command(flatten)]
+        device: DeviceArgs,
+        /// Florence-2 model folder.
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        /// Images: folders, globs or files (cycled to --count).
+        #[arg(long, value_name = "DIR|GLOB|FILE", num_args = 1.., required = true)]
+        images: Vec<PathBuf>,
+        /// Images to run.
+        #[arg(long, default_value_t = 8)]
+        count: usize,
+        /// Weight precision (default: f16 where the adapter has SHADER_F16, else f32).
+        #[arg(long, value_enum)]
+        precision: Option<Precision>,
     },
     /// Florence-2 vision path (DaViT + image head) at the real sizes, random weights.
     Vision {
@@ -335,6 +361,8 @@ pub fn run() -> Result<()> {
         Command::Infer(args) => infer::run(&args),
         Command::Pull(args) => hub::pull(&args),
         Command::Models(args) => hub::models(&args),
+        Command::Serve(args) => serve::run(&args),
+        Command::Mcp(args) => serve::mcp(&args),
         Command::Bench {
             what:
                 BenchWhat::Kernels {
@@ -372,6 +400,16 @@ pub fn run() -> Result<()> {
                     precision,
                 },
         } => bench::florence2(&device, &config, precision),
+        Command::Bench {
+            what:
+                BenchWhat::Batch {
+                    device,
+                    model,
+                    images,
+                    count,
+                    precision,
+                },
+        } => bench::batch(&device, &model, &images, count, precision),
         Command::Bench {
             what:
                 BenchWhat::Vision {

@@ -524,6 +524,19 @@ impl Bart {
         prompt: &[u32],
         max_new_tokens: usize,
     ) -> Result<Vec<u32>> {
+        self.greedy_with(gpu, features, prompt, max_new_tokens, &mut |_| true)
+    }
+
+    /// [`Bart::greedy`], calling `on_step` with the sequence after each new token; when it
+    /// returns `false` decoding stops and the sequence so far is returned.
+    pub fn greedy_with(
+        &self,
+        gpu: &Gpu,
+        features: &Tensor,
+        prompt: &[u32],
+        max_new_tokens: usize,
+        on_step: &mut dyn FnMut(&[u32]) -> bool,
+    ) -> Result<Vec<u32>> {
         let cache = self.prefill(gpu, features, prompt, max_new_tokens)?;
         let step = GreedyStep::new(gpu, self, &cache)?;
         let (bos, eos) = (self.cfg.bos_token_id, self.cfg.eos_token_id);
@@ -537,7 +550,7 @@ impl Bart {
                 _ => argmax,
             };
             seq.push(next);
-            if next == eos {
+            if next == eos || !on_step(&seq) {
                 break;
             }
         }
@@ -558,6 +571,19 @@ impl Bart {
         prompt: &[u32],
         opts: &BeamOptions,
     ) -> Result<Vec<u32>> {
+        self.beam_search_with(gpu, features, prompt, opts, &mut |_| true)
+    }
+
+    /// [`Bart::beam_search`], calling `on_step` after each step; when it returns `false` the
+    /// search stops and the best running sequence is returned.
+    pub fn beam_search_with(
+        &self,
+        gpu: &Gpu,
+        features: &Tensor,
+        prompt: &[u32],
+        opts: &BeamOptions,
+        on_step: &mut dyn FnMut(&BeamSearch) -> bool,
+    ) -> Result<Vec<u32>> {
         let (start, bos, eos) = (
             self.cfg.decoder_start_token_id,
             self.cfg.bos_token_id,
@@ -570,6 +596,9 @@ impl Bart {
         while !search.done() {
             let logits = step.run(gpu, &search)?;
             search.step(&logits)?;
+            if !on_step(&search) {
+                return Ok(search.leader().to_vec());
+            }
         }
         Ok(search.best().to_vec())
     }

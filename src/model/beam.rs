@@ -128,6 +128,15 @@ impl BeamSearch {
         &self.finished[0].0.seq
     }
 
+    /// The best finished hypothesis, or while none has finished the leading running beam:
+    /// what a search stopped early (cancelled) returns.
+    pub fn leader(&self) -> &[u32] {
+        match &self.finished[0] {
+            (h, true) => &h.seq,
+            _ => &self.running[0].seq,
+        }
+    }
+
     /// HF's processors in its order on one beam's log-probs: no-repeat n-gram, forced BOS at
     /// the first step, forced EOS at the last.
     fn process(&self, seq: &[u32], lp: &mut [f32]) {

@@ -8,7 +8,6 @@
 //! `model.vision_tower.vision_tower.` (its config found through `mm_vision_tower`).
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use serde_json::Value;
 
@@ -17,7 +16,7 @@ use crate::image::PreprocessConfig;
 use crate::model::bart::Bart;
 use crate::model::florence2::VisionTower;
 use crate::model::layers::{gelu_mlp, Linear};
-use crate::model::llama::{Limits, Llama, Pick, Prompt, Session, Stop};
+use crate::model::llama::Llama;
 use crate::ops::copy::{copy, Block};
 use crate::tasks::Tokenizer;
 use crate::text::chat::{Message, Template};
@@ -51,11 +50,27 @@ const FLORENCE2_VOCAB: usize = 51289;
 /// message (`llama3`: [`SYSTEM`]; `phi3`: the template's default), then `<image>`, a newline
 /// and the question.
 pub fn prompt_text(template: Template, question: &str) -> String {
+    conversation_text(template, &[], question)
+}
+
+/// [`prompt_text`] for a conversation about one image: earlier `(question, answer)` turns,
+/// then `question`; the image goes in the first user turn.
+pub fn conversation_text(template: Template, turns: &[(String, String)], question: &str) -> String {
     let system = template.default_system().unwrap_or(SYSTEM);
-    template.prompt(&[
-        Message::new("system", system),
-        Message::new("user", &format!("{IMAGE_PLACEHOLDER}\n{question}")),
-    ])
+    let mut messages = vec![Message::new("system", system)];
+    let questions = turns.iter().map(|t| t.0.as_str()).chain([question]);
+    for (k, q) in questions.enumerate() {
+        let q = if k == 0 {
+            format!("{IMAGE_PLACEHOLDER}\n{q}")
+        } else {
+            q.to_string()
+        };
+        messages.push(Message::new("user", &q));
+        if let Some((_, a)) = turns.get(k) {
+            messages.push(Message::new("assistant", a));
+        }
+    }
+    template.prompt(&messages)
 }
 
 /// Florence-VL's settings from `config.json`.
@@ -346,13 +361,20 @@ impl FlorenceVl {
     /// `tokenizer_image_token`: Llama 3's sequence starts with two BOS, the template's and
     /// the tokenizer's); [`IMAGE_TOKEN_INDEX`] between chunks.
     pub fn prompt_ids(&self, question: &str) -> Result<Vec<i64>> {
-        if question.contains(IMAGE_PLACEHOLDER) {
+        self.conversation_ids(&[], question)
+    }
+
+    /// [`FlorenceVl::prompt_ids`] for a conversation: earlier `(question, answer)` turns, then
+    /// `question` ([`conversation_text`]).
+    pub fn conversation_ids(&self, turns: &[(String, String)], question: &str) -> Result<Vec<i64>> {
+        let mut texts = turns.iter().flat_map(|t| [t.0.as_str(), t.1.as_str()]);
+        if texts.any(|t| t.contains(IMAGE_PLACEHOLDER)) || question.contains(IMAGE_PLACEHOLDER) {
             return Err(Error::input(
                 "the question must not contain <image>: the template places the image",
             ));
         }
         let tok = &self.tokenizer;
-        let chunks = prompt_text(tok.template, question)
+        let chunks = conversation_text(tok.template, turns, question)
             .split(IMAGE_PLACEHOLDER)
             .map(|c| tok.encode(c, true))
             .collect::<Result<Vec<_>>>()?;
@@ -443,193 +465,5 @@ fn file_err(path: &Path, msg: impl std::fmt::Display) -> Error {
     Error::File {
         path: path.display().to_string(),
         msg: msg.to_string(),
-    }
-}
-
-/// How [`FlorenceVl::ask`] decodes.
-#[derive(Clone, Debug)]
-pub struct AskOptions {
-    /// Most tokens in the answer.
-    pub max_new_tokens: usize,
-    /// Greedy or sampling (temperature, top-k, top-p).
-    pub pick: Pick,
-    /// Seed of the sampler, for reproducible draws.
-    pub seed: u32,
-}
-
-impl Default for AskOptions {
-    fn default() -> Self {
-        AskOptions {
-            max_new_tokens: 128,
-            pick: Pick::Greedy,
-            seed: 0,
-        }
-    }
-}
-
-/// An answer from [`FlorenceVl::ask`] with what it cost.
-#[derive(Clone, Debug)]
-pub struct Answer {
-    /// The decoded answer text.
-    pub text: String,
-    /// The answer's token ids (without the stop token).
-    pub token_ids: Vec<u32>,
-    /// Why decoding stopped.
-    pub stopped: Stop,
-    /// Prompt positions (text tokens plus image rows).
-    pub prompt_positions: usize,
-    /// Time of the vision pass and prompt embedding in ms (0 for follow-up turns).
-    pub vision_ms: f64,
-    /// Time of the prompt prefill in ms.
-    pub prefill_ms: f64,
-    /// Decode throughput in tokens per second.
-    pub decode_tokens_per_s: f64,
-}
-
-/// A conversation about one image: the KV cache keeps the image rows and every turn, so a
-/// follow-up question only prefills its own tokens.
-pub struct Chat<'m> {
-    vl: &'m FlorenceVl,
-    session: Session<'m>,
-    /// The last chosen id, not yet in the cache.
-    pending: u32,
-}
-
-impl FlorenceVl {
-    /// Answers `question` about the image file `image`: vision path and prompt embeddings in
-    /// one submit, prefill, then one submit per token. `on_text` gets each piece of text as
-    /// it decodes; returning `false` cancels (the answer so far is returned, and the model
-    /// stays ready for the next question).
-    pub fn ask(
-        &self,
-        gpu: &Gpu,
-        image: &Path,
-        question: &str,
-        opts: &AskOptions,
-        on_text: &mut dyn FnMut(&str) -> bool,
-    ) -> Result<Answer> {
-        Ok(self.chat(gpu, image, question, opts, on_text)?.1)
-    }
-
-    /// [`FlorenceVl::ask`], keeping the conversation for follow-up questions
-    /// ([`Chat::ask`]). The cache holds `tokenizer_model_max_length` positions.
-    pub fn chat<'m>(
-        &'m self,
-        gpu: &'m Gpu,
-        image: &Path,
-        question: &str,
-        opts: &AskOptions,
-        on_text: &mut dyn FnMut(&str) -> bool,
-    ) -> Result<(Chat<'m>, Answer)> {
-        let pre = crate::image::preprocess(image, &self.preprocess, self.config.pad_to_square)?;
-        let pixels = VisionTower::pixels(gpu, &pre)?;
-        // The vision path goes to the GPU first; the prompt is tokenized while it runs, and
-        // its embeddings (text rows + image rows) follow in a second, short submit.
-        let mut g = Graph::new(gpu);
-        let p = g.external(&pixels);
-        let features = self.features(&mut g, p)?;
-        g.keep(features.projected);
-        let vision = g.build()?;
-        let t = Instant::now();
-        vision.submit(gpu, &[])?;
-        let ids = self.prompt_ids(question)?;
-        let mut g = Graph::new(gpu);
-        let projected = g.external(vision.tensor(features.projected));
-        let embeds = self.embed_prompt(&mut g, &ids, projected)?;
-        g.keep(embeds);
-        let exe = g.build()?;
-        exe.run(gpu, &[])?;
-        let vision_ms = t.elapsed().as_secs_f64() * 1e3;
-        let x = exe.tensor(embeds);
-        let prompt_positions = x.shape()[0];
-        let pick = opts.pick;
-        // The merged prompt fits tokenizer_model_max_length (embed_prompt checks); the whole
-        // conversation runs up to that length, with room for at least one token.
-        let context = self.config.max_length.max(prompt_positions + 1);
-        let session = Session::new(gpu, &self.llama, context, pick, opts.seed)?;
-        let mut chat = Chat {
-            vl: self,
-            session,
-            pending: 0,
-        };
-        let answer = chat.turn(
-            Prompt::Embeddings(x),
-            prompt_positions,
-            vision_ms,
-            opts,
-            on_text,
-        )?;
-        Ok((chat, answer))
-    }
-}
-
-impl Chat<'_> {
-    /// A follow-up question about the same image: the template's turn end closes the last
-    /// answer (`<|eot_id|>`, Phi-3 `<|end|>\n`; a stop token that ended it stands for its
-    /// part), then the user and assistant headers (spec §7.3); only these tokens are
-    /// prefilled.
-    pub fn ask(
-        &mut self,
-        question: &str,
-        opts: &AskOptions,
-        on_text: &mut dyn FnMut(&str) -> bool,
-    ) -> Result<Answer> {
-        let tok = &self.vl.tokenizer;
-        let end = tok.template.turn_end();
-        let close = if tok.is_stop(self.pending) {
-            let stop = tok.decode(&[self.pending])?;
-            end.strip_prefix(stop.as_str()).unwrap_or("")
-        } else {
-            end
-        };
-        let text = close.to_string() + &tok.template.continuation(&[Message::new("user", question)]);
-        let mut ids = vec![self.pending];
-        ids.extend(tok.encode(&text, false)?);
-        let positions = ids.len();
-        self.turn(Prompt::Ids(&ids), positions, 0.0, opts, on_text)
-    }
-
-    /// Prefills `prompt` after the cache's contents and streams the answer.
-    fn turn(
-        &mut self,
-        prompt: Prompt,
-        prompt_positions: usize,
-        vision_ms: f64,
-        opts: &AskOptions,
-        on_text: &mut dyn FnMut(&str) -> bool,
-    ) -> Result<Answer> {
-        let tok = &self.vl.tokenizer;
-        let t = Instant::now();
-        let id = self.session.extend(prompt, false)?;
-        let prefill_ms = t.elapsed().as_secs_f64() * 1e3;
-        let mut stream = crate::text::llama::TextStream::default();
-        let mut text = String::new();
-        let limits = Limits {
-            max_new: opts.max_new_tokens,
-            // Keep one position free for the token that closes this turn.
-            reserve: 1,
-            keep_stop: false,
-        };
-        let gen = self
-            .session
-            .generate(id, &limits, &|id| tok.is_stop(id), &mut |id| {
-                Ok(match stream.push(tok, id)? {
-                    Some(piece) => {
-                        text += &piece;
-                        on_text(&piece)
-                    }
-                    None => true,
-                })
-            })?;
-        self.pending = gen.last;
-        Ok(Answer {
-            text,
-            token_ids: gen.ids,
-            stopped: gen.stopped,
-            prompt_positions,
-            vision_ms,
-            prefill_ms,
-            decode_tokens_per_s: gen.decode_tokens_per_s,
-        })
     }
 }

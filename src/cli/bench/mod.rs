@@ -12,10 +12,12 @@ use fvl_wgpu::gpu::{DType, Gpu, Graph, Tensor};
 use fvl_wgpu::ops::matmul;
 use fvl_wgpu::Result;
 
+mod batch;
 mod kernels;
 mod load;
 mod models;
 
+pub use batch::batch;
 pub use kernels::kernels;
 pub use load::load;
 pub use models::{decode, e2e, florence2, vision};

@@ -1,0 +1,291 @@
+//! Florence-VL questions about an image (spec §7.3, §8.2): the vision path and the prompt
+//! embeddings, prefill, then a streamed decode; [`Chat`] keeps the KV cache for follow-ups.
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::gpu::{DType, Executable, Gpu, Graph, TensorId};
+use crate::image::{preprocess_image, Preprocessed};
+use crate::model::florence2::VisionTower;
+use crate::model::florence_vl::FlorenceVl as Model;
+use crate::model::llama::{Limits, Pick, Prompt, Session, Stop};
+use crate::text::chat::Message;
+use crate::text::llama::TextStream;
+use crate::Result;
+
+use super::ImageInput;
+
+/// A Florence-VL model on a GPU, ready to answer questions.
+pub struct FlorenceVl {
+    /// The GPU the model lives on.
+    pub gpu: Gpu,
+    /// The forward passes and their settings (e.g. `keep_mean_token`).
+    pub model: Model,
+}
+
+/// How [`FlorenceVl::ask`] decodes.
+#[derive(Clone, Debug)]
+pub struct AskOptions {
+    /// Most tokens in the answer.
+    pub max_new_tokens: usize,
+    /// Greedy or sampling (temperature, top-k, top-p).
+    pub pick: Pick,
+    /// Seed of the sampler, for reproducible draws.
+    pub seed: u32,
+}
+
+impl Default for AskOptions {
+    fn default() -> Self {
+        AskOptions {
+            max_new_tokens: 128,
+            pick: Pick::Greedy,
+            seed: 0,
+        }
+    }
+}
+
+/// An answer from [`FlorenceVl::ask`] with what it cost.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    /// The decoded answer text.
+    pub text: String,
+    /// The answer's token ids (without the stop token).
+    pub token_ids: Vec<u32>,
+    /// Why decoding stopped.
+    pub stopped: Stop,
+    /// Prompt positions (text tokens plus image rows).
+    pub prompt_positions: usize,
+    /// Time of the vision pass and prompt embedding in ms (0 for follow-up turns).
+    pub vision_ms: f64,
+    /// Time of the prompt prefill in ms.
+    pub prefill_ms: f64,
+    /// Decode throughput in tokens per second.
+    pub decode_tokens_per_s: f64,
+}
+
+/// A conversation about one image: the KV cache keeps the image rows and every turn, so a
+/// follow-up question only prefills its own tokens.
+pub struct Chat<'m> {
+    vl: &'m Model,
+    session: Session<'m>,
+    /// The last chosen id, not yet in the cache.
+    pending: u32,
+}
+
+impl FlorenceVl {
+    /// Loads the LLaVA folder `dir` on `gpu`: the Llama weights as `quant` (F32, F16, Q8 or
+    /// Q4), the vision side as f32 with F32, else f16 where the adapter has SHADER_F16.
+    /// `bart_tokenizer` names a folder with the Florence-2 `tokenizer.json` for the encoder
+    /// prompts (default: the tower's folder, else Florence-VL's hard-coded ids).
+    pub fn load(
+        gpu: Gpu,
+        dir: &Path,
+        quant: DType,
+        bart_tokenizer: Option<&Path>,
+    ) -> Result<FlorenceVl> {
+        let model = Model::load(&gpu, dir, quant, bart_tokenizer)?;
+        Ok(FlorenceVl { gpu, model })
+    }
+
+    /// Decodes and preprocesses an image for this model (CPU only; may run on another
+    /// thread while the GPU works).
+    pub fn preprocess(&self, image: ImageInput) -> Result<Preprocessed> {
+        let m = &self.model;
+        Ok(preprocess_image(
+            &image.decode()?,
+            &m.preprocess,
+            m.config.pad_to_square,
+        ))
+    }
+
+    /// Answers `question` about `image`: vision path and prompt embeddings in one submit,
+    /// prefill, then one submit per token. `on_text` gets each piece of text as it decodes;
+    /// returning `false` cancels (the answer so far is returned, and the model stays ready
+    /// for the next question).
+    pub fn ask(
+        &self,
+        image: ImageInput,
+        question: &str,
+        opts: &AskOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Reply> {
+        Ok(self.chat(image, question, opts, on_text)?.1)
+    }
+
+    /// [`FlorenceVl::ask`], keeping the conversation for follow-up questions
+    /// ([`Chat::ask`]). The cache holds `tokenizer_model_max_length` positions.
+    pub fn chat(
+        &self,
+        image: ImageInput,
+        question: &str,
+        opts: &AskOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<(Chat<'_>, Reply)> {
+        let pre = self.preprocess(image)?;
+        self.chat_preprocessed(&pre, question, opts, on_text)
+    }
+
+    /// [`FlorenceVl::chat`] on an image already preprocessed.
+    pub fn chat_preprocessed(
+        &self,
+        pre: &Preprocessed,
+        question: &str,
+        opts: &AskOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<(Chat<'_>, Reply)> {
+        let seen = self.see(pre)?;
+        self.chat_seen(&seen, &[], question, opts, on_text)
+    }
+
+    /// Runs the vision path (tower, encoder on the three prompts, projector): the image rows
+    /// a conversation starts from, reusable by any number of [`FlorenceVl::chat_seen`].
+    pub fn see(&self, pre: &Preprocessed) -> Result<Seen> {
+        let (gpu, m) = (&self.gpu, &self.model);
+        let t = Instant::now();
+        let pixels = VisionTower::pixels(gpu, pre)?;
+        let mut g = Graph::new(gpu);
+        let p = g.external(&pixels);
+        let features = m.features(&mut g, p)?;
+        g.keep(features.projected);
+        let exe = g.build()?;
+        // Submitted without waiting: the prompt is tokenized and embedded while it runs.
+        exe.submit(gpu, &[])?;
+        Ok(Seen {
+            exe,
+            rows: features.projected,
+            ms: t.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    /// Starts a conversation on image rows from [`FlorenceVl::see`]: earlier `(question,
+    /// answer)` turns (prefilled as given), then `question`, answered as in
+    /// [`FlorenceVl::ask`].
+    pub fn chat_seen(
+        &self,
+        seen: &Seen,
+        turns: &[(String, String)],
+        question: &str,
+        opts: &AskOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<(Chat<'_>, Reply)> {
+        let (gpu, m) = (&self.gpu, &self.model);
+        let t = Instant::now();
+        let ids = m.conversation_ids(turns, question)?;
+        let mut g = Graph::new(gpu);
+        let projected = g.external(seen.exe.tensor(seen.rows));
+        let embeds = m.embed_prompt(&mut g, &ids, projected)?;
+        g.keep(embeds);
+        let exe = g.build()?;
+        exe.run(gpu, &[])?;
+        let vision_ms = seen.ms + t.elapsed().as_secs_f64() * 1e3;
+        let x = exe.tensor(embeds);
+        let prompt_positions = x.shape()[0];
+        // The merged prompt fits tokenizer_model_max_length (embed_prompt checks); the whole
+        // conversation runs up to that length, with room for at least one token.
+        let context = m.config.max_length.max(prompt_positions + 1);
+        let session = Session::new(gpu, &m.llama, context, opts.pick, opts.seed)?;
+        let mut chat = Chat {
+            vl: m,
+            session,
+            pending: 0,
+        };
+        let reply = chat.turn(
+            Prompt::Embeddings(x),
+            prompt_positions,
+            vision_ms,
+            opts,
+            on_text,
+        )?;
+        Ok((chat, reply))
+    }
+}
+
+/// The image rows of one image (the projector's output), from [`FlorenceVl::see`].
+pub struct Seen {
+    exe: Executable,
+    rows: TensorId,
+    /// Time to record and submit the vision path in ms.
+    ms: f64,
+}
+
+impl Chat<'_> {
+    /// A follow-up question about the same image: the template's turn end closes the last
+    /// answer (`<|eot_id|>`, Phi-3 `<|end|>\n`; a stop token that ended it stands for its
+    /// part), then the user and assistant headers (spec §7.3); only these tokens are
+    /// prefilled.
+    pub fn ask(
+        &mut self,
+        question: &str,
+        opts: &AskOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Reply> {
+        let tok = &self.vl.tokenizer;
+        let end = tok.template.turn_end();
+        let close = if tok.is_stop(self.pending) {
+            let stop = tok.decode(&[self.pending])?;
+            end.strip_prefix(stop.as_str()).unwrap_or("")
+        } else {
+            end
+        };
+        let text =
+            close.to_string() + &tok.template.continuation(&[Message::new("user", question)]);
+        let mut ids = vec![self.pending];
+        ids.extend(tok.encode(&text, false)?);
+        let positions = ids.len();
+        self.turn(Prompt::Ids(&ids), positions, 0.0, opts, on_text)
+    }
+
+    /// The model's tokenizer (to check that an answer re-tokenizes to the same ids).
+    pub fn tokenizer(&self) -> &crate::text::llama::LlamaTokenizer {
+        &self.vl.tokenizer
+    }
+
+    /// Positions the conversation holds so far.
+    pub fn position(&self) -> usize {
+        self.session.position()
+    }
+
+    /// Prefills `prompt` after the cache's contents and streams the answer.
+    fn turn(
+        &mut self,
+        prompt: Prompt,
+        prompt_positions: usize,
+        vision_ms: f64,
+        opts: &AskOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Reply> {
+        let tok = &self.vl.tokenizer;
+        let t = Instant::now();
+        let id = self.session.extend(prompt, false)?;
+        let prefill_ms = t.elapsed().as_secs_f64() * 1e3;
+        let mut stream = TextStream::default();
+        let mut text = String::new();
+        let limits = Limits {
+            max_new: opts.max_new_tokens,
+            // Keep one position free for the token that closes this turn.
+            reserve: 1,
+            keep_stop: false,
+        };
+        let gen = self
+            .session
+            .generate(id, &limits, &|id| tok.is_stop(id), &mut |id| {
+                Ok(match stream.push(tok, id)? {
+                    Some(piece) => {
+                        text += &piece;
+                        on_text(&piece)
+                    }
+                    None => true,
+                })
+            })?;
+        self.pending = gen.last;
+        Ok(Reply {
+            text,
+            token_ids: gen.ids,
+            stopped: gen.stopped,
+            prompt_positions,
+            vision_ms,
+            prefill_ms,
+            decode_tokens_per_s: gen.decode_tokens_per_s,
+        })
+    }
+}
