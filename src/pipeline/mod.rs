@@ -5,8 +5,8 @@
 //! generate through a callback and stop when it returns `false`.
 //!
 //! Owns: loading a model folder as a whole, preprocessing, decoding loops and
-//! post-processing glue. Must not touch: wgpu (only `gpu/` names it), argument parsing or
-//! printing (the CLI's), kernels or forward passes (`ops/`, `model/`).
+//! post-processing glue. Must not touch: the graphics API (only `gpu/` names it), argument
+//! parsing or printing (the CLI's), kernels or forward passes (`ops/`, `model/`).
 
 pub mod batch;
 pub mod florence2;
