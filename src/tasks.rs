@@ -60,6 +60,15 @@ pub fn task_tokens() -> impl Iterator<Item = &'static str> {
     TASKS.iter().map(|t| t.0)
 }
 
+/// Whether task token `token` takes text after it (`Some(true)`), takes none (`Some(false)`),
+/// or is unknown (`None`).
+pub fn takes_text(token: &str) -> Option<bool> {
+    TASKS
+        .iter()
+        .find(|t| t.0 == token)
+        .map(|t| t.1.contains("{}"))
+}
+
 /// The encoder prompt for `text`: a task token alone (`<OD>`), or a task token that takes
 /// text followed by it (`<CAPTION_TO_PHRASE_GROUNDING>a red car`). Text that does not start
 /// with `<` is a free-form prompt and is used as it is.

@@ -42,7 +42,7 @@ fn bad_input_gives_one_line_errors() {
     let e = error(&["--task", "<CAPTION>", "--text", "a car"]);
     assert!(e.contains("takes no text"), "{e}");
     let e = error(&["--task", "<CAPTION_TO_PHRASE_GROUNDING>"]);
-    assert!(e.contains("needs text"), "{e}");
+    assert!(e.contains("needs --text"), "{e}");
     let long = "a red car next to a tree ".repeat(20);
     let e = error(&["--task", "<CAPTION_TO_PHRASE_GROUNDING>", "--text", &long]);
     assert!(e.contains("128 positions"), "{e}");

@@ -27,3 +27,55 @@ fn headless_vulkan_prints_no_runtime_dir_error() {
     assert!(!out.is_empty());
     assert!(!err.contains("error"), "stderr: {err}");
 }
+
+#[test]
+fn grounding_without_text_points_at_the_text_flag() {
+    let (code, _, err) = stderr_of(&mut fvl(&[
+        "florence2",
+        "--model",
+        "tests/fixtures/florence2-a",
+        "--image",
+        "tests/fixtures/images/photo.png",
+        "--task",
+        "<CAPTION_TO_PHRASE_GROUNDING>",
+    ]));
+    assert_eq!(code, 1);
+    assert!(err.contains("needs --text"), "{err}");
+}
+
+#[test]
+fn quantize_offers_only_the_formats_it_writes() {
+    let (_, help, _) = stderr_of(&mut fvl(&["quantize", "--help"]));
+    assert!(help.contains("q8") && help.contains("q4"), "{help}");
+    // Listed as "- q8: …" values; f32/f16 are not offered (only named in "f16 scale").
+    assert!(!help.contains("f32") && !help.contains("f16:"), "{help}");
+    let (code, _, err) = stderr_of(&mut fvl(&[
+        "quantize", "--model", "x", "--out", "y", "--quant", "f16",
+    ]));
+    assert_ne!(code, 0);
+    assert!(err.contains("q8") && err.contains("q4"), "{err}");
+}
+
+#[test]
+fn one_prompt_token_is_singular() {
+    let (code, _, err) = stderr_of(&mut fvl(&[
+        "generate",
+        "--model",
+        "tests/fixtures/llama-a",
+        "--prompt-ids",
+        "5",
+        "--max-new-tokens",
+        "1",
+        "--quant",
+        "f32",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("prefill 1 token at"), "{err}");
+}
+
+#[test]
+fn help_texts_say_what_the_commands_do() {
+    let (_, help, _) = stderr_of(&mut fvl(&["--help"]));
+    assert!(!help.contains("(or, later, whole models)"), "{help}");
+    assert!(!help.contains("every kernel family"), "{help}");
+}

@@ -115,6 +115,12 @@ pub fn run(args: &Florence2Args) -> Result<()> {
         // Checked before the work, so a bad --annotate fails in a moment.
         fvl_wgpu::output::check_target(path, &[dir, image])?;
     }
+    if fvl_wgpu::tasks::takes_text(&args.task) == Some(true) && args.text.is_none() {
+        return Err(fvl_wgpu::Error::input(format!(
+            "task {} needs --text, e.g. --text \"a red car\"",
+            args.task
+        )));
+    }
     let task = Task::new(&args.task, args.text.as_deref())?;
     let folder = Florence2Folder::open(dir)?;
     let opts = TaskOptions {

@@ -145,9 +145,12 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     } else {
         println!();
         eprintln!(
-            "{} tokens ({stopped}); prefill {} tokens at {prefill_tps:.1} tokens/s, decode {decode_tps:.1} tokens/s ({})",
+            "{} tokens ({stopped}); prefill {} at {prefill_tps:.1} tokens/s, decode {decode_tps:.1} tokens/s ({})",
             ids.len(),
-            prompt.len(),
+            match prompt.len() {
+                1 => "1 token".to_string(),
+                n => format!("{n} tokens"),
+            },
             quant.name()
         );
     }

@@ -38,7 +38,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run every kernel family on small random inputs against a CPU reference.
+    /// Quick check that the kernels compute the right thing on this device: an MLP block
+    /// (linear in every weight format, LayerNorm, SiLU) on small random inputs against a CPU
+    /// reference (the full per-kernel table is the test suite's).
     Selfcheck(DeviceArgs),
     /// Show what a model folder holds: layout, tensor counts, dtypes, memory per weight format.
     Inspect(inspect::InspectArgs),
@@ -63,7 +65,8 @@ enum Command {
     /// Serve the model to agents and editors over MCP (stdio): Florence-2 tools caption,
     /// detailed_caption, ocr, detect, ground; Florence-VL tool ask.
     Mcp(serve::McpArgs),
-    /// Measure kernels (or, later, whole models) against the device's own ceilings.
+    /// Measure kernels or whole models (random weights, real sizes) against the device's own
+    /// ceilings.
     Bench {
         #[command(subcommand)]
         what: BenchWhat,

@@ -9,7 +9,16 @@ use fvl_wgpu::weights::llama::quantizable;
 use fvl_wgpu::weights::{write_quantized, Checkpoint};
 use fvl_wgpu::Result;
 
-use super::Quant;
+use fvl_wgpu::gpu::DType;
+
+/// The formats `quantize` writes (f32/f16 are what a checkpoint already holds).
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Packed {
+    /// 8-bit blocks of 32 with an f16 scale (8.5 bits a weight).
+    Q8,
+    /// 4-bit blocks of 32 with an f16 scale (4.5 bits a weight).
+    Q4,
+}
 
 /// Arguments of `quantize`.
 #[derive(clap::Args)]
@@ -24,7 +33,7 @@ pub struct QuantizeArgs {
     pub out: PathBuf,
     /// Packed format: q8 or q4.
     #[arg(long, value_enum)]
-    pub quant: Quant,
+    pub quant: Packed,
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -32,7 +41,10 @@ pub struct QuantizeArgs {
 
 pub fn run(args: &QuantizeArgs) -> Result<()> {
     let model = resolve(&args.model, Needs::Model)?;
-    let dtype = args.quant.dtype();
+    let dtype = match args.quant {
+        Packed::Q8 => DType::Q8,
+        Packed::Q4 => DType::Q4,
+    };
     let ck = Checkpoint::open(&model)?;
     let t = Instant::now();
     let (count, bytes) = write_quantized(&ck, &args.out, dtype, &quantizable)?;
