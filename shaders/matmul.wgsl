@@ -11,7 +11,8 @@
 //   TPR threads share one weight row, each walks 32-element blocks (a whole q8/q4 block with
 //   its scale), partial sums meet in workgroup memory after one barrier. Bytes: |W| + M·K·4.
 //
-// Defines: BIAS adds the bias; Q8/Q4 make `matvec` decode the packed blocks directly.
+// Defines: BIAS adds the bias; RESID adds r[m, n] (a residual, saving a separate add);
+// Q8/Q4 make `matvec` decode the packed blocks directly.
 
 struct Params {
     m: u32,   // rows of x / out
@@ -23,6 +24,12 @@ struct Params {
 fn bias(n: u32) -> f32 { return ld_b(n); }
 #else
 fn bias(n: u32) -> f32 { return 0.0; }
+#endif
+
+#if RESID
+fn resid(i: u32) -> f32 { return ld_r(i); }
+#else
+fn resid(i: u32) -> f32 { return 0.0; }
 #endif
 
 #if matmul
@@ -54,7 +61,8 @@ fn store4(acc: mat4x4<f32>, m0: u32, n0: u32) {
         if (n >= p.n) { return; }
         let b = bias(n);
         for (var i = 0u; i < 4u; i++) {
-            if (m0 + i < p.m) { st_out((m0 + i) * p.n + n, acc[j][i] + b); }
+            let o = (m0 + i) * p.n + n;
+            if (m0 + i < p.m) { st_out(o, acc[j][i] + b + resid(o)); }
         }
     }
 }
@@ -254,7 +262,7 @@ fn matvec(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
         for (var r = 0u; r < MR; r++) {
             var s = 0.0;
             for (var i = 0u; i < TPR; i++) { s += partial[((r * RPT + j) * RPW + slot) * TPR + i]; }
-            st_out(r * p.n + n, s + bias(n));
+            st_out(r * p.n + n, s + bias(n) + resid(r * p.n + n));
         }
     }
 }

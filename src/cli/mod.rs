@@ -103,7 +103,7 @@ enum BenchWhat {
     Decode {
         #[command(flatten)]
         device: DeviceArgs,
-        /// Model size: llama-1b or llama-8b.
+        /// Model: llama-1b, llama-8b or phi3.5-mini (Florence-VL 3B's LLM).
         #[arg(long, default_value = "llama-1b")]
         config: String,
         /// Linear weight format.
@@ -124,7 +124,8 @@ enum BenchWhat {
         /// Florence-2 tower and encoder size: base or large (Florence-VL uses large).
         #[arg(long, default_value = "large")]
         vision: String,
-        /// Language model: llama-8b (Florence-VL 8B) or llama-1b (fits small machines).
+        /// Language model: llama-8b (Florence-VL 8B), phi3.5-mini (Florence-VL 3B) or llama-1b
+        /// (fits small machines).
         #[arg(long, default_value = "llama-8b")]
         llm: String,
         /// Llama weight format.

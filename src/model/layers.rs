@@ -53,12 +53,24 @@ impl Linear {
 
     /// Records `x·Wᵀ + b` into a new intermediate.
     pub fn forward(&self, g: &mut Graph, x: TensorId) -> Result<TensorId> {
+        self.record(g, x, None)
+    }
+
+    /// Records `x·Wᵀ + b + residual` into a new intermediate, in one pass.
+    pub fn forward_add(&self, g: &mut Graph, x: TensorId, residual: TensorId) -> Result<TensorId> {
+        self.record(g, x, Some(residual))
+    }
+
+    fn record(&self, g: &mut Graph, x: TensorId, residual: Option<TensorId>) -> Result<TensorId> {
         let mut shape = g.shape(x).to_vec();
         *shape.last_mut().unwrap() = self.weight.shape()[0];
         let out = g.tensor(&shape, DType::F32)?;
         let w = g.external(&self.weight);
         let b = self.bias.as_ref().map(|b| g.external(b));
-        matmul::linear(g, x, w, b, out)?;
+        match residual {
+            Some(r) => matmul::linear_add(g, x, w, b, r, out)?,
+            None => matmul::linear(g, x, w, b, out)?,
+        }
         Ok(out)
     }
 }

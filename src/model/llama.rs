@@ -24,7 +24,7 @@ use crate::weights::Checkpoint;
 pub use crate::weights::llama::{Arch, LlamaConfig};
 use crate::{Error, Result};
 
-use super::layers::{add, param, Linear, Source};
+use super::layers::{param, Linear, Source};
 
 /// Run slot holding the position of the graph's first token (= rows already in the cache).
 pub const POS_SLOT: u32 = 0;
@@ -291,16 +291,14 @@ impl Llama {
             };
             let (k, v) = (View::rows(g, k_cache), View::rows(g, v_cache));
             attention::attention(g, View::strided(qkv, 0, qkv_width), k, v, attn, &a)?;
-            let o = layer.o.forward(g, attn)?;
-            x = add(g, x, o)?;
+            x = layer.o.forward_add(g, attn, x)?;
 
             // MLP: x += down(silu(gate(h)) · up(h)).
             let h = rmsnorm(g, x, &layer.mlp_norm, c.rms_norm_eps)?;
             let gate_up = layer.gate_up.forward(g, h)?;
             let act = g.tensor(&[t, c.intermediate], DType::F32)?;
             eltwise::swiglu_halves(g, gate_up, act)?;
-            let down = layer.down.forward(g, act)?;
-            x = add(g, x, down)?;
+            x = layer.down.forward_add(g, act, x)?;
         }
         if !all_logits && t > 1 {
             let last = g.tensor(&[1, c.hidden], DType::F32)?;

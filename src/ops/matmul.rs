@@ -48,6 +48,30 @@ pub fn linear(
     bias: Option<TensorId>,
     out: TensorId,
 ) -> Result<()> {
+    launch(g, x, w, bias, None, out)
+}
+
+/// [`linear`] plus a residual in the same pass: `out = x·Wᵀ + b + residual` (`residual` f32
+/// with `out`'s shape), which saves a decoder layer's separate add.
+pub fn linear_add(
+    g: &mut Graph,
+    x: TensorId,
+    w: TensorId,
+    bias: Option<TensorId>,
+    residual: TensorId,
+    out: TensorId,
+) -> Result<()> {
+    launch(g, x, w, bias, Some(residual), out)
+}
+
+fn launch(
+    g: &mut Graph,
+    x: TensorId,
+    w: TensorId,
+    bias: Option<TensorId>,
+    residual: Option<TensorId>,
+    out: TensorId,
+) -> Result<()> {
     let op = "linear";
     expect_f32(g, op, "x", x)?;
     expect_f32(g, op, "out", out)?;
@@ -86,6 +110,12 @@ pub fn linear(
     if let Some(b) = bias {
         tensors.push(("b", b, Access::Read));
         defines.push("BIAS");
+    }
+    if let Some(r) = residual {
+        expect_f32(g, op, "residual", r)?;
+        expect_shape(g, op, "residual", r, &os)?;
+        tensors.push(("r", r, Access::Read));
+        defines.push("RESID");
     }
     tensors.push(("out", out, Access::Write));
     let (name, source) = shader!("matmul");

@@ -50,7 +50,12 @@ pub fn cases() -> Vec<Case> {
             if dtype.is_quantized() && k % 32 != 0 {
                 continue;
             }
-            for with_bias in [false, true] {
+            // The residual epilogue (decoder layers' o and down projections) on f32 and q4.
+            let resid_too = matches!(dtype, DType::F32 | DType::Q4);
+            for (with_bias, with_resid) in [(false, false), (true, false), (true, true)] {
+                if with_resid && !resid_too {
+                    continue;
+                }
                 let m: usize = lead.iter().product();
                 let mut xs = lead.to_vec();
                 xs.push(k);
@@ -58,7 +63,11 @@ pub fn cases() -> Vec<Case> {
                 os.push(n);
                 let w_bytes = dtype.bytes(n, k);
                 v.push(Case {
-                    op: if with_bias { "linear+bias" } else { "linear" },
+                    op: match (with_bias, with_resid) {
+                        (_, true) => "linear+bias+r",
+                        (true, false) => "linear+bias",
+                        (false, false) => "linear",
+                    },
                     shape: format!("x{xs:?} w[{n}, {k}]"),
                     dtype,
                     largest_bytes: w_bytes.max(4 * (m * k.max(n)) as u64),
@@ -67,13 +76,22 @@ pub fn cases() -> Vec<Case> {
                         let (x, x_s) = upload(gpu, &xs, DType::F32, &rng.vec(m * k, 1.0));
                         let (w, w_s) = upload(gpu, &[n, k], dtype, &rng.vec(n * k, 1.0));
                         let (b, b_s) = upload(gpu, &[n], DType::F32, &rng.vec(n, 1.0));
+                        let (r, r_s) = upload(gpu, &os, DType::F32, &rng.vec(m * n, 2.0));
                         let out = poisoned(gpu, &os);
                         let mut g = Graph::new(gpu);
                         let (xi, wi, oi) = (g.external(&x), g.external(&w), g.external(&out));
                         let bi = with_bias.then(|| g.external(&b));
-                        matmul::linear(&mut g, xi, wi, bi, oi).unwrap();
+                        if with_resid {
+                            let ri = g.external(&r);
+                            matmul::linear_add(&mut g, xi, wi, bi, ri, oi).unwrap();
+                        } else {
+                            matmul::linear(&mut g, xi, wi, bi, oi).unwrap();
+                        }
                         g.build().unwrap().run(gpu, &[]).unwrap();
-                        let want = linear_ref(&x_s, &w_s, with_bias.then_some(&b_s[..]), m, n, k);
+                        let mut want = linear_ref(&x_s, &w_s, with_bias.then_some(&b_s[..]), m, n, k);
+                        if with_resid {
+                            want.iter_mut().zip(&r_s).for_each(|(o, r)| *o += r);
+                        }
                         (out.read_f32(gpu).unwrap(), want)
                     }),
                 });

@@ -232,24 +232,34 @@ pub fn florence2(args: &DeviceArgs, config: &str, precision: Option<Precision>) 
     Ok(())
 }
 
-/// Llama configs at the real sizes: Llama-3.2-1B and Llama-3.1-8B (+ Florence-VL's pad token).
+/// Decoder configs at the real sizes: Llama-3.2-1B, Llama-3.1-8B (+ Florence-VL's pad token)
+/// and Phi-3.5-mini (Florence-VL 3B: fused matrices, LongRoPE, 32064 rows for 32011 tokens).
 fn llama_config(name: &str) -> Result<LlamaConfig> {
     let (hidden, layers, heads, kv, inter, vocab, tied) = match name {
         "llama-1b" => (2048, 16, 32, 8, 8192, 128256, true),
         "llama-8b" => (4096, 32, 32, 8, 14336, 128257, false),
+        "phi3.5-mini" => (3072, 32, 32, 32, 8192, 32064, false),
         other => {
             return Err(Error::input(format!(
-                "--config {other:?}: expected llama-1b or llama-8b"
+                "--config {other:?}: expected llama-1b, llama-8b or phi3.5-mini"
             )))
         }
     };
-    let c = serde_json::json!({
+    let mut c = serde_json::json!({
         "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
         "num_key_value_heads": kv, "intermediate_size": inter, "rms_norm_eps": 1e-5,
         "max_position_embeddings": 131072, "tie_word_embeddings": tied,
         "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
             "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
     });
+    if name.starts_with("phi") {
+        // Factor values do not change the work; the lists have head_dim/2 = 48 entries.
+        let long: Vec<f64> = (0..48).map(|i| 1.0 + i as f64).collect();
+        c["model_type"] = "phi3".into();
+        c["original_max_position_embeddings"] = 4096.into();
+        c["rope_parameters"] = serde_json::json!({"rope_type": "longrope", "rope_theta": 10000.0,
+            "short_factor": vec![1.0; 48], "long_factor": long});
+    }
     LlamaConfig::from_json(&c, vocab)
 }
 
