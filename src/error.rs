@@ -47,6 +47,13 @@ impl Error {
     pub fn input(msg: impl fmt::Display) -> Self {
         Error::Input(msg.to_string())
     }
+    /// A problem with the file at `path`.
+    pub fn file(path: &std::path::Path, msg: impl fmt::Display) -> Self {
+        Error::File {
+            path: path.display().to_string(),
+            msg: msg.to_string(),
+        }
+    }
 }
 
 /// Result with the engine's [`Error`].

@@ -2,7 +2,9 @@
 //! encoder prompt as `Florence2Processor` builds it, and the BART tokenizer turns that into
 //! `<s> … </s>` ids.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use tokenizers::AddedToken;
 
 use crate::error::{Error, Result};
 
@@ -134,69 +136,109 @@ fn florence2_added_tokens() -> Vec<String> {
 /// The BART byte-level BPE tokenizer of a Florence-2 model folder (`tokenizer.json`).
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// The file it came from, for messages.
+    path: PathBuf,
+    /// Whether Florence-2's tokens were added here (the files are bare BART, as Microsoft's).
+    added_florence: bool,
 }
 
 impl Tokenizer {
     /// Loads `dir/tokenizer.json`, or else the slow-tokenizer files `vocab.json` +
-    /// `merges.txt` (+ `added_tokens.json`), as BART's byte-level BPE.
+    /// `merges.txt` (+ `added_tokens.json`), as BART's byte-level BPE. When the files lack
+    /// Florence-2's tokens (Microsoft's repos ship plain BART), they are added after the
+    /// vocabulary in the order Florence-2's processor adds them (spec §5.1).
     pub fn open(dir: impl AsRef<Path>) -> Result<Tokenizer> {
         let dir = dir.as_ref();
         let path = dir.join("tokenizer.json");
-        if !path.exists() && dir.join("vocab.json").exists() {
-            return Tokenizer::from_vocab_and_merges(dir);
+        let (mut inner, path) = if !path.exists() && dir.join("vocab.json").exists() {
+            (
+                Tokenizer::from_vocab_and_merges(dir)?,
+                dir.join("vocab.json"),
+            )
+        } else {
+            let inner = tokenizers::Tokenizer::from_file(&path)
+                .map_err(|e| Error::file(&path, e.to_string()))?;
+            (inner, path)
+        };
+        let added_florence = inner.token_to_id("<loc_0>").is_none();
+        if added_florence {
+            let tokens: Vec<AddedToken> = florence2_added_tokens()
+                .into_iter()
+                .map(|t| AddedToken::from(t, true))
+                .collect();
+            inner
+                .add_special_tokens(tokens)
+                .map_err(|e| Error::file(&path, format!("adding Florence-2's tokens: {e}")))?;
         }
-        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::File {
-            path: path.display().to_string(),
-            msg: e.to_string(),
-        })?;
-        Ok(Tokenizer { inner })
+        Ok(Tokenizer {
+            inner,
+            path,
+            added_florence,
+        })
+    }
+
+    /// Checks the tokenizer against the model's vocabulary (`text_config.vocab_size`): when
+    /// Florence-2's tokens were added here, the two must be equal, or the generated ids would
+    /// decode to the wrong tokens.
+    pub fn check_vocab(self, vocab_size: usize) -> Result<Tokenizer> {
+        let n = self.inner.get_vocab_size(true);
+        if self.added_florence && n != vocab_size {
+            return Err(Error::file(
+                &self.path,
+                format!(
+                    "{n} tokens once Florence-2's 1024 are added, but the model's vocabulary (text_config.vocab_size) is {vocab_size}"
+                ),
+            ));
+        }
+        Ok(self)
+    }
+
+    /// The number of tokens, added ones included.
+    pub fn len(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// True for a tokenizer without tokens.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// BART's tokenizer from `vocab.json` and `merges.txt`: byte-level pre-tokenizer and
-    /// decoder, `<s> … </s>` around each text. The added tokens come from `added_tokens.json`
-    /// when present, else Florence-2's own list in the order its processor adds them, after
-    /// the vocabulary (spec §5.1).
-    fn from_vocab_and_merges(dir: &Path) -> Result<Tokenizer> {
+    /// decoder, `<s> … </s>` around each text, the tokens of `added_tokens.json` (if any)
+    /// after the vocabulary.
+    fn from_vocab_and_merges(dir: &Path) -> Result<tokenizers::Tokenizer> {
         use tokenizers::models::bpe::BPE;
         use tokenizers::pre_tokenizers::byte_level::ByteLevel;
         use tokenizers::processors::roberta::RobertaProcessing;
-        use tokenizers::AddedToken;
-        let file_err = |path: &Path, msg: String| Error::File {
-            path: path.display().to_string(),
-            msg,
-        };
         let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
         let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
             .build()
-            .map_err(|e| file_err(&merges, format!("with vocab.json: {e}")))?;
+            .map_err(|e| Error::file(&merges, format!("with vocab.json: {e}")))?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
         inner.with_decoder(Some(ByteLevel::default()));
         let roberta = RobertaProcessing::new(("</s>".into(), 2), ("<s>".into(), 0));
         inner.with_post_processor(Some(roberta.add_prefix_space(false)));
         let added_path = dir.join("added_tokens.json");
-        let added: Vec<String> = if added_path.exists() {
+        if added_path.exists() {
             let text = std::fs::read_to_string(&added_path)
-                .map_err(|e| file_err(&added_path, e.to_string()))?;
+                .map_err(|e| Error::file(&added_path, e.to_string()))?;
             let map: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(&text).map_err(|e| file_err(&added_path, e.to_string()))?;
+                serde_json::from_str(&text).map_err(|e| Error::file(&added_path, e.to_string()))?;
             let mut by_id: Vec<(u64, String)> = map
                 .into_iter()
                 .map(|(t, id)| (id.as_u64().unwrap_or(u64::MAX), t))
                 .collect();
             by_id.sort();
-            by_id.into_iter().map(|(_, t)| t).collect()
-        } else {
-            florence2_added_tokens()
-        };
-        let tokens: Vec<AddedToken> = added
-            .into_iter()
-            .map(|t| AddedToken::from(t, true))
-            .collect();
-        inner
-            .add_special_tokens(tokens)
-            .map_err(|e| file_err(&vocab, format!("adding Florence-2's tokens: {e}")))?;
-        Ok(Tokenizer { inner })
+            let tokens: Vec<AddedToken> = by_id
+                .into_iter()
+                .map(|(_, t)| AddedToken::from(t, true))
+                .collect();
+            inner
+                .add_special_tokens(tokens)
+                .map_err(|e| Error::file(&added_path, e.to_string()))?;
+        }
+        Ok(inner)
     }
 
     /// Token ids of `text` with `<s>` … `</s>` added.

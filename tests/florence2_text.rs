@@ -8,9 +8,10 @@ mod common;
 use common::{fixture_path, fixture_tensor, max_rel_error};
 use fvl_wgpu::gpu::{DType, Gpu, Graph, Tensor};
 use fvl_wgpu::model::bart::Bart;
-use fvl_wgpu::model::beam::{BeamOptions, BeamSearch};
+use fvl_wgpu::model::beam::{BeamOptions, BeamSearch, DecoderIds};
 use fvl_wgpu::tasks::{prompt, Tokenizer};
 use fvl_wgpu::weights::florence2::Florence2Checkpoint;
+use fvl_wgpu::weights::florence2::GenerationDefaults;
 use serde_json::Value;
 
 const MODELS: &[&str] = &["florence2-a", "florence2-b"];
@@ -243,6 +244,25 @@ fn task_errors_name_the_problem() {
     assert_eq!(prompt("free text").unwrap(), "free text");
 }
 
+/// Florence-2's settings: 3 beams, no repeated trigrams, early stopping, for `max_new` tokens.
+fn florence2_beams(max_new: usize) -> BeamOptions {
+    let gen = GenerationDefaults {
+        num_beams: 3,
+        no_repeat_ngram_size: 3,
+        early_stopping: true,
+        max_length: None,
+    };
+    BeamOptions::from_defaults(&gen, max_new)
+}
+
+/// Start 2, `</s>` 2, `<s>` forced first and `</s>` last, as Florence-2's HF-native configs ask.
+const FORCED: DecoderIds = DecoderIds {
+    start: 2,
+    eos: 2,
+    forced_bos: Some(0),
+    forced_eos: Some(2),
+};
+
 /// Logits over a vocabulary of 6 that favour `tok` in each of `beams` beams.
 fn favour(beams: usize, tok: usize) -> Vec<f32> {
     (0..beams)
@@ -252,7 +272,7 @@ fn favour(beams: usize, tok: usize) -> Vec<f32> {
 
 #[test]
 fn beam_search_forces_bos_and_eos_and_bans_repeated_trigrams() {
-    let mut s = BeamSearch::new(&BeamOptions::florence2(6), 2, 0, 2).unwrap();
+    let mut s = BeamSearch::new(&florence2_beams(6), &FORCED).unwrap();
     while !s.done() {
         s.step(&favour(3, 4)).unwrap();
     }
@@ -268,7 +288,7 @@ fn beam_search_forces_bos_and_eos_and_bans_repeated_trigrams() {
 
 #[test]
 fn beam_search_stops_early_once_every_beam_finished() {
-    let mut s = BeamSearch::new(&BeamOptions::florence2(20), 2, 0, 2).unwrap();
+    let mut s = BeamSearch::new(&florence2_beams(20), &FORCED).unwrap();
     s.step(&favour(3, 4)).unwrap();
     while !s.done() {
         s.step(&favour(3, 2)).unwrap();

@@ -6,7 +6,6 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-
 use fvl_wgpu::gpu::{Graph, Tensor};
 use fvl_wgpu::image::{preprocess, PreprocessConfig};
 use fvl_wgpu::model::bart::Bart;
@@ -39,15 +38,17 @@ pub fn run(args: &FeaturesArgs) -> Result<()> {
     // Checked before the work, so a bad --out fails in a moment, not after the model ran.
     fvl_wgpu::output::check_target(&args.out, &[dir, &args.image])?;
     let ck = Florence2Checkpoint::open(dir)?;
-    let pp = PreprocessConfig::from_dir_or_default(dir)?;
+    let pp = PreprocessConfig::from_dir_or_default(ck.config_dir())?;
     let t0 = Instant::now();
     let image = preprocess(&args.image, &pp, args.pad)?;
     let gpu = args.model.device.open()?;
     let dtype = args.model.dtype(&gpu);
     let tower = load_tower(&gpu, &ck, dtype)?;
     // The encoder outputs need the BART tokenizer; a folder without one gets V only.
-    let encoder = if dir.join("tokenizer.json").exists() {
-        let (ids, len) = Tokenizer::open(dir)?.florence_vl_prompts(ck.text().pad_token_id)?;
+    let encoder = if ck.has_tokenizer() {
+        let (ids, len) = Tokenizer::open(ck.config_dir())?
+            .check_vocab(ck.text().vocab_size)?
+            .florence_vl_prompts(ck.text().pad_token_id)?;
         let ids = Tensor::from_u32(&gpu, &[3, len], &ids, "prompts")?;
         Some((Bart::from_checkpoint(&gpu, &ck, dtype)?, ids))
     } else {

@@ -11,7 +11,7 @@ use fvl_wgpu::weights::hub::{resolve, Needs};
 use fvl_wgpu::weights::Checkpoint;
 use fvl_wgpu::{Error, Result};
 
-use super::{default_dtype, progress, DecodeArgs, DeviceArgs, Quant};
+use super::{llm_dtype, progress, DecodeArgs, DeviceArgs, Quant};
 
 /// Arguments of `generate`.
 #[derive(clap::Args)]
@@ -83,11 +83,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
 
     let gpu = args.device.open()?;
     // A checkpoint written by `quantize` loads in its own format unless told otherwise.
-    let quant = match (args.quant, ck.stored_quant()) {
-        (Some(q), _) => q.dtype(),
-        (None, Some(stored)) => stored,
-        (None, None) => default_dtype(&gpu),
-    };
+    let quant = llm_dtype(args.quant, ck.stored_quant(), &gpu);
     let bar = progress(Llama::tensor_count(&cfg), "loading weights");
     let mut llama = Llama::load(&gpu, &ck, quant, &|| bar.inc(1))?;
     if let Some(tok) = &tok {

@@ -9,10 +9,11 @@ use std::time::Instant;
 use fvl_wgpu::image::{load_image, preprocess_image};
 use fvl_wgpu::pipeline::{AskOptions, FlorenceVl, ImageInput};
 use fvl_wgpu::weights::hub::{resolve, Needs};
+use fvl_wgpu::weights::Checkpoint;
 use fvl_wgpu::{Error, Result};
 
 use super::{batch, DeviceArgs};
-use super::{default_dtype, DecodeArgs, Quant};
+use super::{llm_dtype, DecodeArgs, Quant};
 
 /// Arguments of `infer`.
 #[derive(clap::Args)]
@@ -54,9 +55,11 @@ pub struct InferArgs {
 
 pub fn run(args: &InferArgs) -> Result<()> {
     let gpu = args.device.open()?;
-    let quant = args.quant.map_or_else(|| default_dtype(&gpu), Quant::dtype);
     let t0 = Instant::now();
     let model = resolve(&args.model, Needs::Model)?;
+    // A folder written by `quantize` loads in its own format unless told otherwise.
+    let stored = Checkpoint::open(&model)?.stored_quant();
+    let quant = llm_dtype(args.quant, stored, &gpu);
     let tokenizer = args
         .florence_tokenizer
         .as_ref()

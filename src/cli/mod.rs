@@ -252,6 +252,16 @@ pub fn default_dtype(gpu: &Gpu) -> DType {
     }
 }
 
+/// The LLM weight storage: `--quant` if given, else the format a folder written by
+/// `quantize` stores, else [`default_dtype`].
+pub fn llm_dtype(flag: Option<Quant>, stored: Option<DType>, gpu: &Gpu) -> DType {
+    match (flag, stored) {
+        (Some(q), _) => q.dtype(),
+        (None, Some(stored)) => stored,
+        (None, None) => default_dtype(gpu),
+    }
+}
+
 /// How the language-model commands pick tokens.
 #[derive(Args, Clone)]
 pub struct DecodeArgs {

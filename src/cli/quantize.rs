@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use fvl_wgpu::weights::florence_vl::copy_tower_folder;
 use fvl_wgpu::weights::hub::{resolve, Needs};
 use fvl_wgpu::weights::llama::quantizable;
 use fvl_wgpu::weights::{write_quantized, Checkpoint};
@@ -48,6 +49,10 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
     let ck = Checkpoint::open(&model)?;
     let t = Instant::now();
     let (count, bytes) = write_quantized(&ck, &args.out, dtype, &quantizable)?;
+    // A Florence-VL folder's tower beside it must stay reachable from the copy.
+    if let Some(tower) = copy_tower_folder(&model, &args.out)? {
+        eprintln!("copied the Florence-2 tower folder to {}", tower.display());
+    }
     let secs = t.elapsed().as_secs_f64();
     if args.json {
         println!(

@@ -17,7 +17,7 @@ use crate::ops::{embed, matmul, sample, RunValue, View};
 use crate::weights::florence2::{Florence2Checkpoint, TextConfig, FINAL_LOGITS_BIAS};
 use crate::{Error, Result};
 
-use super::beam::{BeamOptions, BeamSearch};
+use super::beam::{BeamOptions, BeamSearch, DecoderIds};
 use super::layers::{add, param, LayerNorm, Linear, Mlp, Source};
 
 const PREFIX: &str = "model.language_model";
@@ -514,9 +514,10 @@ impl Bart {
     }
 
     /// Greedy decoding as HF `generate` with `num_beams = 1`: the decoder starts from
-    /// `decoder_start_token_id`, step 1 is forced to `<s>` and the last allowed step
-    /// (`max_new_tokens`) to `</s>`; stops after `</s>`. The argmax runs on the GPU and only
-    /// the id is read back. Returns the whole decoder sequence, start token included.
+    /// `decoder_start_token_id`; step 1 is forced to `forced_bos_token_id` and the last
+    /// allowed step (`max_new_tokens`) to `forced_eos_token_id` where the configs ask for
+    /// them; stops after `</s>`. The argmax runs on the GPU and only the id is read back.
+    /// Returns the whole decoder sequence, start token included.
     pub fn greedy(
         &self,
         gpu: &Gpu,
@@ -539,18 +540,13 @@ impl Bart {
     ) -> Result<Vec<u32>> {
         let cache = self.prefill(gpu, features, prompt, max_new_tokens)?;
         let step = GreedyStep::new(gpu, self, &cache)?;
-        let (bos, eos) = (self.cfg.bos_token_id, self.cfg.eos_token_id);
-        let mut seq = vec![self.cfg.decoder_start_token_id];
+        let ids = DecoderIds::of(&self.cfg);
+        let mut seq = vec![ids.start];
         while seq.len() <= max_new_tokens {
             let argmax = step.run(gpu, &seq)?;
-            // HF's forced-EOS processor runs after forced-BOS, so it wins when both apply.
-            let next = match seq.len() {
-                n if n == max_new_tokens => eos,
-                1 => bos,
-                _ => argmax,
-            };
+            let next = ids.forced(seq.len(), max_new_tokens + 1).unwrap_or(argmax);
             seq.push(next);
-            if next == eos || !on_step(&seq) {
+            if next == ids.eos || !on_step(&seq) {
                 break;
             }
         }
@@ -584,12 +580,7 @@ impl Bart {
         opts: &BeamOptions,
         on_step: &mut dyn FnMut(&BeamSearch) -> bool,
     ) -> Result<Vec<u32>> {
-        let (start, bos, eos) = (
-            self.cfg.decoder_start_token_id,
-            self.cfg.bos_token_id,
-            self.cfg.eos_token_id,
-        );
-        let mut search = BeamSearch::new(opts, start, bos, eos)?;
+        let mut search = BeamSearch::new(opts, &DecoderIds::of(&self.cfg))?;
         let beams = opts.num_beams;
         let cache = self.prefill_beams(gpu, features, prompt, opts.max_new_tokens, beams)?;
         let step = BeamStep::new(gpu, self, &cache)?;

@@ -5,6 +5,7 @@
 //!
 //! Scores are f32 as in HF, including its `-1e9` masks, so ties and roundings fall the same way.
 
+use crate::weights::florence2::{GenerationDefaults, TextConfig};
 use crate::{Error, Result};
 
 /// HF's "very large negative" score for beams that must not be chosen.
@@ -29,14 +30,50 @@ pub struct BeamOptions {
 }
 
 impl BeamOptions {
-    /// Florence-2's `generation_config.json`: 3 beams, no repeated trigrams, early stopping.
-    pub fn florence2(max_new_tokens: usize) -> BeamOptions {
+    /// The checkpoint's decoding defaults (`generation_config.json`, else `text_config`) for
+    /// `max_new_tokens` tokens.
+    pub fn from_defaults(gen: &GenerationDefaults, max_new_tokens: usize) -> BeamOptions {
         BeamOptions {
-            num_beams: 3,
-            no_repeat_ngram_size: 3,
+            num_beams: gen.num_beams,
+            no_repeat_ngram_size: gen.no_repeat_ngram_size,
             max_new_tokens,
-            early_stopping: true,
+            early_stopping: gen.early_stopping,
             length_penalty: 1.0,
+        }
+    }
+}
+
+/// The token ids decoding needs, from the checkpoint's configs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecoderIds {
+    /// The first decoder input (`decoder_start_token_id`).
+    pub start: u32,
+    /// `</s>`: a sequence that emits it is finished.
+    pub eos: u32,
+    /// Forced right after the start token, if the configs ask for it.
+    pub forced_bos: Option<u32>,
+    /// Forced at the last allowed step, if the configs ask for it.
+    pub forced_eos: Option<u32>,
+}
+
+impl DecoderIds {
+    /// The ids of a BART config.
+    pub fn of(cfg: &TextConfig) -> DecoderIds {
+        DecoderIds {
+            start: cfg.decoder_start_token_id,
+            eos: cfg.eos_token_id,
+            forced_bos: cfg.forced_bos_token_id,
+            forced_eos: cfg.forced_eos_token_id,
+        }
+    }
+
+    /// HF's forced-BOS then forced-EOS processors for the token after `len` decoder tokens
+    /// (start included) out of at most `max_len`: forced-EOS runs last, so it wins.
+    pub fn forced(&self, len: usize, max_len: usize) -> Option<u32> {
+        match len {
+            n if n + 1 == max_len && self.forced_eos.is_some() => self.forced_eos,
+            1 => self.forced_bos,
+            _ => None,
         }
     }
 }
@@ -51,8 +88,7 @@ struct Hypothesis {
 /// The state of one beam search.
 pub struct BeamSearch {
     opts: BeamOptions,
-    bos: u32,
-    eos: u32,
+    ids: DecoderIds,
     /// Decoder start token + `max_new_tokens`: HF's `max_length`.
     max_len: usize,
     /// The running beams (all of length `cur_len`) with their summed log-probs.
@@ -68,9 +104,9 @@ pub struct BeamSearch {
 }
 
 impl BeamSearch {
-    /// Starts from `start` (the decoder start token) in every beam; `bos` is forced at the first
-    /// step and `eos` at the last.
-    pub fn new(opts: &BeamOptions, start: u32, bos: u32, eos: u32) -> Result<BeamSearch> {
+    /// Starts from the decoder start token in every beam; the forced ids of `ids` are forced
+    /// at the first and the last step.
+    pub fn new(opts: &BeamOptions, ids: &DecoderIds) -> Result<BeamSearch> {
         if opts.num_beams == 0 || opts.max_new_tokens == 0 {
             return Err(Error::input(format!(
                 "beam search needs num_beams ≥ 1 and max_new_tokens ≥ 1, got {} and {}",
@@ -79,7 +115,7 @@ impl BeamSearch {
         }
         let b = opts.num_beams;
         let hyp = |score| Hypothesis {
-            seq: vec![start],
+            seq: vec![ids.start],
             score,
         };
         // Only beam 0 is live at first, so the identical beams don't yield the same candidates.
@@ -88,8 +124,7 @@ impl BeamSearch {
             .collect();
         Ok(BeamSearch {
             opts: opts.clone(),
-            bos,
-            eos,
+            ids: *ids,
             max_len: 1 + opts.max_new_tokens,
             running,
             parents: (0..b).collect(),
@@ -138,7 +173,7 @@ impl BeamSearch {
     }
 
     /// HF's processors in its order on one beam's log-probs: no-repeat n-gram, forced BOS at
-    /// the first step, forced EOS at the last.
+    /// the first step, forced EOS at the last (each where the configs ask for it).
     fn process(&self, seq: &[u32], lp: &mut [f32]) {
         let n = self.opts.no_repeat_ngram_size;
         let cur = seq.len();
@@ -152,14 +187,7 @@ impl BeamSearch {
                 }
             }
         }
-        let forced = if cur == self.max_len - 1 {
-            Some(self.eos)
-        } else if cur == 1 {
-            Some(self.bos)
-        } else {
-            None
-        };
-        if let Some(t) = forced {
+        if let Some(t) = self.ids.forced(cur, self.max_len) {
             lp.fill(f32::NEG_INFINITY);
             lp[t as usize] = 0.0;
         }
@@ -199,7 +227,7 @@ impl BeamSearch {
                 let (parent, tok) = (i / v, (i % v) as u32);
                 let mut seq = self.running[parent].seq.clone();
                 seq.push(tok);
-                let hits = tok == self.eos || seq.len() >= self.max_len;
+                let hits = tok == self.ids.eos || seq.len() >= self.max_len;
                 let score = acc[i];
                 (Hypothesis { seq, score }, parent, hits)
             })

@@ -7,9 +7,7 @@
 //! at `model.mm_projector.encoder_mlp.*`, the Florence-2 model under
 //! `model.vision_tower.vision_tower.` (its config found through `mm_vision_tower`).
 
-use std::path::{Path, PathBuf};
-
-use serde_json::Value;
+use std::path::Path;
 
 use crate::gpu::{DType, Gpu, Graph, Tensor, TensorId};
 use crate::image::PreprocessConfig;
@@ -18,10 +16,9 @@ use crate::model::florence2::VisionTower;
 use crate::model::layers::{gelu_mlp, Linear};
 use crate::model::llama::Llama;
 use crate::ops::copy::{copy, Block};
-use crate::tasks::Tokenizer;
 use crate::text::chat::{Message, Template};
 use crate::text::llama::LlamaTokenizer;
-use crate::weights::florence2::Florence2Checkpoint;
+use crate::weights::florence_vl::{FlorenceVlFolder, FvlConfig};
 use crate::{Error, Result};
 
 /// The id LLaVA writes where the image rows go.
@@ -32,19 +29,6 @@ pub const IMAGE_PLACEHOLDER: &str = "<image>";
 
 /// The system message of Florence-VL's `llama3` conversation template.
 pub const SYSTEM: &str = "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions.";
-
-/// Florence-VL's encoder prompt ids for the real Florence-2 BART tokenizer (spec §6.1: the
-/// reference hard-codes them), right-padded with 1 to 14.
-const HARD_CODED_PROMPTS: [[u32; 14]; 3] = [
-    [
-        0, 47066, 21700, 11, 4617, 99, 16, 2343, 11, 5, 2274, 4, 2, 1,
-    ],
-    [0, 2264, 16, 5, 2788, 11, 5, 2274, 116, 2, 1, 1, 1, 1],
-    [0, 574, 22486, 5, 8720, 11, 5, 2274, 6, 19, 49, 24173, 4, 2],
-];
-
-/// Vocabulary of the real Florence-2 BART (the one [`HARD_CODED_PROMPTS`] belong to).
-const FLORENCE2_VOCAB: usize = 51289;
 
 /// The template text for one user turn with an image (spec §7.3, §7.4): Florence-VL's system
 /// message (`llama3`: [`SYSTEM`]; `phi3`: the template's default), then `<image>`, a newline
@@ -71,57 +55,6 @@ pub fn conversation_text(template: Template, turns: &[(String, String)], questio
         }
     }
     template.prompt(&messages)
-}
-
-/// Florence-VL's settings from `config.json`.
-#[derive(Clone, Debug)]
-pub struct FvlConfig {
-    /// Linear layers of the projector (`mlp{N}x_gelu`).
-    pub projector_depth: usize,
-    /// Width of each of the four fused views (`mm_hidden_size`, = the Florence-2 D).
-    pub mm_hidden_size: usize,
-    /// Pad the image to a square before resizing (`image_aspect_ratio = "pad"`).
-    pub pad_to_square: bool,
-    /// Longest merged prompt (text tokens plus image rows), `tokenizer_model_max_length`.
-    pub max_length: usize,
-}
-
-impl FvlConfig {
-    /// Reads the Florence-VL fields of a LLaVA `config.json`.
-    pub fn from_json(cfg: &Value) -> Result<FvlConfig, String> {
-        let kind = cfg["mm_projector_type"]
-            .as_str()
-            .ok_or("no mm_projector_type")?;
-        let projector_depth = kind
-            .strip_prefix("mlp")
-            .and_then(|s| s.strip_suffix("x_gelu"))
-            .and_then(|n| n.parse::<usize>().ok())
-            .filter(|&n| n >= 1)
-            .ok_or_else(|| {
-                format!("mm_projector_type = {kind:?}: only mlp<N>x_gelu (e.g. mlp3x_gelu) is supported")
-            })?;
-        let mm_hidden_size = cfg["mm_hidden_size"].as_u64().ok_or("no mm_hidden_size")? as usize;
-        let pad_to_square = match cfg["image_aspect_ratio"].as_str().unwrap_or("square") {
-            "pad" => true,
-            "square" => false,
-            other => {
-                return Err(format!(
-                    "image_aspect_ratio = {other:?}: only \"pad\" and \"square\" are supported"
-                ))
-            }
-        };
-        let max_length = cfg["tokenizer_model_max_length"]
-            .as_u64()
-            .or_else(|| cfg["max_position_embeddings"].as_u64())
-            .ok_or("no tokenizer_model_max_length or max_position_embeddings")?
-            as usize;
-        Ok(FvlConfig {
-            projector_depth,
-            mm_hidden_size,
-            pad_to_square,
-            max_length,
-        })
-    }
 }
 
 /// The fusion MLP: `Linear (4·D → H)`, then `depth − 1` times GELU and `Linear (H → H)`.
@@ -232,43 +165,9 @@ pub struct FlorenceVl {
     prompts: Tensor,
 }
 
-/// Where the BART prompt ids come from: `tokenizer.json` in `bart_tokenizer` if given, else
-/// in the tower's folder (when that is not the model folder, whose tokenizer is Llama's), else
-/// Florence-VL's hard-coded ids when the tower has the real Florence-2 vocabulary.
-fn encoder_prompt_ids(
-    f2: &Florence2Checkpoint,
-    dir: &Path,
-    bart_tokenizer: Option<&Path>,
-) -> Result<(Vec<u32>, usize)> {
-    let tower_dir = f2.config_path().parent().map(Path::to_path_buf);
-    let candidate: Option<PathBuf> = match bart_tokenizer {
-        Some(p) => Some(p.to_path_buf()),
-        None => tower_dir.filter(|t| t.join("tokenizer.json").is_file() && !same_dir(t, dir)),
-    };
-    if let Some(t) = candidate {
-        return Tokenizer::open(&t)?.florence_vl_prompts(f2.text().pad_token_id);
-    }
-    if f2.text().vocab_size == FLORENCE2_VOCAB {
-        let ids = HARD_CODED_PROMPTS.iter().flatten().copied().collect();
-        return Ok((ids, HARD_CODED_PROMPTS[0].len()));
-    }
-    Err(Error::input(format!(
-        "{}: no Florence-2 tokenizer.json for the encoder prompts next to {} and the tower's vocabulary ({}) is not Florence-2's; give a folder with the Florence-2 tokenizer.json (infer --florence-tokenizer DIR)",
-        dir.display(),
-        f2.config_path().display(),
-        f2.text().vocab_size
-    )))
-}
-
-fn same_dir(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
-    }
-}
-
 impl FlorenceVl {
-    /// Loads everything from the LLaVA folder `dir`: the Llama weights as `quant` (F32, F16,
+    /// Loads everything from the LLaVA folder `dir` (its tower resolved through
+    /// `mm_vision_tower`, see [`FlorenceVlFolder`]): the Llama weights as `quant` (F32, F16,
     /// Q8 or Q4); the tower, encoder and projector as f32 when `quant` is F32, else as f16
     /// where the adapter has SHADER_F16. `bart_tokenizer` names a folder with the Florence-2
     /// `tokenizer.json` for the encoder prompts (default: the tower's folder, else the
@@ -279,29 +178,18 @@ impl FlorenceVl {
         quant: DType,
         bart_tokenizer: Option<&Path>,
     ) -> Result<FlorenceVl> {
-        let f2 = Florence2Checkpoint::open(dir)?;
-        let ck = f2.checkpoint();
-        let config =
-            FvlConfig::from_json(ck.config()).map_err(|m| file_err(&dir.join("config.json"), m))?;
+        let folder = FlorenceVlFolder::open(dir)?;
+        let (f2, ck, config) = (&folder.tower, &folder.checkpoint, folder.config.clone());
         let d = f2.text().d_model;
-        if config.mm_hidden_size != d {
-            return Err(file_err(
-                &dir.join("config.json"),
-                format!(
-                    "mm_hidden_size = {} but the Florence-2 model has d_model {d}",
-                    config.mm_hidden_size
-                ),
-            ));
-        }
         let vision_dtype = if quant == DType::F32 || !gpu.shader_f16 {
             DType::F32
         } else {
             DType::F16
         };
-        let (ids, len) = encoder_prompt_ids(&f2, dir, bart_tokenizer)?;
+        let (ids, len) = folder.encoder_prompt_ids(bart_tokenizer)?;
         let prompts = Tensor::from_u32(gpu, &[3, len], &ids, "encoder prompts")?;
-        let tower = VisionTower::from_checkpoint(gpu, &f2, vision_dtype, &|| {})?;
-        let bart = Bart::from_checkpoint(gpu, &f2, vision_dtype)?;
+        let tower = VisionTower::from_checkpoint(gpu, f2, vision_dtype, &|| {})?;
+        let bart = Bart::from_checkpoint(gpu, f2, vision_dtype)?;
         let mut llama = Llama::load(gpu, ck, quant, &|| {})?;
         let tokenizer = LlamaTokenizer::open(dir)?;
         llama.sampled_vocab = tokenizer.len();
@@ -312,7 +200,7 @@ impl FlorenceVl {
                 let inp = if k == 0 { 4 * d } else { h };
                 let p = Projector::prefix(k);
                 if !ck.contains(&format!("{p}.weight")) {
-                    return Err(file_err(
+                    return Err(Error::file(
                         dir,
                         format!(
                             "no projector weight {p}.weight (mm_projector_type mlp{}x_gelu)",
@@ -323,13 +211,6 @@ impl FlorenceVl {
                 Linear::load(gpu, &src, &p, h, inp, true, vision_dtype)
             })
             .collect::<Result<_>>()?;
-        // The tower folder's processor config, else the model folder's, else the defaults.
-        let tower_dir = f2.config_path().parent().unwrap_or(dir);
-        let preprocess = if tower_dir.join("preprocessor_config.json").is_file() {
-            PreprocessConfig::from_dir_or_default(tower_dir)?
-        } else {
-            PreprocessConfig::from_dir_or_default(dir)?
-        };
         Ok(FlorenceVl {
             config,
             tower,
@@ -337,7 +218,7 @@ impl FlorenceVl {
             projector: Projector { layers },
             tokenizer,
             llama,
-            preprocess,
+            preprocess: folder.preprocess,
             keep_mean_token: true,
             prompts,
         })
@@ -458,12 +339,5 @@ impl FlorenceVl {
             }
         }
         Ok(out)
-    }
-}
-
-fn file_err(path: &Path, msg: impl std::fmt::Display) -> Error {
-    Error::File {
-        path: path.display().to_string(),
-        msg: msg.to_string(),
     }
 }

@@ -145,12 +145,15 @@ pub struct Florence2Folder {
 impl Florence2Folder {
     /// Reads the folder's configs and tokenizer (no weights yet).
     pub fn open(dir: &Path) -> Result<Florence2Folder> {
+        // A Florence-VL folder's tokenizer and processor configs are its tower's.
+        let ck = Florence2Checkpoint::open(dir)?;
+        let home = ck.config_dir().to_path_buf();
         Ok(Florence2Folder {
             dir: dir.to_path_buf(),
-            ck: Florence2Checkpoint::open(dir)?,
-            tokenizer: Tokenizer::open(dir)?,
-            post: PostProcessor::for_model(dir)?,
-            preprocess: PreprocessConfig::from_dir_or_default(dir)?,
+            tokenizer: Tokenizer::open(&home)?.check_vocab(ck.text().vocab_size)?,
+            post: PostProcessor::for_model(&home)?,
+            preprocess: PreprocessConfig::from_dir_or_default(&home)?,
+            ck,
         })
     }
 
@@ -361,7 +364,7 @@ impl Florence2 {
                 num_beams: plan.num_beams,
                 no_repeat_ngram_size: plan.no_repeat_ngram_size,
                 max_new_tokens: plan.max_new,
-                early_stopping: true,
+                early_stopping: self.folder.ck.text().generation.early_stopping,
                 length_penalty: 1.0,
             };
             self.bart

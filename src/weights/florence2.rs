@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use super::florence_vl::FlorenceVlFolder;
 use super::{file_err, read_json, Checkpoint};
 use crate::{Error, Result};
 
@@ -281,6 +282,26 @@ pub struct TextConfig {
     pub eos_token_id: u32,
     /// First decoder input.
     pub decoder_start_token_id: u32,
+    /// Token forced right after the decoder start (`<s>` in Florence-2's HF-native
+    /// conversions); `None` where the configs ask for none, as in Microsoft's repos.
+    pub forced_bos_token_id: Option<u32>,
+    /// Token forced at the last allowed step.
+    pub forced_eos_token_id: Option<u32>,
+    /// Decoding defaults (beams, n-gram ban, length).
+    pub generation: GenerationDefaults,
+}
+
+/// Decoding defaults of a Florence-2 checkpoint, named as in `generation_config.json`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GenerationDefaults {
+    /// Beams of the beam search (1: greedy).
+    pub num_beams: usize,
+    /// Ban tokens that would repeat an n-gram of this size (0: off).
+    pub no_repeat_ngram_size: usize,
+    /// Stop as soon as `num_beams` hypotheses are finished.
+    pub early_stopping: bool,
+    /// Longest decoder sequence, decoder start included (`None`: not set).
+    pub max_length: Option<usize>,
 }
 
 /// Looks up a dotted key path (`image_pos_embed.max_pos_embeddings`).
@@ -440,18 +461,35 @@ impl VisionConfig {
 }
 
 impl TextConfig {
-    /// Parses `text_config` (same BART keys in both styles). Token ids fall back to the top
-    /// level, then to BART's 0/1/2/2. `vocab_size` is the config's here; the checkpoint
-    /// replaces it with the embedding's row count.
-    pub fn from_json(tc: &Value, top: &Value) -> Result<TextConfig, String> {
+    /// Parses `text_config` (same BART keys in both styles). Token ids and decoding defaults
+    /// are read as transformers reads them: `generation` (`generation_config.json`, or `Null`)
+    /// first, then `text_config`, then BART's 0/1/2/2 and transformers' defaults. Top-level ids
+    /// are never used: early Microsoft configs carry wrong ones there. `vocab_size` is the
+    /// config's here; the checkpoint replaces it with the embedding's row count.
+    pub fn from_json(tc: &Value, top: &Value, generation: &Value) -> Result<TextConfig, String> {
         let s = "text_config";
         let u = |k: &str| req_usize(tc, s, k);
-        let id = |k: &str, default: u32| -> Result<u32, String> {
-            let v = match opt_usize(tc, s, k)? {
-                Some(v) => Some(v),
-                None => opt_usize(top, "config", k)?,
-            };
-            Ok(v.map_or(default, |v| v as u32))
+        // generation_config.json wins over text_config, key by key.
+        let setting = |k: &str| -> Result<Option<usize>, String> {
+            match opt_usize(generation, "generation_config.json", k)? {
+                Some(v) => Ok(Some(v)),
+                None => opt_usize(tc, s, k),
+            }
+        };
+        let id = |k: &str| -> Result<Option<u32>, String> {
+            setting(k)?
+                .map(|v| u32::try_from(v).map_err(|_| format!("{k} = {v} is not a token id")))
+                .transpose()
+        };
+        let flag = |k: &str, default: bool| -> Result<bool, String> {
+            match [generation, tc]
+                .iter()
+                .find_map(|v| v.get(k).filter(|x| !x.is_null()))
+            {
+                None => Ok(default),
+                Some(Value::Bool(b)) => Ok(*b),
+                Some(other) => Err(format!("{k} = {other}: expected true or false")),
+            }
         };
         Ok(TextConfig {
             d_model: u("d_model")?,
@@ -475,10 +513,18 @@ impl TextConfig {
                 .get("scale_embedding")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
-            bos_token_id: id("bos_token_id", 0)?,
-            pad_token_id: id("pad_token_id", 1)?,
-            eos_token_id: id("eos_token_id", 2)?,
-            decoder_start_token_id: id("decoder_start_token_id", 2)?,
+            bos_token_id: id("bos_token_id")?.unwrap_or(0),
+            pad_token_id: id("pad_token_id")?.unwrap_or(1),
+            eos_token_id: id("eos_token_id")?.unwrap_or(2),
+            decoder_start_token_id: id("decoder_start_token_id")?.unwrap_or(2),
+            forced_bos_token_id: id("forced_bos_token_id")?,
+            forced_eos_token_id: id("forced_eos_token_id")?,
+            generation: GenerationDefaults {
+                num_beams: setting("num_beams")?.unwrap_or(1).max(1),
+                no_repeat_ngram_size: setting("no_repeat_ngram_size")?.unwrap_or(0),
+                early_stopping: flag("early_stopping", false)?,
+                max_length: setting("max_length")?,
+            },
         })
     }
 }
@@ -494,23 +540,54 @@ pub struct Florence2Checkpoint {
 }
 
 impl Florence2Checkpoint {
-    /// Opens a model folder (HF-native, original or Florence-VL).
+    /// Opens a model folder: HF-native, original, or Florence-VL (the tower named by its
+    /// `mm_vision_tower`, see [`FlorenceVlFolder`]).
     pub fn open(dir: impl AsRef<Path>) -> Result<Florence2Checkpoint> {
         Florence2Checkpoint::from_checkpoint(Checkpoint::open(dir)?)
     }
 
-    /// Detects the layout, finds and parses the configs and checks them against the tensors:
-    /// every canonical tensor must be stored with the shape the configs give it.
+    /// Detects the layout, parses the configs and checks them against the tensors: every
+    /// canonical tensor must be stored with the shape the configs give it. A Florence-VL
+    /// checkpoint's tower is resolved as [`FlorenceVlFolder`] does.
     pub fn from_checkpoint(ckpt: Checkpoint) -> Result<Florence2Checkpoint> {
+        let config_path = ckpt.dir().join("config.json");
+        if ckpt.config().get("vision_config").is_none() {
+            if ckpt.config().get("mm_vision_tower").is_some() {
+                return Ok(FlorenceVlFolder::open(ckpt.dir())?.tower);
+            }
+            // Tensors that are not Florence-2's say more than a config without its sections.
+            Florence2Layout::detect(&ckpt)?;
+            return Err(file_err(
+                &config_path,
+                "no vision_config, and no mm_vision_tower naming a Florence-2 folder that has one",
+            ));
+        }
+        let cfg = ckpt.config().clone();
+        Florence2Checkpoint::with_config(ckpt, config_path, cfg)
+    }
+
+    /// As [`Florence2Checkpoint::from_checkpoint`], with the Florence-2 config (`vision_config`
+    /// and `text_config`) read from `config_path` (a Florence-VL tower's); the decoding
+    /// settings come from `generation_config.json` beside it, if there is one.
+    pub fn with_config(
+        ckpt: Checkpoint,
+        config_path: PathBuf,
+        cfg: Value,
+    ) -> Result<Florence2Checkpoint> {
         let layout = Florence2Layout::detect(&ckpt)?;
-        let (config_path, cfg) = find_config(&ckpt)?;
         let section = |k: &str| {
             cfg.get(k)
                 .ok_or_else(|| file_err(&config_path, format!("no {k}")))
         };
+        let gen_path = config_path.with_file_name("generation_config.json");
+        let generation = if gen_path.is_file() {
+            read_json(&gen_path)?
+        } else {
+            Value::Null
+        };
         let vision = VisionConfig::from_json(section("vision_config")?, &cfg)
             .map_err(|m| file_err(&config_path, m))?;
-        let mut text = TextConfig::from_json(section("text_config")?, &cfg)
+        let mut text = TextConfig::from_json(section("text_config")?, &cfg, &generation)
             .map_err(|m| file_err(&config_path, m))?;
         let shared = TIED[0];
         let (name, _) = find_stored(&ckpt, layout, shared)?.ok_or_else(|| {
@@ -564,6 +641,19 @@ impl Florence2Checkpoint {
     /// The `config.json` the configs came from (for Florence-VL, the tower's).
     pub fn config_path(&self) -> &Path {
         &self.config_path
+    }
+
+    /// The folder of that config, which holds the model's BART tokenizer and
+    /// `preprocessor_config.json` (for Florence-VL, the tower's repo).
+    pub fn config_dir(&self) -> &Path {
+        self.config_path.parent().unwrap_or(self.ckpt.dir())
+    }
+
+    /// Whether [`Florence2Checkpoint::config_dir`] holds a BART tokenizer.
+    pub fn has_tokenizer(&self) -> bool {
+        ["tokenizer.json", "vocab.json"]
+            .iter()
+            .any(|f| self.config_dir().join(f).is_file())
     }
 
     /// The underlying files.
@@ -892,64 +982,6 @@ impl Florence2Checkpoint {
         }
         Ok(())
     }
-}
-
-/// Finds the config holding `vision_config` and `text_config`: the checkpoint's own, or for
-/// Florence-VL (whose config is the LLM's) the one in the folder `mm_vision_tower` names,
-/// looked for inside the checkpoint folder and beside it.
-fn find_config(ckpt: &Checkpoint) -> Result<(PathBuf, Value)> {
-    let own = ckpt.dir().join("config.json");
-    let cfg = ckpt.config();
-    if cfg.get("vision_config").is_some() {
-        return Ok((own, cfg.clone()));
-    }
-    let Some(tower) = cfg.get("mm_vision_tower").and_then(Value::as_str) else {
-        return Err(file_err(
-            &own,
-            "no vision_config, and no mm_vision_tower naming a Florence-2 folder that has one",
-        ));
-    };
-    // Checked by name before any file is looked at: a hub id (owner/name) or a folder name,
-    // never `..` or an absolute path, so nothing outside the model's own surroundings is read
-    // and whether such a file exists is not revealed.
-    let parts: Vec<_> = Path::new(tower).components().collect();
-    let plain = |c: &std::path::Component| {
-        c.as_os_str().to_str().is_some_and(|s| {
-            s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-                && !s.starts_with('.')
-        })
-    };
-    if parts.is_empty() || parts.len() > 2 || !parts.iter().all(plain) {
-        return Err(file_err(
-            &own,
-            format!(
-                "mm_vision_tower = {tower:?} is neither a hub id (owner/name) nor the name of a \
-                 Florence-2 folder beside the model"
-            ),
-        ));
-    }
-    let mut tried = Vec::new();
-    for base in [Some(ckpt.dir()), ckpt.dir().parent()]
-        .into_iter()
-        .flatten()
-    {
-        let path = base.join(tower).join("config.json");
-        if path.is_file() {
-            let tower_cfg = read_json(&path)?;
-            if tower_cfg.get("vision_config").is_some() {
-                return Ok((path, tower_cfg));
-            }
-        }
-        tried.push(path.display().to_string());
-    }
-    Err(file_err(
-        &own,
-        format!(
-            "mm_vision_tower = {tower:?}, but no config.json with a vision_config at {}",
-            tried.join(" or ")
-        ),
-    ))
 }
 
 type Shapes = Vec<(String, Vec<usize>)>;

@@ -6,6 +6,7 @@
 //! business of the per-model maps ([`florence2`]).
 
 pub mod florence2;
+pub mod florence_vl;
 pub mod hub;
 pub mod llama;
 pub mod torch;
@@ -431,10 +432,7 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
 }
 
 fn file_err(path: &Path, msg: impl std::fmt::Display) -> Error {
-    Error::File {
-        path: path.display().to_string(),
-        msg: msg.to_string(),
-    }
+    Error::file(path, msg)
 }
 
 /// `*.safetensors` files directly in `dir`, sorted by name.

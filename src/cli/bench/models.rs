@@ -147,7 +147,8 @@ fn florence2_text_config(name: &str) -> Result<TextConfig> {
         "encoder_ffn_dim": ffn, "decoder_ffn_dim": ffn, "vocab_size": 51289,
         "max_position_embeddings": max_pos,
     });
-    TextConfig::from_json(&tc, &serde_json::json!({})).map_err(Error::Input)
+    TextConfig::from_json(&tc, &serde_json::json!({}), &serde_json::Value::Null)
+        .map_err(Error::Input)
 }
 
 /// `fvl-wgpu bench florence2`: the BART encoder on Florence-VL's three prompts as one batch
