@@ -57,22 +57,26 @@ struct Server {
     log: Arc<Mutex<Vec<String>>>,
 }
 
-impl Server {
-    /// Serves the llama-a fixture (plus files a command never needs) as `test-org/llama-a`.
-    fn start(faults: Faults) -> Server {
+/// One repo the server hosts.
+struct Repo {
+    id: String,
+    commit: String,
+    files: BTreeMap<String, File>,
+}
+
+impl Repo {
+    /// The files of `dir` (links followed) plus `extra`, as `id` at `commit`.
+    fn from_dir(id: &str, commit: &str, dir: &Path, extra: &[(&str, &[u8])]) -> Repo {
         let mut files = BTreeMap::new();
-        let dir = common::fixture_path("llama-a");
-        for entry in std::fs::read_dir(&dir).unwrap() {
+        for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_str().unwrap().to_string();
             files.insert(name, std::fs::read(&path).unwrap());
         }
-        files.insert("README.md".into(), b"# tiny llama\n".to_vec());
-        files.insert(
-            "pytorch_model.bin".into(),
-            b"not read: safetensors win".to_vec(),
-        );
-        let files: BTreeMap<String, File> = files
+        for (name, bytes) in extra {
+            files.insert(name.to_string(), bytes.to_vec());
+        }
+        let files = files
             .into_iter()
             .map(|(name, bytes)| {
                 let lfs = name.ends_with(".safetensors") || name.ends_with(".bin");
@@ -85,11 +89,31 @@ impl Server {
                 (name, File { bytes, etag, lfs })
             })
             .collect();
+        Repo {
+            id: id.into(),
+            commit: commit.into(),
+            files,
+        }
+    }
+}
+
+impl Server {
+    /// Serves the llama-a fixture (plus files a command never needs) as `test-org/llama-a`.
+    fn start(faults: Faults) -> Server {
+        let extra: [(&str, &[u8]); 2] = [
+            ("README.md", b"# tiny llama\n"),
+            ("pytorch_model.bin", b"not read: safetensors win"),
+        ];
+        let repo = Repo::from_dir(REPO, COMMIT, &common::fixture_path("llama-a"), &extra);
+        Server::start_repos(vec![repo], faults)
+    }
+
+    fn start_repos(repos: Vec<Repo>, faults: Faults) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let log = Arc::new(Mutex::new(Vec::new()));
-        let state = Arc::new((files, faults, url.clone(), AtomicUsize::new(0)));
+        let state = Arc::new((repos, faults, url.clone(), AtomicUsize::new(0)));
         let thread_log = log.clone();
         std::thread::spawn(move || {
             let end = Instant::now() + SERVER_LIFE;
@@ -116,7 +140,7 @@ impl Server {
 /// Answers one request and closes the connection.
 fn serve(
     mut stream: TcpStream,
-    files: &BTreeMap<String, File>,
+    repos: &[Repo],
     faults: &Faults,
     url: &str,
     cuts: &AtomicUsize,
@@ -161,58 +185,57 @@ fn serve(
         stream.flush()
     };
     let gated = || [("X-Error-Code", "GatedRepo".to_string())];
-    if let Some(rev) = path.strip_prefix(&format!("/api/models/{REPO}/revision/")) {
-        if faults.gated && !authorized {
-            return reply("401 Unauthorized", &gated(), b"", 0);
+    for repo in repos {
+        let (id, commit, files) = (&repo.id, &repo.commit, &repo.files);
+        if let Some(rev) = path.strip_prefix(&format!("/api/models/{id}/revision/")) {
+            if faults.gated && !authorized {
+                return reply("401 Unauthorized", &gated(), b"", 0);
+            }
+            if rev != "main" && rev != commit {
+                let code = [("X-Error-Code", "RevisionNotFound".into())];
+                return reply("404 Not Found", &code, b"", 0);
+            }
+            let siblings: Vec<_> = files
+                .keys()
+                .map(|f| serde_json::json!({ "rfilename": f }))
+                .collect();
+            let body =
+                serde_json::json!({ "id": id, "sha": commit, "siblings": siblings }).to_string();
+            return reply("200 OK", &[], body.as_bytes(), body.len());
         }
-        if rev != "main" && rev != COMMIT {
-            return reply(
-                "404 Not Found",
-                &[("X-Error-Code", "RevisionNotFound".into())],
-                b"",
-                0,
-            );
+        if let Some(rest) = path.strip_prefix(&format!("/{id}/resolve/")) {
+            let (_, name) = rest.split_once('/').unwrap_or(("", ""));
+            if faults.gated && !authorized {
+                return reply("401 Unauthorized", &gated(), b"", 0);
+            }
+            let Some(file) = files.get(name).filter(|_| faults.missing != Some(name)) else {
+                let code = [("X-Error-Code", "EntryNotFound".into())];
+                return reply("404 Not Found", &code, b"", 0);
+            };
+            let mut extra = vec![("X-Repo-Commit", commit.to_string())];
+            if !file.lfs {
+                extra.push(("ETag", format!("\"{}\"", file.etag)));
+                return reply("200 OK", &extra, &file.bytes, file.bytes.len());
+            }
+            let etag = if faults.wrong_sha == Some(name) {
+                sha256(b"other bytes")
+            } else {
+                file.etag.clone()
+            };
+            extra.push(("X-Linked-Etag", format!("\"{etag}\"")));
+            extra.push(("X-Linked-Size", file.bytes.len().to_string()));
+            extra.push(("Location", format!("{url}/cdn/{id}/{name}")));
+            return reply("302 Found", &extra, b"", 0);
         }
-        let siblings: Vec<_> = files
-            .keys()
-            .map(|f| serde_json::json!({ "rfilename": f }))
-            .collect();
-        let body =
-            serde_json::json!({ "id": REPO, "sha": COMMIT, "siblings": siblings }).to_string();
-        return reply("200 OK", &[], body.as_bytes(), body.len());
     }
-    if let Some(rest) = path.strip_prefix(&format!("/{REPO}/resolve/")) {
-        let (_, name) = rest.split_once('/').unwrap_or(("", ""));
-        if faults.gated && !authorized {
-            return reply("401 Unauthorized", &gated(), b"", 0);
-        }
-        let Some(file) = files.get(name).filter(|_| faults.missing != Some(name)) else {
-            return reply(
-                "404 Not Found",
-                &[("X-Error-Code", "EntryNotFound".into())],
-                b"",
-                0,
-            );
-        };
-        let mut extra = vec![("X-Repo-Commit", COMMIT.to_string())];
-        if !file.lfs {
-            extra.push(("ETag", format!("\"{}\"", file.etag)));
-            return reply("200 OK", &extra, &file.bytes, file.bytes.len());
-        }
-        let etag = if faults.wrong_sha == Some(name) {
-            sha256(b"other bytes")
-        } else {
-            file.etag.clone()
-        };
-        extra.push(("X-Linked-Etag", format!("\"{etag}\"")));
-        extra.push(("X-Linked-Size", file.bytes.len().to_string()));
-        extra.push(("Location", format!("{url}/cdn/{name}")));
-        return reply("302 Found", &extra, b"", 0);
-    }
-    if let Some(name) = path.strip_prefix("/cdn/") {
-        let Some(file) = files.get(name) else {
-            return reply("404 Not Found", &[], b"", 0);
-        };
+    let cdn = path.strip_prefix("/cdn/").and_then(|p| {
+        let repo = repos
+            .iter()
+            .find(|r| p.starts_with(&format!("{}/", r.id)))?;
+        let name = &p[repo.id.len() + 1..];
+        Some((name, repo.files.get(name)?))
+    });
+    if let Some((name, file)) = cdn {
         let mut bytes = file.bytes.clone();
         if faults.long_body == Some(name) {
             bytes.extend_from_slice(b"garbage");
@@ -411,12 +434,12 @@ fn a_cut_connection_resumes_with_a_range_request() {
     let gets: Vec<String> = server
         .requests()
         .into_iter()
-        .filter(|r| r.starts_with(&format!("GET /cdn/{shard}")))
+        .filter(|r| r.starts_with(&format!("GET /cdn/{REPO}/{shard}")))
         .collect();
     assert_eq!(gets.len(), 2, "{gets:?}");
     assert_eq!(
         gets[1],
-        format!("GET /cdn/{shard} bytes={}-", want.len() / 2)
+        format!("GET /cdn/{REPO}/{shard} bytes={}-", want.len() / 2)
     );
 
     // A partial file left by an earlier run resumes too.
@@ -430,7 +453,7 @@ fn a_cut_connection_resumes_with_a_range_request() {
     assert_eq!(std::fs::read(snap.join(first)).unwrap(), bytes);
     assert!(server
         .requests()
-        .contains(&format!("GET /cdn/{first} bytes=1000-")));
+        .contains(&format!("GET /cdn/{REPO}/{first} bytes=1000-")));
     let _ = std::fs::remove_dir_all(&cache);
 }
 
@@ -712,5 +735,54 @@ fn pull_and_models_have_help_on_every_flag() {
     let (code, out, err) = fvl(&["models"], &cache, &[]);
     assert_eq!(code, 0, "{err}");
     assert!(out.is_empty() && err.contains("no models"), "{out}{err}");
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
+#[test]
+fn pulling_a_florence_vl_repo_fetches_the_tower_it_names() {
+    let fixture = common::fixture_path("hf-cache");
+    let (main, tower) = ("fvl-test/florence-vl-tiny-sft", "fvl-test/Florence-2-tiny");
+    let snapshot = |id: &str| {
+        let dir = fixture.join(format!("models--{}", id.replace('/', "--")));
+        let commit = std::fs::read_to_string(dir.join("refs/main")).unwrap();
+        dir.join("snapshots").join(commit.trim())
+    };
+    let repos = [main, tower].map(|id| {
+        let snap = snapshot(id);
+        let commit = snap.file_name().unwrap().to_str().unwrap();
+        Repo::from_dir(id, commit, &snap, &[])
+    });
+    let server = Server::start_repos(repos.into(), Faults::default());
+    let cache = temp_cache("tower");
+    let (code, out, err) = fvl(
+        &["pull", main, "--json"],
+        &cache,
+        &[("HF_ENDPOINT", &server.url)],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let pulled = v["pulled"].as_array().unwrap();
+    assert_eq!(pulled.len(), 2, "{out}");
+    // The main shards hold no tower weights, so the tower's pytorch_model.bin comes too: each
+    // snapshot ends up with the files the fixture's cache has, byte for byte.
+    for (entry, id) in pulled.iter().zip([main, tower]) {
+        assert_eq!(entry["id"], id);
+        let got = PathBuf::from(entry["path"].as_str().unwrap());
+        let want = snapshot(id);
+        let names = |dir: &Path| {
+            let mut n: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_str().unwrap().to_string())
+                .collect();
+            n.sort();
+            n
+        };
+        assert_eq!(names(&got), names(&want), "{id}");
+        for name in names(&want) {
+            let same =
+                std::fs::read(got.join(&name)).unwrap() == std::fs::read(want.join(&name)).unwrap();
+            assert!(same, "{id}/{name} differs");
+        }
+    }
     let _ = std::fs::remove_dir_all(&cache);
 }
