@@ -207,12 +207,20 @@ impl ModelRef {
         let why = match spec.to_str() {
             Some(text) => match RepoId::parse_why(text) {
                 Ok(id) => return Ok(ModelRef::Hub(id)),
-                Err(why) => why,
+                // A path (absolute, relative, nested) needs no id grammar lesson.
+                Err(_)
+                    if spec.has_root()
+                        || text.starts_with('.')
+                        || text.matches('/').count() != 1 =>
+                {
+                    String::new()
+                }
+                Err(why) => format!(": {why}"),
             },
-            None => "the path is not UTF-8".into(),
+            None => String::new(),
         };
         Err(Error::Hub(format!(
-            "{shown}: no such folder, and not a hub id (owner/name[@revision]): {why}"
+            "{shown}: no such folder, and not a hub id (owner/name[@revision]){why}"
         )))
     }
 }
