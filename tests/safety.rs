@@ -404,3 +404,24 @@ fn gpu_check_quick_runs_end_to_end() {
         assert!(v[key].is_object(), "{key} missing: {v}");
     }
 }
+
+/// Item 8: `--temperature` negative or NaN and `--top-p` outside (0, 1] are refused while the
+/// command line is parsed, in one line, before any model is loaded.
+#[test]
+fn sampling_flags_are_checked_at_parse_time() {
+    let model = common::fixture_path("llama-b");
+    for (flag, v) in [
+        ("--temperature", "-1"),
+        ("--temperature", "NaN"),
+        ("--top-p", "2"),
+        ("--top-p", "0"),
+        ("--top-p", "NaN"),
+    ] {
+        let arg = format!("{flag}={v}");
+        let (code, _, err) = fvl(&[
+            "generate", "--model", model.to_str().unwrap(), "--prompt-ids", "1,2", &arg,
+        ]);
+        assert_eq!(code, 2, "{flag} {v}: {err}");
+        assert!(err.contains(flag) && !err.contains("device:"), "{flag} {v}: {err}");
+    }
+}

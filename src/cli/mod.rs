@@ -269,13 +269,13 @@ pub struct DecodeArgs {
     #[arg(long, default_value_t = 128)]
     pub max_new_tokens: usize,
     /// Sampling temperature; 0 (the default) is greedy decoding.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = temperature)]
     pub temperature: f32,
     /// Sample from the K most likely tokens only (0: all).
     #[arg(long, default_value_t = 0)]
     pub top_k: u32,
-    /// Sample from the smallest set of tokens holding this much probability.
-    #[arg(long, default_value_t = 1.0)]
+    /// Sample from the smallest set of tokens holding this much probability (0 < P ≤ 1).
+    #[arg(long, default_value_t = 1.0, value_parser = top_p)]
     pub top_p: f32,
     /// Sampling seed: the same seed and settings give the same tokens.
     #[arg(long, default_value_t = 0)]
@@ -295,6 +295,23 @@ impl DecodeArgs {
         } else {
             Pick::Greedy
         }
+    }
+}
+
+/// `--temperature`: a finite number ≥ 0, refused while parsing (a negative or NaN one meant
+/// greedy without a word).
+fn temperature(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
+        _ => Err(format!("expected a number ≥ 0 (0 is greedy), got {s}")),
+    }
+}
+
+/// `--top-p`: a probability in (0, 1], refused while parsing, before any model loads.
+fn top_p(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(p) if p > 0.0 && p <= 1.0 => Ok(p),
+        _ => Err(format!("expected a number in (0, 1], got {s}")),
     }
 }
 
