@@ -194,9 +194,11 @@ fn fuzz_configs() {
             return;
         };
         let _ = fvl_wgpu::weights::llama::LlamaConfig::from_json(&v, 517);
+        // The same bytes also stand in for generation_config.json, whose settings win over
+        // text_config's.
         for section in [&v, &v["vision_config"], &v["text_config"]] {
             let _ = VisionConfig::from_json(section, &v);
-            let _ = TextConfig::from_json(section, &v);
+            let _ = TextConfig::from_json(section, &v, &v);
         }
     });
 }
