@@ -31,8 +31,8 @@ fn florence2_od_from_memory_matches_transformers() {
     let task = Task::new("<OD>", None).unwrap();
     let opts = TaskOptions {
         max_new_tokens: Some(20),
-        num_beams: 1,
-        no_repeat_ngram_size: 0,
+        num_beams: Some(1),
+        no_repeat_ngram_size: Some(0),
     };
     let bytes = std::fs::read(fixture_path("images/photo.png")).unwrap();
     let pixels = image::load_from_memory(&bytes).unwrap().to_rgb8();

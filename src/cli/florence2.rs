@@ -37,12 +37,13 @@ pub struct Florence2Args {
     #[arg(long, value_name = "N")]
     pub max_new_tokens: Option<usize>,
     /// Beams of the beam search (1 with --no-repeat-ngram-size 0: greedy, argmax on the GPU).
-    /// The default is Florence-2's generation config.
-    #[arg(long, value_name = "N", default_value_t = 3)]
-    pub num_beams: usize,
-    /// Ban tokens that would repeat an n-gram of this size (0: off); Florence-2's config has 3.
-    #[arg(long, value_name = "N", default_value_t = 3)]
-    pub no_repeat_ngram_size: usize,
+    /// Default: the model's generation_config.json, else its text_config (Florence-2's: 3).
+    #[arg(long, value_name = "N")]
+    pub num_beams: Option<usize>,
+    /// Ban tokens that would repeat an n-gram of this size (0: off). Default: the model's
+    /// generation settings, as --num-beams (Florence-2's: 3).
+    #[arg(long, value_name = "N")]
+    pub no_repeat_ngram_size: Option<usize>,
     /// Draw the boxes, quads and polygons with their labels on the image and save it as PNG.
     #[arg(long, value_name = "OUT.png")]
     pub annotate: Option<PathBuf>,

@@ -71,19 +71,20 @@ pub struct TaskOptions {
     /// table if smaller).
     pub max_new_tokens: Option<usize>,
     /// Beams of the beam search; 1 with `no_repeat_ngram_size` 0 is greedy with the argmax
-    /// on the GPU (and streams text).
-    pub num_beams: usize,
-    /// Ban tokens that would repeat an n-gram of this size (0: off).
-    pub no_repeat_ngram_size: usize,
+    /// on the GPU (and streams text). Default: the model's `generation_config.json`, else its
+    /// `text_config`, as transformers reads them.
+    pub num_beams: Option<usize>,
+    /// Ban tokens that would repeat an n-gram of this size (0: off). Default: as `num_beams`.
+    pub no_repeat_ngram_size: Option<usize>,
 }
 
 impl Default for TaskOptions {
-    /// Florence-2's generation config: 3 beams, no repeated trigram.
+    /// Every setting from the model's own configs.
     fn default() -> Self {
         TaskOptions {
             max_new_tokens: None,
-            num_beams: 3,
-            no_repeat_ngram_size: 3,
+            num_beams: None,
+            no_repeat_ngram_size: None,
         }
     }
 }
@@ -168,7 +169,9 @@ impl Florence2Folder {
                 prompt.len()
             )));
         }
-        if opts.num_beams == 0 {
+        let defaults = &self.ck.text().generation;
+        let num_beams = opts.num_beams.unwrap_or(defaults.num_beams);
+        if num_beams == 0 {
             return Err(Error::input("--num-beams 0: at least one beam"));
         }
         let max_new = opts
@@ -183,8 +186,10 @@ impl Florence2Folder {
             task: task.clone(),
             prompt,
             max_new,
-            num_beams: opts.num_beams,
-            no_repeat_ngram_size: opts.no_repeat_ngram_size,
+            num_beams,
+            no_repeat_ngram_size: opts
+                .no_repeat_ngram_size
+                .unwrap_or(defaults.no_repeat_ngram_size),
         })
     }
 

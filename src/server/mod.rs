@@ -462,13 +462,11 @@ fn florence2_job(
         Task::new(&r.task, r.text.as_deref()).map_err(|e| ApiError::bad("task", e.to_string()))?;
     let bytes = image_bytes(r.image, shared)?;
     let pre = prepare(&bytes, shared)?;
-    let mut opts = TaskOptions {
+    let opts = TaskOptions {
         max_new_tokens: r.max_tokens,
-        ..Default::default()
+        num_beams: r.num_beams,
+        no_repeat_ngram_size: None,
     };
-    if let Some(n) = r.num_beams {
-        opts.num_beams = n;
-    }
     Ok((
         Work::Task {
             image: pre,
