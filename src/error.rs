@@ -48,9 +48,9 @@ impl Error {
         Error::Input(msg.to_string())
     }
     /// A problem with the file at `path`.
-    pub fn file(path: &std::path::Path, msg: impl fmt::Display) -> Self {
+    pub fn file(path: impl AsRef<std::path::Path>, msg: impl fmt::Display) -> Self {
         Error::File {
-            path: path.display().to_string(),
+            path: path.as_ref().display().to_string(),
             msg: msg.to_string(),
         }
     }

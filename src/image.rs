@@ -118,18 +118,18 @@ impl PreprocessConfig {
     pub fn from_file(path: impl AsRef<Path>) -> Result<PreprocessConfig> {
         let path = path.as_ref();
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| file_err(&shown, e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::file(&shown, e))?;
         let json: Value = serde_json::from_str(&text)
-            .map_err(|e| file_err(&shown, format!("invalid JSON: {e}")))?;
+            .map_err(|e| Error::file(&shown, format!("invalid JSON: {e}")))?;
         PreprocessConfig::from_json(&json, &shown)
     }
 
     /// Parses an already loaded config; `path` only names the file in error messages.
     pub fn from_json(json: &Value, path: &str) -> Result<PreprocessConfig> {
-        let err = |field: &str, msg: String| file_err(path, format!("field `{field}`: {msg}"));
+        let err = |field: &str, msg: String| Error::file(path, format!("field `{field}`: {msg}"));
         let obj = json
             .as_object()
-            .ok_or_else(|| file_err(path, "expected a JSON object"))?;
+            .ok_or_else(|| Error::file(path, "expected a JSON object"))?;
         let get = |key: &str| obj.get(key).filter(|v| !v.is_null());
         let boolean = |key: &str, default: bool| match get(key) {
             None => Ok(default),
@@ -247,19 +247,12 @@ fn hw(v: &Value) -> Option<(usize, usize)> {
     Some((dim("height")?, dim("width")?))
 }
 
-fn file_err(path: &str, msg: impl std::fmt::Display) -> Error {
-    Error::File {
-        path: path.to_string(),
-        msg: msg.to_string(),
-    }
-}
-
 /// Decodes an image file to 8-bit RGB; see [`decode_image`] (this reads the file and names it
 /// in errors).
 pub fn load_image(path: impl AsRef<Path>) -> Result<RgbImage> {
     let path = path.as_ref();
     let shown = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| file_err(&shown, format!("cannot read: {e}")))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::file(&shown, format!("cannot read: {e}")))?;
     decode_image(&bytes, &shown)
 }
 
@@ -280,7 +273,7 @@ pub fn load_image(path: impl AsRef<Path>) -> Result<RgbImage> {
 /// truncated data, a zero width or height, or dimensions above [`MAX_IMAGE_SIDE`] /
 /// [`MAX_IMAGE_PIXELS`] (refused from the header, before the pixels are allocated).
 pub fn decode_image(bytes: &[u8], name: &str) -> Result<RgbImage> {
-    let err = |msg: String| file_err(name, msg);
+    let err = |msg: String| Error::file(name, msg);
     if bytes.starts_with(&jpeg::MAGIC) {
         let (img, orientation) = jpeg::decode(bytes).map_err(err)?;
         return Ok(oriented(img, orientation));
@@ -387,7 +380,7 @@ fn decode_err(path: &str, e: ImageError) -> Error {
         ImageError::Limits(_) => format!("image exceeds the decoder's limits ({e})"),
         _ => e.to_string(),
     };
-    file_err(path, msg)
+    Error::file(path, msg)
 }
 
 /// PIL `.convert("RGB")` semantics; see [`load_image`].

@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::florence_vl::FlorenceVlFolder;
-use super::{file_err, read_json, Checkpoint};
+use super::{read_json, Checkpoint};
 use crate::{Error, Result};
 
 /// The naming scheme of a Florence-2 checkpoint.
@@ -90,7 +90,7 @@ impl Florence2Layout {
             .ok_or_else(|| {
                 let tried: Vec<String> =
                     PROBES.iter().map(|(l, n)| format!("{n} ({l:?})")).collect();
-                file_err(
+                Error::file(
                     ckpt.dir(),
                     format!(
                         "not a Florence-2 checkpoint: found none of {}",
@@ -557,7 +557,7 @@ impl Florence2Checkpoint {
             }
             // Tensors that are not Florence-2's say more than a config without its sections.
             Florence2Layout::detect(&ckpt)?;
-            return Err(file_err(
+            return Err(Error::file(
                 &config_path,
                 "no vision_config, and no mm_vision_tower naming a Florence-2 folder that has one",
             ));
@@ -577,7 +577,7 @@ impl Florence2Checkpoint {
         let layout = Florence2Layout::detect(&ckpt)?;
         let section = |k: &str| {
             cfg.get(k)
-                .ok_or_else(|| file_err(&config_path, format!("no {k}")))
+                .ok_or_else(|| Error::file(&config_path, format!("no {k}")))
         };
         let gen_path = config_path.with_file_name("generation_config.json");
         let generation = if gen_path.is_file() {
@@ -586,9 +586,9 @@ impl Florence2Checkpoint {
             Value::Null
         };
         let vision = VisionConfig::from_json(section("vision_config")?, &cfg)
-            .map_err(|m| file_err(&config_path, m))?;
+            .map_err(|m| Error::file(&config_path, m))?;
         let mut text = TextConfig::from_json(section("text_config")?, &cfg, &generation)
-            .map_err(|m| file_err(&config_path, m))?;
+            .map_err(|m| Error::file(&config_path, m))?;
         let shared = TIED[0];
         let (name, _) = find_stored(&ckpt, layout, shared)?.ok_or_else(|| {
             let names: Vec<String> = stored_names(layout, shared)
@@ -596,14 +596,14 @@ impl Florence2Checkpoint {
                 .into_iter()
                 .map(|(n, _)| n)
                 .collect();
-            file_err(
+            Error::file(
                 ckpt.dir(),
                 format!("no token embedding: none of {}", names.join(", ")),
             )
         })?;
         let rows = ckpt.info(&name)?.0.first().copied().unwrap_or(0);
         if text.vocab_size > rows {
-            return Err(file_err(
+            return Err(Error::file(
                 &config_path,
                 format!(
                     "text_config.vocab_size = {} but {name} has only {rows} rows",
@@ -693,7 +693,7 @@ impl Florence2Checkpoint {
             [one] if one == canonical => format!("no tensor named {canonical}"),
             _ => format!("no tensor {} (for {canonical})", names.join(" / ")),
         };
-        file_err(self.ckpt.dir(), msg)
+        Error::file(self.ckpt.dir(), msg)
     }
 
     /// Every canonical tensor this model has, with its canonical shape from the configs: the
@@ -798,7 +798,7 @@ impl Florence2Checkpoint {
     }
 
     fn config_err(&self, msg: impl std::fmt::Display) -> Error {
-        file_err(&self.config_path, msg)
+        Error::file(&self.config_path, msg)
     }
 
     /// The name a canonical tensor would have in these files, for messages.

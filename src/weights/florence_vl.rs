@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::florence2::Florence2Checkpoint;
 use super::hub::{Hub, Needs, RepoId};
-use super::{file_err, read_json, Checkpoint};
+use super::{read_json, Checkpoint};
 use crate::image::PreprocessConfig;
 use crate::tasks::Tokenizer;
 use crate::{Error, Result};
@@ -119,9 +119,9 @@ impl FlorenceVlFolder {
         let checkpoint = Checkpoint::open(dir)?;
         let config_path = dir.join("config.json");
         let cfg = checkpoint.config();
-        let config = FvlConfig::from_json(cfg).map_err(|m| file_err(&config_path, m))?;
+        let config = FvlConfig::from_json(cfg).map_err(|m| Error::file(&config_path, m))?;
         let Some(tower_ref) = cfg.get("mm_vision_tower").and_then(Value::as_str) else {
-            return Err(file_err(
+            return Err(Error::file(
                 &config_path,
                 "no mm_vision_tower naming the Florence-2 tower (a folder beside the model, or a hub id)",
             ));
@@ -136,7 +136,7 @@ impl FlorenceVlFolder {
         let tower_config = tower_dir.join("config.json");
         let tower_cfg = read_json(&tower_config)?;
         if tower_cfg.get("vision_config").is_none() {
-            return Err(file_err(
+            return Err(Error::file(
                 &tower_config,
                 format!(
                     "mm_vision_tower = {tower_ref:?} names this config, which has no vision_config"
@@ -151,7 +151,7 @@ impl FlorenceVlFolder {
         let tower = Florence2Checkpoint::with_config(weights, tower_config, tower_cfg)?;
         let d = tower.text().d_model;
         if config.mm_hidden_size != d {
-            return Err(file_err(
+            return Err(Error::file(
                 &config_path,
                 format!(
                     "mm_hidden_size = {} but the Florence-2 tower has d_model {d}",
@@ -224,7 +224,7 @@ pub fn resolve_tower(dir: &Path, tower: &str, needs: Needs, hub: Option<&Hub>) -
         })
     };
     if parts.is_empty() || parts.len() > 2 || !parts.iter().all(plain) {
-        return Err(file_err(
+        return Err(Error::file(
             &config,
             format!(
                 "mm_vision_tower = {tower:?} is neither a hub id (owner/name) nor the name of a \
@@ -241,7 +241,7 @@ pub fn resolve_tower(dir: &Path, tower: &str, needs: Needs, hub: Option<&Hub>) -
         tried.push(candidate.join("config.json").display().to_string());
     }
     let Ok(id) = RepoId::parse(tower) else {
-        return Err(file_err(
+        return Err(Error::file(
             &config,
             format!(
                 "mm_vision_tower = {tower:?}: no {}, and it is not a hub id",

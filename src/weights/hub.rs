@@ -384,8 +384,8 @@ impl Hub {
         let snap = self.pull(id, Needs::Model)?;
         let mut pulled = vec![(id.clone(), snap.clone())];
         let config_path = snap.join("config.json");
-        let text = fs::read_to_string(&config_path).map_err(|e| file_err(&config_path, e))?;
-        let config: Value = serde_json::from_str(&text).map_err(|e| file_err(&config_path, e))?;
+        let text = fs::read_to_string(&config_path).map_err(|e| Error::file(&config_path, e))?;
+        let config: Value = serde_json::from_str(&text).map_err(|e| Error::file(&config_path, e))?;
         let named = config.get("mm_vision_tower").and_then(Value::as_str);
         // A tower named by a folder inside the snapshot needs nothing more.
         let tower = named
@@ -412,11 +412,11 @@ impl Hub {
         let entries = match fs::read_dir(&self.cache) {
             Ok(e) => e,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(file_err(&self.cache, e)),
+            Err(e) => return Err(Error::file(&self.cache, e)),
         };
         let mut models = Vec::new();
         for entry in entries {
-            let path = entry.map_err(|e| file_err(&self.cache, e))?.path();
+            let path = entry.map_err(|e| Error::file(&self.cache, e))?.path();
             let folder = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             let Some(id) = folder
                 .strip_prefix("models--")
@@ -442,13 +442,13 @@ impl Hub {
             match fs::read_to_string(&r) {
                 Ok(text) if is_commit(text.trim()) => text.trim().to_string(),
                 Ok(text) => {
-                    return Err(file_err(
+                    return Err(Error::file(
                         &r,
                         format!("holds {:?}, not a commit sha", text.trim()),
                     ))
                 }
                 Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(file_err(&r, e)),
+                Err(e) => return Err(Error::file(&r, e)),
             }
         };
         let snap = repo_dir.join("snapshots").join(commit);
@@ -566,16 +566,16 @@ fn select(
 
 /// The shard file names a `*.index.json` maps tensors to; each must be a plain file name.
 fn shard_files(index: &Path) -> Result<BTreeSet<String>> {
-    let text = fs::read_to_string(index).map_err(|e| file_err(index, e))?;
-    let json: Value = serde_json::from_str(&text).map_err(|e| file_err(index, e))?;
+    let text = fs::read_to_string(index).map_err(|e| Error::file(index, e))?;
+    let json: Value = serde_json::from_str(&text).map_err(|e| Error::file(index, e))?;
     let map = json
         .get("weight_map")
         .and_then(Value::as_object)
-        .ok_or_else(|| file_err(index, "no \"weight_map\" object"))?;
+        .ok_or_else(|| Error::file(index, "no \"weight_map\" object"))?;
     map.values()
         .map(|v| match v.as_str() {
             Some(f) if !f.is_empty() && !f.contains(['/', '\\']) && f != ".." => Ok(f.to_string()),
-            _ => Err(file_err(
+            _ => Err(Error::file(
                 index,
                 format!("weight_map names {v}, not a file name"),
             )),
@@ -586,8 +586,8 @@ fn shard_files(index: &Path) -> Result<BTreeSet<String>> {
 /// Names of the plain files (or links) directly in `dir`.
 fn top_files(dir: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
-    for entry in fs::read_dir(dir).map_err(|e| file_err(dir, e))? {
-        let entry = entry.map_err(|e| file_err(dir, e))?;
+    for entry in fs::read_dir(dir).map_err(|e| Error::file(dir, e))? {
+        let entry = entry.map_err(|e| Error::file(dir, e))?;
         names.push(entry.file_name().to_string_lossy().into_owned());
     }
     Ok(names)
@@ -600,8 +600,8 @@ fn dangling(dir: &Path) -> Result<Vec<PathBuf>> {
         return Ok(found);
     };
     for entry in entries {
-        let path = entry.map_err(|e| file_err(dir, e))?.path();
-        let link = fs::symlink_metadata(&path).map_err(|e| file_err(&path, e))?;
+        let path = entry.map_err(|e| Error::file(dir, e))?.path();
+        let link = fs::symlink_metadata(&path).map_err(|e| Error::file(&path, e))?;
         match fs::metadata(&path) {
             Err(_) if link.file_type().is_symlink() => found.push(path),
             Ok(m) if m.is_dir() && !link.file_type().is_symlink() => found.extend(dangling(&path)?),
@@ -614,7 +614,7 @@ fn dangling(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Deletes the dangling links of a snapshot before a pull refills it.
 fn remove_dangling(snap: &Path) -> Result<()> {
     for link in dangling(snap)? {
-        fs::remove_file(&link).map_err(|e| file_err(&link, e))?;
+        fs::remove_file(&link).map_err(|e| Error::file(&link, e))?;
     }
     Ok(())
 }
@@ -622,10 +622,10 @@ fn remove_dangling(snap: &Path) -> Result<()> {
 /// Writes `bytes` to a temporary sibling of `path` and renames it over `path`.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let parent = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(parent).map_err(|e| file_err(parent, e))?;
+    fs::create_dir_all(parent).map_err(|e| Error::file(parent, e))?;
     let tmp = tmp_sibling(path);
-    fs::write(&tmp, bytes).map_err(|e| file_err(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| file_err(path, e))
+    fs::write(&tmp, bytes).map_err(|e| Error::file(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
 }
 
 /// A temporary name beside `path`, unique to this process.
@@ -633,13 +633,6 @@ fn tmp_sibling(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".tmp{}", std::process::id()));
     path.with_file_name(name)
-}
-
-fn file_err(path: &Path, msg: impl fmt::Display) -> Error {
-    Error::File {
-        path: path.display().to_string(),
-        msg: msg.to_string(),
-    }
 }
 
 /// One model repo in the cache.

@@ -95,7 +95,7 @@ impl Checkpoint {
             } else if dir.join(TORCH_SINGLE).is_file() {
                 ckpt.add_shard(&dir.join(TORCH_SINGLE), None)?;
             } else {
-                return Err(file_err(
+                return Err(Error::file(
                     &dir,
                     format!(
                         "no weights: no {INDEX}, {SINGLE} or other .safetensors file, and no \
@@ -114,12 +114,12 @@ impl Checkpoint {
         let map = json
             .get("weight_map")
             .and_then(|m| m.as_object())
-            .ok_or_else(|| file_err(&index_path, "no \"weight_map\" object"))?;
+            .ok_or_else(|| Error::file(&index_path, "no \"weight_map\" object"))?;
         // Shard file → tensor names the index expects there, in file-name order.
         let mut by_file: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for (name, file) in map {
             let file = file.as_str().ok_or_else(|| {
-                file_err(
+                Error::file(
                     &index_path,
                     format!("weight_map[\"{name}\"] is not a file name"),
                 )
@@ -127,7 +127,7 @@ impl Checkpoint {
             // Checked by name before anything is opened: no file outside the folder is
             // touched, and whether one exists is not revealed.
             if !inside_folder(file) {
-                return Err(file_err(
+                return Err(Error::file(
                     &index_path,
                     format!(
                         "weight_map[\"{name}\"] names the shard \"{file}\", which is not inside \
@@ -144,7 +144,7 @@ impl Checkpoint {
             .filter(|f| !self.dir.join(f).is_file())
             .collect();
         if !missing.is_empty() {
-            return Err(file_err(
+            return Err(Error::file(
                 &index_path,
                 format!("lists shard(s) that do not exist: {}", missing.join(", ")),
             ));
@@ -158,10 +158,10 @@ impl Checkpoint {
     /// Maps one file and records its tensors: all of them, or only `wanted` (the names an
     /// index maps to this shard, each of which must be there, and the index's file name).
     fn add_shard(&mut self, path: &Path, wanted: Option<(&[&str], &str)>) -> Result<()> {
-        let file = File::open(path).map_err(|e| file_err(path, e))?;
+        let file = File::open(path).map_err(|e| Error::file(path, e))?;
         // SAFETY: the map is read-only; a checkpoint modified by another process while we run
         // is outside what any loader can defend against (every mmap-based loader shares this).
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| file_err(path, e))?;
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::file(path, e))?;
         let shard = self.shards.len();
         let torch = path.extension().is_some_and(|x| x == "bin");
         let mut found = file_entries(path, &map, shard, torch)?;
@@ -173,14 +173,14 @@ impl Checkpoint {
         for name in names {
             let entry = found.remove(&name).ok_or_else(|| {
                 let index = wanted.map_or("the index", |(_, index)| index);
-                file_err(
+                Error::file(
                     path,
                     format!("has no tensor {name}, but {index} maps it to this file"),
                 )
             })?;
             if let Some(old) = self.tensors.insert(name.clone(), entry) {
                 let other = self.file_of(&old);
-                return Err(file_err(path, format!("tensor {name} is also in {other}")));
+                return Err(Error::file(path, format!("tensor {name} is also in {other}")));
             }
         }
         self.shards.push(Shard {
@@ -224,7 +224,7 @@ impl Checkpoint {
     fn entry(&self, name: &str) -> Result<&Entry> {
         self.tensors
             .get(name)
-            .ok_or_else(|| file_err(&self.dir, format!("no tensor named {name}")))
+            .ok_or_else(|| Error::file(&self.dir, format!("no tensor named {name}")))
     }
 
     /// File name (not the full path) a tensor is stored in, for messages.
@@ -253,7 +253,7 @@ impl Checkpoint {
         let e = self.check_shape(name, expected)?;
         let values = self.convert_f32(name, e)?;
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(file_err(
+            return Err(Error::file(
                 &self.shards[e.shard].path,
                 format!(
                     "tensor {name} holds {} at element {i}; weights must be finite numbers (corrupt or diverged checkpoint)",
@@ -331,7 +331,7 @@ impl Checkpoint {
         }
         let e = self.check_shape(&packed, &[rows, dtype.row_words(cols)])?;
         if e.dtype != Dtype::U32 {
-            return Err(file_err(
+            return Err(Error::file(
                 &self.shards[e.shard].path,
                 format!("{packed} is {:?}, expected U32 words", e.dtype),
             ));
@@ -380,14 +380,14 @@ fn file_entries(
     torch: bool,
 ) -> Result<BTreeMap<String, Entry>> {
     let tensors: Vec<(String, Dtype, Vec<usize>, Range<usize>)> = if torch {
-        let found = torch::parse(map).map_err(|e| file_err(path, e))?;
+        let found = torch::parse(map).map_err(|e| Error::file(path, e))?;
         found
             .into_iter()
             .map(|(name, t)| (name, t.dtype, t.shape, t.start..t.end))
             .collect()
     } else {
         let (header_len, meta) =
-            SafeTensors::read_metadata(map).map_err(|e| file_err(path, describe(&e, map)))?;
+            SafeTensors::read_metadata(map).map_err(|e| Error::file(path, describe(&e, map)))?;
         let data = 8 + header_len;
         meta.tensors()
             .into_iter()
@@ -427,18 +427,14 @@ fn inside_folder(file: &str) -> bool {
 
 /// Reads and parses a JSON file; the error names the file.
 fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
-    serde_json::from_str(&text).map_err(|e| file_err(path, format!("invalid JSON: {e}")))
-}
-
-fn file_err(path: &Path, msg: impl std::fmt::Display) -> Error {
-    Error::file(path, msg)
+    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::file(path, format!("invalid JSON: {e}")))
 }
 
 /// `*.safetensors` files directly in `dir`, sorted by name.
 fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| file_err(dir, e))?
+        .map_err(|e| Error::file(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "safetensors"))
         .collect();
@@ -519,10 +515,10 @@ pub fn write_quantized(
     // Refused before anything is created: an output folder that resolves to the model folder
     // (or inside it) would replace the files being read.
     crate::output::check_out_dir(out, ck.dir(), "--out")?;
-    std::fs::create_dir_all(out).map_err(|e| file_err(out, e))?;
+    std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;
     let inputs = [ck.dir()];
-    for entry in std::fs::read_dir(ck.dir()).map_err(|e| file_err(ck.dir(), e))? {
-        let path = entry.map_err(|e| file_err(ck.dir(), e))?.path();
+    for entry in std::fs::read_dir(ck.dir()).map_err(|e| Error::file(ck.dir(), e))? {
+        let path = entry.map_err(|e| Error::file(ck.dir(), e))?.path();
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
@@ -592,7 +588,7 @@ pub fn save_safetensors(
                 bytes.len()
             )));
         }
-        let dt = serde_json::to_value(dtype).map_err(|e| file_err(path, e))?;
+        let dt = serde_json::to_value(dtype).map_err(|e| Error::file(path, e))?;
         header.insert(
             name.clone(),
             serde_json::json!({"dtype": dt, "shape": shape, "data_offsets": [offset, offset + bytes.len()]}),

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use ureq::http::{HeaderMap, Response};
 use ureq::Body;
 
-use super::{file_err, is_commit, tmp_sibling, RepoId};
+use super::{is_commit, tmp_sibling, RepoId};
 use crate::{Error, Result};
 
 /// Cuts in a row a download survives by resuming before it gives up.
@@ -145,7 +145,7 @@ impl Client {
         let blobs = repo_dir.join("blobs");
         let blob = blobs.join(&meta.etag);
         if !blob.is_file() {
-            fs::create_dir_all(&blobs).map_err(|e| file_err(&blobs, e))?;
+            fs::create_dir_all(&blobs).map_err(|e| Error::file(&blobs, e))?;
             self.download(id, file, &meta, &blob)?;
         }
         link_blob(&meta.etag, snap, file)
@@ -212,8 +212,8 @@ impl Client {
             .append(true)
             .read(true)
             .open(&part)
-            .map_err(|e| file_err(&part, e))?;
-        let mut have = out.metadata().map_err(|e| file_err(&part, e))?.len();
+            .map_err(|e| Error::file(&part, e))?;
+        let mut have = out.metadata().map_err(|e| Error::file(&part, e))?.len();
         if have > meta.size {
             restart(&mut out, &part)?;
             have = 0;
@@ -221,8 +221,8 @@ impl Client {
         // The sha256 of what is already on disk, so a resumed download is checked whole.
         let mut hash = Sha256::new();
         out.seek(SeekFrom::Start(0))
-            .map_err(|e| file_err(&part, e))?;
-        std::io::copy(&mut (&mut out).take(have), &mut hash).map_err(|e| file_err(&part, e))?;
+            .map_err(|e| Error::file(&part, e))?;
+        std::io::copy(&mut (&mut out).take(have), &mut hash).map_err(|e| Error::file(&part, e))?;
 
         eprintln!(
             "downloading {}/{file} ({})",
@@ -304,7 +304,7 @@ impl Client {
                         meta.size
                     )));
                 }
-                out.write_all(&buf[..n]).map_err(|e| file_err(&part, e))?;
+                out.write_all(&buf[..n]).map_err(|e| Error::file(&part, e))?;
                 hash.update(&buf[..n]);
                 have += n as u64;
                 bar.set_position(have);
@@ -318,7 +318,7 @@ impl Client {
             }
         }
         bar.finish_and_clear();
-        out.sync_all().map_err(|e| file_err(&part, e))?;
+        out.sync_all().map_err(|e| Error::file(&part, e))?;
         drop(out);
         let is_sha256 = meta.etag.len() == 64 && meta.etag.bytes().all(|b| b.is_ascii_hexdigit());
         if is_sha256 {
@@ -332,13 +332,13 @@ impl Client {
                 )));
             }
         }
-        fs::rename(&part, blob).map_err(|e| file_err(blob, e))
+        fs::rename(&part, blob).map_err(|e| Error::file(blob, e))
     }
 }
 
 /// Empties a partial download that cannot be resumed.
 fn restart(out: &mut File, part: &Path) -> Result<()> {
-    out.set_len(0).map_err(|e| file_err(part, e))
+    out.set_len(0).map_err(|e| Error::file(part, e))
 }
 
 /// `snap/file` → `../../blobs/<etag>` (one more `..` per folder in `file`), made beside and
@@ -346,7 +346,7 @@ fn restart(out: &mut File, part: &Path) -> Result<()> {
 fn link_blob(etag: &str, snap: &Path, file: &str) -> Result<()> {
     let link = snap.join(file);
     let parent = link.parent().unwrap_or(snap);
-    fs::create_dir_all(parent).map_err(|e| file_err(parent, e))?;
+    fs::create_dir_all(parent).map_err(|e| Error::file(parent, e))?;
     // Up from the link's folder to `models--owner--name`: `<sha>/` plus the file's folders.
     let mut target = PathBuf::new();
     for _ in 0..Path::new(file).components().count() + 1 {
@@ -357,12 +357,12 @@ fn link_blob(etag: &str, snap: &Path, file: &str) -> Result<()> {
     let tmp = tmp_sibling(&link);
     let _ = fs::remove_file(&tmp);
     make_link(&target, &tmp, parent)?;
-    fs::rename(&tmp, &link).map_err(|e| file_err(&link, e))
+    fs::rename(&tmp, &link).map_err(|e| Error::file(&link, e))
 }
 
 #[cfg(unix)]
 fn make_link(target: &Path, link: &Path, _dir: &Path) -> Result<()> {
-    std::os::unix::fs::symlink(target, link).map_err(|e| file_err(link, e))
+    std::os::unix::fs::symlink(target, link).map_err(|e| Error::file(link, e))
 }
 
 /// Without symlinks (Windows without developer mode) the hub client copies; so do we.
@@ -370,7 +370,7 @@ fn make_link(target: &Path, link: &Path, _dir: &Path) -> Result<()> {
 fn make_link(target: &Path, link: &Path, dir: &Path) -> Result<()> {
     fs::copy(dir.join(target), link)
         .map(|_| ())
-        .map_err(|e| file_err(link, e))
+        .map_err(|e| Error::file(link, e))
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
