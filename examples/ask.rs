@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use fvl_wgpu::gpu::{DType, Gpu, GpuOptions};
+use fvl_wgpu::gpu::{Gpu, GpuOptions};
 use fvl_wgpu::pipeline::{AskOptions, FlorenceVl, ImageInput};
 
 fn main() -> fvl_wgpu::Result<()> {
@@ -19,11 +19,7 @@ fn main() -> fvl_wgpu::Result<()> {
         std::process::exit(2);
     };
     let gpu = Gpu::new(&GpuOptions::default())?;
-    let dtype = if gpu.shader_f16 {
-        DType::F16
-    } else {
-        DType::F32
-    };
+    let dtype = gpu.default_dtype();
     let vl = FlorenceVl::load(gpu, model, dtype, args.get(2).map(PathBuf::as_path))?;
     let opts = AskOptions {
         max_new_tokens: 32,

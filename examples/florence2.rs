@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use fvl_wgpu::gpu::{DType, Gpu, GpuOptions};
+use fvl_wgpu::gpu::{Gpu, GpuOptions};
 use fvl_wgpu::pipeline::{Answer, Florence2, ImageInput, Task, TaskOptions};
 
 fn main() -> fvl_wgpu::Result<()> {
@@ -18,11 +18,7 @@ fn main() -> fvl_wgpu::Result<()> {
         std::process::exit(2);
     };
     let gpu = Gpu::new(&GpuOptions::default())?;
-    let dtype = if gpu.shader_f16 {
-        DType::F16
-    } else {
-        DType::F32
-    };
+    let dtype = gpu.default_dtype();
     let m = Florence2::load(gpu, model, dtype)?;
     // Bytes as an upload or a camera would hand them over.
     let bytes = std::fs::read(image)

@@ -245,11 +245,7 @@ impl Quant {
 
 /// f16 where the adapter has SHADER_F16, else f32.
 pub fn default_dtype(gpu: &Gpu) -> DType {
-    if gpu.shader_f16 {
-        DType::F16
-    } else {
-        DType::F32
-    }
+    gpu.default_dtype()
 }
 
 /// The LLM weight storage: `--quant` if given, else the format a folder written by

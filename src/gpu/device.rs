@@ -367,6 +367,16 @@ impl Gpu {
             .collect()
     }
 
+    /// The weight precision to use when the caller names none: f16 where the device has
+    /// `SHADER_F16`, else f32.
+    pub fn default_dtype(&self) -> super::format::DType {
+        if self.shader_f16 {
+            super::format::DType::F16
+        } else {
+            super::format::DType::F32
+        }
+    }
+
     /// Copy bandwidth, the ceiling benchmarks compare with: bytes read + written per second
     /// by `reps` copies of `bytes` in one submit, best of `trials` after a warm-up.
     pub fn copy_bandwidth(&self, bytes: u64, reps: usize, trials: usize) -> Result<f64> {
