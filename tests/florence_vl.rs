@@ -6,7 +6,7 @@ mod common;
 use common::{fixture_path, fixture_tensor, max_rel_error};
 use fvl_wgpu::gpu::{DType, Gpu, Graph, Tensor};
 use fvl_wgpu::model::florence_vl::{prompt_text, FlorenceVl};
-use fvl_wgpu::model::llama::{Pick, Prompt, Session, Stop};
+use fvl_wgpu::model::generate::{Pick, Prompt, Session, Stop};
 use fvl_wgpu::pipeline::{self, AskOptions, ImageInput};
 use fvl_wgpu::text::chat::Template;
 
@@ -357,7 +357,7 @@ fn missing_tower_or_tokenizer_is_one_clear_line() {
 #[test]
 fn follow_up_reuses_the_cache_like_a_full_recompute() {
     use fvl_wgpu::model::florence2::VisionTower;
-    use fvl_wgpu::model::llama::{Pick, Prompt, Session};
+    use fvl_wgpu::model::generate::{Pick, Prompt, Session};
     let vl = load_pipeline();
     let (gpu, m) = (&vl.gpu, &vl.model);
     let image = fixture_path("images/photo.png");

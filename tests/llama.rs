@@ -6,7 +6,8 @@ mod common;
 
 use common::{fixture_path, fixture_tensor, max_rel_error};
 use fvl_wgpu::gpu::{DType, Gpu};
-use fvl_wgpu::model::llama::{Limits, Llama, Pick, Prompt, Session, Stop};
+use fvl_wgpu::model::generate::{Limits, Pick, Prompt, Session, Stop};
+use fvl_wgpu::model::llama::Llama;
 use fvl_wgpu::text::llama::{chat_text, LlamaTokenizer, Message, TextStream};
 use fvl_wgpu::weights::Checkpoint;
 

@@ -5,7 +5,7 @@ mod common;
 
 use common::fixture_path;
 use fvl_wgpu::gpu::DType;
-use fvl_wgpu::model::llama::Stop;
+use fvl_wgpu::model::generate::Stop;
 use fvl_wgpu::pipeline::{
     Answer, AskOptions, Florence2, FlorenceVl, ImageInput, Task, TaskOptions,
 };

@@ -5,7 +5,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use fvl_wgpu::model::llama::{Limits, Llama, LlamaConfig, Prompt, Session};
+use fvl_wgpu::model::generate::{Limits, Prompt, Session};
+use fvl_wgpu::model::llama::{Llama, LlamaConfig};
 use fvl_wgpu::text::llama::{LlamaTokenizer, Message, TextStream};
 use fvl_wgpu::weights::hub::{resolve, Needs};
 use fvl_wgpu::weights::Checkpoint;

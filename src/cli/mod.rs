@@ -280,8 +280,8 @@ pub struct DecodeArgs {
 
 impl DecodeArgs {
     /// Greedy at temperature 0, else sampling with the given filters.
-    pub fn pick(&self) -> fvl_wgpu::model::llama::Pick {
-        use fvl_wgpu::model::llama::Pick;
+    pub fn pick(&self) -> fvl_wgpu::model::generate::Pick {
+        use fvl_wgpu::model::generate::Pick;
         if self.temperature > 0.0 {
             Pick::Sample {
                 temperature: self.temperature,

@@ -10,24 +10,21 @@
 //! q, k and v are fused into one projection (the three weights stacked on the host), so a layer
 //! reads its input once and attention reads q, k and v as strided views.
 
-use crate::gpu::{DType, Executable, Gpu, Graph, Tensor, TensorId};
+use crate::gpu::{DType, Gpu, Graph, Tensor, TensorId};
 use crate::ops::attention::{attention, Attention};
 use crate::ops::copy::{copy, Block};
-use crate::ops::{embed, matmul, sample, RunValue, View};
+use crate::ops::{embed, matmul, RunValue, View};
 use crate::weights::florence2::{Florence2Checkpoint, TextConfig, FINAL_LOGITS_BIAS};
 use crate::{Error, Result};
 
 use super::beam::{BeamOptions, BeamSearch, DecoderIds};
+use super::generate::{self, Decoder, Limits, Pick, Session, KV_LEN_SLOT, PAST_SLOT};
 use super::layers::{add, param, LayerNorm, Linear, Mlp, Source};
 
 const PREFIX: &str = "model.language_model";
 const SHARED: &str = "model.language_model.shared.weight";
 /// Row of the stored position table used for position 0 (BART's learned-position offset).
 const POSITION_OFFSET: usize = 2;
-/// Run slot holding the cache row where this replay's new keys/values go (the past length).
-pub const PAST_SLOT: u32 = 0;
-/// Run slot holding the keys in use after this replay's rows are appended (past + new).
-pub const KV_LEN_SLOT: u32 = 1;
 
 /// Loads `{prefix}.{q,k,v}_proj` (or any list of projections of `dim → dim`) stacked into one
 /// linear of `parts.len() · dim` outputs.
@@ -265,6 +262,20 @@ pub struct DecoderCache {
     pub capacity: usize,
     /// Encoder rows per sequence.
     pub enc_len: usize,
+    /// u32 `[batch, 1]`: the decoder position of each sequence's next token, written by
+    /// [`Decoder::before_step`] before each step.
+    pub positions: Tensor,
+}
+
+impl generate::Cache for DecoderCache {
+    fn max_context(&self) -> usize {
+        self.capacity
+    }
+
+    fn bytes(&self) -> u64 {
+        let all = self.self_kv.iter().chain(&self.cross_kv);
+        all.map(|t| t.layout.bytes()).sum()
+    }
 }
 
 /// The Florence-2 BART: embeddings, encoder, decoder and head.
@@ -413,6 +424,7 @@ impl Bart {
         Ok(DecoderCache {
             self_kv: alloc(capacity, "self kv")?,
             cross_kv: alloc(enc_len, "cross kv")?,
+            positions: Tensor::from_u32(gpu, &[batch, 1], &vec![0; batch], "decoder positions")?,
             batch,
             capacity,
             enc_len,
@@ -456,13 +468,30 @@ impl Bart {
             )));
         }
         let x = self.embed_tokens(g, ids)?;
+        self.decode_embedded(g, x, positions, cache)
+    }
+
+    /// [`Bart::decode`] from the token embeddings `x` (`[B, T, D]`, or `[B, D]` for one token
+    /// per sequence) and their `positions` (`x`'s shape less `D`); logits `x.shape[..-1] + [V]`.
+    fn decode_embedded(
+        &self,
+        g: &mut Graph,
+        x: TensorId,
+        positions: TensorId,
+        cache: &DecoderCache,
+    ) -> Result<TensorId> {
+        // The logits take `x`'s shape with the vocabulary as the last dimension.
+        let mut shape = g.shape(x).to_vec();
+        shape.pop();
+        shape.push(self.cfg.vocab_size);
+        let batch = cache.batch;
         let mut x = self.dec_embed.forward(g, x, positions)?;
         for (k, layer) in self.dec_layers.iter().enumerate() {
             let kv = g.external(&cache.self_kv[k]);
             let cross = g.external(&cache.cross_kv[k]);
             x = layer.forward(g, x, kv, cross, batch, self.cfg.decoder_attention_heads)?;
         }
-        let logits = g.tensor(&[batch, tq, self.cfg.vocab_size], DType::F32)?;
+        let logits = g.tensor(&shape, DType::F32)?;
         let w = g.external(&self.shared);
         let b = self.final_logits_bias.as_ref().map(|b| g.external(b));
         matmul::linear(g, x, w, b, logits)?;
@@ -539,16 +568,27 @@ impl Bart {
         on_step: &mut dyn FnMut(&[u32]) -> bool,
     ) -> Result<Vec<u32>> {
         let cache = self.prefill(gpu, features, prompt, max_new_tokens)?;
-        let step = GreedyStep::new(gpu, self, &cache)?;
         let ids = DecoderIds::of(&self.cfg);
         let mut seq = vec![ids.start];
-        while seq.len() <= max_new_tokens {
-            let argmax = step.run(gpu, &seq)?;
-            let next = ids.forced(seq.len(), max_new_tokens + 1).unwrap_or(argmax);
-            seq.push(next);
-            if next == ids.eos || !on_step(&seq) {
-                break;
-            }
+        if max_new_tokens == 0 {
+            return Ok(seq);
+        }
+        let mut session = Session::with_cache(gpu, self, cache, Pick::Greedy, 0)?;
+        session.force(Box::new(move |n| ids.forced(n, max_new_tokens + 1)));
+        // The start token goes through the decode step at position 0, like every later one.
+        let first = session.decode(Some(ids.start))?;
+        let limits = Limits {
+            max_new: max_new_tokens,
+            reserve: 0,
+            keep_stop: false,
+        };
+        let is_stop = |id| id == ids.eos;
+        let out = session.generate(first, &limits, &is_stop, &mut |id| {
+            seq.push(id);
+            Ok(on_step(&seq))
+        })?;
+        if out.stopped == generate::Stop::Eos {
+            seq.push(ids.eos);
         }
         Ok(seq)
     }
@@ -583,120 +623,54 @@ impl Bart {
         let mut search = BeamSearch::new(opts, &DecoderIds::of(&self.cfg))?;
         let beams = opts.num_beams;
         let cache = self.prefill_beams(gpu, features, prompt, opts.max_new_tokens, beams)?;
-        let step = BeamStep::new(gpu, self, &cache)?;
-        while !search.done() {
-            let logits = step.run(gpu, &search)?;
-            search.step(&logits)?;
-            if !on_step(&search) {
-                return Ok(search.leader().to_vec());
-            }
+        generate::beam_search(gpu, self, &cache, &mut search, on_step)
+    }
+}
+
+impl Decoder for Bart {
+    type Cache = DecoderCache;
+
+    fn hidden(&self) -> usize {
+        self.cfg.d_model
+    }
+
+    fn embed(&self, g: &mut Graph, ids: TensorId) -> Result<TensorId> {
+        self.embed_tokens(g, ids)
+    }
+
+    /// One token per sequence of the cache (`x`: `[batch, D]`): the prompt goes to the
+    /// encoder, so the decoder only ever steps a token at a time. Returns `[batch, 1, V]`.
+    fn forward(&self, g: &mut Graph, x: TensorId, cache: &DecoderCache, _: bool) -> Result<TensorId> {
+        if g.layout(x).rows() != cache.batch {
+            return Err(Error::shape(format!(
+                "decoder: {:?} embedded tokens for {} sequences; a step decodes one token of each",
+                g.shape(x),
+                cache.batch
+            )));
         }
-        Ok(search.best().to_vec())
-    }
-}
-
-/// One decoder step for a single sequence, built once and replayed per token: the last token
-/// in, its argmax out.
-struct GreedyStep {
-    exe: Executable,
-    ids: Tensor,
-    positions: Tensor,
-    next: Tensor,
-}
-
-impl GreedyStep {
-    fn new(gpu: &Gpu, bart: &Bart, cache: &DecoderCache) -> Result<GreedyStep> {
-        let ids = Tensor::from_u32(gpu, &[1, 1], &[0], "decoder id")?;
-        let positions = Tensor::from_u32(gpu, &[1, 1], &[0], "decoder position")?;
-        let next = Tensor::from_u32(gpu, &[1], &[0], "next id")?;
-        let mut g = Graph::new(gpu);
-        let (i, p, n) = (g.external(&ids), g.external(&positions), g.external(&next));
-        let logits = bart.decode(&mut g, i, p, cache)?;
-        sample::argmax(&mut g, logits, sample::Row::all(0), n, RunValue::Fixed(0))?;
-        Ok(GreedyStep {
-            exe: g.build()?,
-            ids,
-            positions,
-            next,
-        })
+        let positions = cache.positions.view_as(g.gpu(), &[cache.batch])?;
+        let positions = g.external(&positions);
+        self.decode_embedded(g, x, positions, cache)
     }
 
-    /// Decodes the last token of `seq` (the rest is cached) and returns the argmax.
-    fn run(&self, gpu: &Gpu, seq: &[u32]) -> Result<u32> {
-        let past = seq.len() as u32 - 1;
-        self.ids.write_words(gpu, &seq[seq.len() - 1..]);
-        self.positions.write_words(gpu, &[past]);
-        self.exe.run(gpu, &[past, past + 1])?;
-        Ok(self.next.read_u32(gpu)?[0])
-    }
-}
-
-/// One batched decoder step over the beams, built once and replayed per token: first every
-/// layer's self-attention cache is gathered row by row from the beams' parents (through a
-/// scratch copy, as a gather can't write its own input), then the last tokens are decoded.
-struct BeamStep {
-    exe: Executable,
-    ids: Tensor,
-    positions: Tensor,
-    /// u32 `[beams · capacity]`: the cache row each cache row is gathered from.
-    sources: Tensor,
-    logits: Tensor,
-    capacity: usize,
-}
-
-impl BeamStep {
-    fn new(gpu: &Gpu, bart: &Bart, cache: &DecoderCache) -> Result<BeamStep> {
-        let (beams, capacity) = (cache.batch, cache.capacity);
-        let zeros = vec![0; beams * capacity];
-        let ids = Tensor::from_u32(gpu, &[beams, 1], &zeros[..beams], "beam ids")?;
-        let positions = Tensor::from_u32(gpu, &[beams, 1], &zeros[..beams], "beam positions")?;
-        let sources = Tensor::from_u32(gpu, &[beams * capacity], &zeros, "beam cache rows")?;
-        let mut g = Graph::new(gpu);
-        let src = g.external(&sources);
-        let d2 = 2 * bart.cfg.d_model;
+    /// Gathers every layer's self-attention cache row by row (through a scratch copy, as a
+    /// gather can't write its own input).
+    fn reorder(&self, g: &mut Graph, cache: &DecoderCache, sources: TensorId) -> Result<()> {
+        let rows = cache.batch * cache.capacity;
+        let d2 = 2 * self.cfg.d_model;
         for kv in &cache.self_kv {
             // The cache as a table of rows, the shape the gather takes (same storage).
-            let rows = kv.view_as(gpu, &[beams * capacity, d2])?;
-            let rows = g.external(&rows);
-            let scratch = g.tensor(&[beams * capacity, d2], DType::F32)?;
-            embed::embed(&mut g, src, rows, None, scratch)?;
-            copy(
-                &mut g,
-                scratch,
-                rows,
-                &Block::whole(beams * capacity, d2, 0, 0),
-            )?;
+            let table = kv.view_as(g.gpu(), &[rows, d2])?;
+            let table = g.external(&table);
+            let scratch = g.tensor(&[rows, d2], DType::F32)?;
+            embed::embed(g, sources, table, None, scratch)?;
+            copy(g, scratch, table, &Block::whole(rows, d2, 0, 0))?;
         }
-        let (i, p) = (g.external(&ids), g.external(&positions));
-        let logits = bart.decode(&mut g, i, p, cache)?;
-        g.keep(logits);
-        let exe = g.build()?;
-        let logits = exe.tensor(logits).clone();
-        Ok(BeamStep {
-            exe,
-            ids,
-            positions,
-            sources,
-            logits,
-            capacity,
-        })
+        Ok(())
     }
 
-    /// Reorders the caches to `search`'s running beams, decodes their last tokens and returns
-    /// the logits `[beams, V]`.
-    fn run(&self, gpu: &Gpu, search: &BeamSearch) -> Result<Vec<f32>> {
-        let past = search.cur_len() as u32 - 1;
-        let cap = self.capacity;
-        let sources: Vec<u32> = search
-            .parents()
-            .iter()
-            .flat_map(|&p| (p * cap..(p + 1) * cap).map(|r| r as u32))
-            .collect();
-        let beams = sources.len() / cap;
-        self.sources.write_words(gpu, &sources);
-        self.ids.write_words(gpu, &search.last_tokens());
-        self.positions.write_words(gpu, &vec![past; beams]);
-        self.exe.run(gpu, &[past, past + 1])?;
-        self.logits.read_f32(gpu)
+    fn before_step(&self, gpu: &Gpu, cache: &DecoderCache, past: usize, _: usize) -> Result<()> {
+        cache.positions.write_words(gpu, &vec![past as u32; cache.batch]);
+        Ok(())
     }
 }

@@ -6,17 +6,14 @@
 //!
 //! A forward is recorded once per shape: a prefill graph for a prompt of `T` tokens and a
 //! decode graph for one token. Both write into the same KV cache (one `[S, kv_heads·head_dim]`
-//! tensor per layer for keys and one for values) at the row given by a run slot, and both end
-//! by choosing the next token on the GPU into a one-id tensor that the decode graph's embedding
-//! reads: a decode step is one submit, and only that 4-byte id comes back.
+//! tensor per layer for keys and one for values) at the row given by a run slot. The decoding
+//! loop, the choice of the next token and the run slots are `model::generate`'s: this file
+//! owns only the weights and the forward pass, and names no graphics API.
 
-use std::time::Instant;
-
-use crate::gpu::{DType, Executable, Gpu, Graph, Submission, Tensor, TensorId, TokenReadback};
+use crate::gpu::{DType, Gpu, Graph, Tensor, TensorId};
 use crate::ops::attention::{self, Attention};
 use crate::ops::copy::{self, Block};
 use crate::ops::rope::{self, CacheWrite, Rope, RopeTables};
-use crate::ops::sample::{self, Sampling};
 use crate::ops::{eltwise, embed, norm, RunValue, View};
 use crate::weights::llama::EMBED;
 use crate::weights::Checkpoint;
@@ -24,16 +21,8 @@ use crate::weights::Checkpoint;
 pub use crate::weights::llama::{Arch, LlamaConfig};
 use crate::{Error, Result};
 
+use super::generate::{self, Decoder, Pick, Session, KV_LEN_SLOT, PAST_SLOT};
 use super::layers::{param, Linear, Source};
-
-/// Run slot holding the position of the graph's first token (= rows already in the cache).
-pub const POS_SLOT: u32 = 0;
-/// Run slot holding the number of cache rows in use after this step (`pos + tokens`).
-pub const LEN_SLOT: u32 = 1;
-/// Run slot holding the sampling seed.
-pub const SEED_SLOT: u32 = 2;
-/// Run slot holding the sampling step (the index of the draw).
-pub const STEP_SLOT: u32 = 3;
 
 /// One decoder layer's weights. q, k and v are one fused projection `[(H + 2·Hkv)·D, hidden]`,
 /// gate and up one `[2·I, hidden]` (one matvec each in a decode step).
@@ -245,7 +234,7 @@ impl Llama {
     }
 
     /// Records the decoder on `t` embedded tokens `x` (`[t, hidden]`) at positions
-    /// `run[POS_SLOT]..`, appending their keys and values to `cache`. Returns the logits,
+    /// `run[PAST_SLOT]..`, appending their keys and values to `cache`. Returns the logits,
     /// `[t, vocab]` with `all_logits`, else `[1, vocab]` for the last token only.
     pub fn forward(
         &self,
@@ -268,7 +257,7 @@ impl Llama {
             let r = Rope {
                 long_after: self.rope.long_after,
                 scale: self.rope.scale,
-                ..Rope::plain(1, t, c.heads, d, RunValue::Slot(POS_SLOT))
+                ..Rope::plain(1, t, c.heads, d, RunValue::Slot(PAST_SLOT))
             };
             let append = CacheWrite {
                 q_heads: c.heads,
@@ -285,7 +274,7 @@ impl Llama {
                 q_heads: c.heads,
                 kv_heads: c.kv_heads,
                 head_dim: d,
-                kv_len: RunValue::Slot(LEN_SLOT),
+                kv_len: RunValue::Slot(KV_LEN_SLOT),
                 causal: true,
                 scale: (d as f32).powf(-0.5),
             };
@@ -320,11 +309,6 @@ impl Llama {
             }
             .forward(g, h),
         }
-    }
-
-    /// Ids a step chooses from: [`Llama::sampled_vocab`], at most the embedding's rows.
-    fn candidates(&self) -> usize {
-        self.sampled_vocab.clamp(1, self.cfg.vocab)
     }
 
     /// Records the embedding lookup of the u32 ids in `ids` (`[t]`), returning `[t, hidden]`.
@@ -366,445 +350,51 @@ impl KvCache {
     }
 }
 
-/// How the next token is chosen.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Pick {
-    /// The largest logit.
-    Greedy,
-    /// A draw with temperature, top-k and top-p (seed and step from run slots).
-    Sample {
-        /// Logits are divided by this (> 0).
-        temperature: f32,
-        /// Keep the `top_k` highest logits; 0 keeps all.
-        top_k: u32,
-        /// Keep the smallest set of highest logits holding `top_p` of the probability.
-        top_p: f32,
-    },
-}
+impl generate::Cache for KvCache {
+    fn max_context(&self) -> usize {
+        self.max_context
+    }
 
-/// What a prompt is given as.
-pub enum Prompt<'a> {
-    /// Token ids.
-    Ids(&'a [u32]),
-    /// Input embeddings `[t, hidden]` computed by the caller (e.g. with image rows spliced in).
-    Embeddings(&'a Tensor),
-}
-
-/// When [`Session::generate`] stops.
-pub struct Limits {
-    /// Most ids to produce (the first, chosen by the prefill, counts).
-    pub max_new: usize,
-    /// Cache positions to leave free (e.g. for the token that closes a chat turn).
-    pub reserve: usize,
-    /// Whether a stop id ends up in [`Generation::ids`].
-    pub keep_stop: bool,
-}
-
-/// Why a generation ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stop {
-    /// A stop id was chosen.
-    Eos,
-    /// `max_new` ids were produced.
-    Length,
-    /// The context is full.
-    Context,
-    /// The caller's callback asked to stop.
-    Cancelled,
-}
-
-impl Stop {
-    /// Short lowercase name (`eos`, `length`, `context`, `cancelled`), as in JSON output.
-    pub fn name(self) -> &'static str {
-        match self {
-            Stop::Eos => "eos",
-            Stop::Length => "length",
-            Stop::Context => "context",
-            Stop::Cancelled => "cancelled",
-        }
+    fn bytes(&self) -> u64 {
+        KvCache::bytes(self)
     }
 }
 
-/// What [`Session::generate`] produced.
-pub struct Generation {
-    /// The ids produced, in order.
-    pub ids: Vec<u32>,
-    /// Why it ended.
-    pub stopped: Stop,
-    /// The last chosen id, not in the cache (the next prompt starts with it).
-    pub last: u32,
-    /// Decode steps per second (0 when the prefill's id was the only one).
-    pub decode_tokens_per_s: f64,
+impl Decoder for Llama {
+    type Cache = KvCache;
+
+    fn hidden(&self) -> usize {
+        self.cfg.hidden
+    }
+
+    fn embed(&self, g: &mut Graph, ids: TensorId) -> Result<TensorId> {
+        Llama::embed(self, g, ids)
+    }
+
+    fn forward(&self, g: &mut Graph, x: TensorId, cache: &KvCache, all: bool) -> Result<TensorId> {
+        Llama::forward(self, g, x, cache, all)
+    }
+
+    /// [`Llama::sampled_vocab`], at most the embedding's rows.
+    fn candidates(&self) -> Option<usize> {
+        Some(self.sampled_vocab.clamp(1, self.cfg.vocab))
+    }
+
+    fn recompute_at(&self) -> Option<usize> {
+        self.rope.long_after
+    }
 }
 
-/// A generation in progress: the KV cache, the next-token tensor and the decode graph.
-pub struct Session<'m> {
-    model: &'m Llama,
-    gpu: &'m Gpu,
-    cache: KvCache,
-    /// The one id the samplers write and the decode graph embeds.
-    next: Tensor,
-    /// Reads `next` back; double-buffered so that a decode step can be queued while the one
-    /// before it is read back.
-    readback: TokenReadback,
-    decode: Executable,
-    decode_logits: TensorId,
-    /// The last prefill, kept for its logits.
-    prefill: Option<(Executable, TensorId)>,
-    pick: Pick,
-    seed: u32,
-    /// Positions filled in the cache.
-    pos: usize,
-    /// Draws so far (the sampler's step).
-    step: u32,
-    /// Every id in the cache, while the cache holds ids only (`None` once a prompt came as
-    /// embeddings): LongRoPE recomputes them at the step that crosses the original context.
-    history: Option<Vec<u32>>,
-    /// The last chosen id (what a decode step feeds unless forced).
-    last: u32,
-    /// Whether [`Session::generate`] queues each step before reading the previous id back.
-    /// On by default on GPUs, where it hides the host's per-token work; off on CPU drivers,
-    /// where the "GPU" is the same cores and the overlap measured no gain (docs/perf.md).
-    pub queue_ahead: bool,
-}
-
-impl<'m> Session<'m> {
-    /// Allocates a cache of `max_context` positions and records the decode graph.
+impl<'m> Session<'m, Llama> {
+    /// A session over a fresh cache of `max_context` positions (at most the model's context).
     pub fn new(
         gpu: &'m Gpu,
         model: &'m Llama,
         max_context: usize,
         pick: Pick,
         seed: u32,
-    ) -> Result<Session<'m>> {
+    ) -> Result<Session<'m, Llama>> {
         let cache = model.kv_cache(gpu, model.cfg.context_limit(max_context))?;
-        let next = Tensor::from_u32(gpu, &[1], &[0], "next token")?;
-        let mut g = Graph::new(gpu);
-        let ids = g.external(&next);
-        let x = model.embed(&mut g, ids)?;
-        let logits = model.forward(&mut g, x, &cache, false)?;
-        choose(&mut g, logits, model.candidates(), ids, pick)?;
-        g.keep(logits);
-        let decode = g.build()?;
-        let readback = TokenReadback::new(gpu)?;
-        Ok(Session {
-            model,
-            gpu,
-            cache,
-            next,
-            readback,
-            decode,
-            decode_logits: logits,
-            prefill: None,
-            pick,
-            seed,
-            pos: 0,
-            step: 0,
-            history: Some(Vec::new()),
-            last: 0,
-            queue_ahead: !gpu.cpu_style_kernels,
-        })
-    }
-
-    /// Dispatches in one decode step (the whole step is one submit).
-    pub fn decode_dispatches(&self) -> usize {
-        self.decode.dispatches()
-    }
-
-    /// GPU time by kernel of one decode step (see [`Executable::profile`]); `None` without
-    /// timestamp queries. For benchmarks: it replays the next step without advancing, so the
-    /// id it samples replaces the one the next [`Session::decode`] would have fed.
-    pub fn profile_decode(&self) -> Result<Option<Vec<(String, f64, usize)>>> {
-        self.decode.profile(self.gpu, &self.run_values(1))
-    }
-
-    /// GPU bytes this session holds besides the weights: (KV cache, activation arenas of the
-    /// decode graph and of the last prefill while it is kept).
-    pub fn gpu_bytes(&self) -> (u64, u64) {
-        let prefill = self.prefill.as_ref().map_or(0, |(exe, _)| exe.arena_bytes);
-        (self.cache.bytes(), self.decode.arena_bytes + prefill)
-    }
-
-    /// Positions the cache holds.
-    pub fn max_context(&self) -> usize {
-        self.cache.max_context
-    }
-
-    /// Positions filled in the cache so far.
-    pub fn position(&self) -> usize {
-        self.pos
-    }
-
-    /// Runs the prompt from position 0 (a fresh cache) and returns the first generated id.
-    /// With `all_logits` the prefill keeps every prompt position's logits for
-    /// [`Session::logits`]; otherwise only the last.
-    pub fn prefill(&mut self, prompt: Prompt, all_logits: bool) -> Result<u32> {
-        self.pos = 0;
-        self.step = 0;
-        self.history = Some(Vec::new());
-        self.extend(prompt, all_logits)
-    }
-
-    /// Whether feeding one more id now crosses LongRoPE's original context with a cache of ids
-    /// only: then, as transformers' Phi-3 `generate` does, the whole sequence is recomputed
-    /// with the long factors instead of decoding one step over short-factor keys (from
-    /// embeddings transformers cannot recompute, and neither does this).
-    fn refill_due(&self, pos: usize) -> bool {
-        self.history.is_some() && self.model.rope.long_after == Some(pos)
-    }
-
-    /// The step that feeds `id` at the crossing: the cache's ids and `id` rerun from position
-    /// 0; returns the next id, as [`Session::decode`] would.
-    fn refill(&mut self, id: u32) -> Result<u32> {
-        let mut ids = self.history.take().unwrap_or_default();
-        ids.push(id);
-        let step = self.step;
-        self.pos = 0;
-        self.history = Some(Vec::new());
-        let next = self.extend(Prompt::Ids(&ids), false)?;
-        self.step = step + 1;
-        Ok(next)
-    }
-
-    /// Runs more prompt tokens after what the cache already holds (a follow-up turn reuses
-    /// everything before it) and returns the next generated id. The last chosen id is not in
-    /// the cache: a continuation starts with it (or with the turn's end token).
-    pub fn extend(&mut self, prompt: Prompt, all_logits: bool) -> Result<u32> {
-        let gpu = self.gpu;
-        let t = match prompt {
-            Prompt::Ids(ids) => ids.len(),
-            Prompt::Embeddings(e) => e.shape()[0],
-        };
-        self.check_room(t)?;
-        let mut g = Graph::new(gpu);
-        let x = match prompt {
-            Prompt::Ids(ids) => {
-                let ids = Tensor::from_u32(gpu, &[t], ids, "prompt ids")?;
-                let ids = g.external(&ids);
-                self.model.embed(&mut g, ids)?
-            }
-            Prompt::Embeddings(e) => {
-                if e.shape() != [t, self.model.cfg.hidden] {
-                    return Err(Error::input(format!(
-                        "prompt embeddings have shape {:?}, expected [tokens, {}]",
-                        e.shape(),
-                        self.model.cfg.hidden
-                    )));
-                }
-                g.external(e)
-            }
-        };
-        let logits = self.model.forward(&mut g, x, &self.cache, all_logits)?;
-        let next = g.external(&self.next);
-        choose(&mut g, logits, self.model.candidates(), next, self.pick)?;
-        g.keep(logits);
-        let exe = g.build()?;
-        let index = self.submit_choice(&exe, self.run_values(t), 0)?;
-        let id = self.read_choice(0, index)?;
-        self.advance(t);
-        self.prefill = Some((exe, logits));
-        match (&mut self.history, prompt) {
-            (Some(h), Prompt::Ids(ids)) => h.extend_from_slice(ids),
-            (h, _) => *h = None,
-        }
-        self.last = id;
-        Ok(id)
-    }
-
-    /// Feeds the last chosen id (or `force`, teacher forcing) and returns the next one: one
-    /// submit, 4 bytes read back.
-    pub fn decode(&mut self, force: Option<u32>) -> Result<u32> {
-        self.check_room(1)?;
-        let fed = force.unwrap_or(self.last);
-        if self.refill_due(self.pos) {
-            return self.refill(fed);
-        }
-        if let Some(id) = force {
-            self.next.write_words(self.gpu, &[id]);
-        }
-        self.prefill = None;
-        let index = self.submit_choice(&self.decode, self.run_values(1), 0)?;
-        let id = self.read_choice(0, index)?;
-        self.advance(1);
-        self.fed(fed, id);
-        Ok(id)
-    }
-
-    /// Records a decode step that fed `fed` and chose `chose`.
-    fn fed(&mut self, fed: u32, chose: u32) {
-        if let Some(h) = &mut self.history {
-            h.push(fed);
-        }
-        self.last = chose;
-    }
-
-    /// Queues one replay of `exe` (a prefill or the decode step) with `values`, copying the
-    /// id it chooses into readback slot `slot`.
-    fn submit_choice(&self, exe: &Executable, values: [u32; 4], slot: usize) -> Result<Submission> {
-        self.readback
-            .submit(self.gpu, exe, &values, &self.next, slot)
-    }
-
-    /// Waits for `submission` and returns the id it copied into readback slot `slot`.
-    fn read_choice(&self, slot: usize, submission: Submission) -> Result<u32> {
-        self.readback.read(self.gpu, slot, submission)
-    }
-
-    /// The decode loop after a prefill or extend that chose `first`: feeds each chosen id
-    /// back until a stop id, `limits.max_new` ids, the context (keeping `limits.reserve`
-    /// positions free), or `on_id` returning `false` (cancel). Every id except a stop id
-    /// goes to `on_id` and into the result; a stop id too when `limits.keep_stop` (as HF's
-    /// `generate` output does). The last chosen id, never in the cache, is returned for a
-    /// continuation to start with.
-    pub fn generate(
-        &mut self,
-        first: u32,
-        limits: &Limits,
-        is_stop: &dyn Fn(u32) -> bool,
-        on_id: &mut dyn FnMut(u32) -> Result<bool>,
-    ) -> Result<Generation> {
-        let t = Instant::now();
-        let start = self.pos;
-        let mut id = first;
-        let mut ids = Vec::new();
-        // The step that feeds `id`, when it was queued ahead: (submission, staging slot).
-        let mut queued: Option<(Submission, usize)> = None;
-        let stopped = loop {
-            if is_stop(id) {
-                if limits.keep_stop {
-                    ids.push(id);
-                }
-                break Stop::Eos;
-            }
-            ids.push(id);
-            if !on_id(id)? {
-                break Stop::Cancelled;
-            }
-            if ids.len() >= limits.max_new {
-                break Stop::Length;
-            }
-            if self.pos + limits.reserve >= self.cache.max_context {
-                break Stop::Context;
-            }
-            if queued.is_none() && self.refill_due(self.pos) {
-                id = self.refill(id)?;
-                continue;
-            }
-            self.prefill = None;
-            let (index, slot) = match queued.take() {
-                Some(q) => q,
-                None => (self.submit_choice(&self.decode, self.run_values(1), 0)?, 0),
-            };
-            // Queue the step after it (the GPU already holds the id it feeds) before reading
-            // this one back, so the GPU never idles on the readback, the stop test and the
-            // next step's recording — unless that step can only be wasted.
-            if self.queue_ahead
-                && ids.len() + 1 < limits.max_new
-                && self.pos + 1 + limits.reserve < self.cache.max_context
-                && !self.refill_due(self.pos + 1)
-            {
-                let values = self.run_values_ahead(1, 1);
-                queued = Some((
-                    self.submit_choice(&self.decode, values, 1 - slot)?,
-                    1 - slot,
-                ));
-            }
-            let fed = id;
-            id = self.read_choice(slot, index)?;
-            self.advance(1);
-            self.fed(fed, id);
-        };
-        if queued.is_some() {
-            // A step queued past a stop or cancel fed `id` at the current position: the cache
-            // row it wrote is the one the next step would write; its choice is undone so a
-            // later `decode(None)` feeds `id` again.
-            self.next.write_words(self.gpu, &[id]);
-        }
-        let steps = self.pos - start;
-        let secs = t.elapsed().as_secs_f64();
-        Ok(Generation {
-            ids,
-            stopped,
-            last: id,
-            decode_tokens_per_s: if steps > 0 { steps as f64 / secs } else { 0.0 },
-        })
-    }
-
-    /// Logits of the last step: every prompt position after a prefill with `all_logits`,
-    /// else `[1, vocab]` for the last token. For tests and tools: this reads back a lot.
-    pub fn logits(&self) -> Result<Vec<f32>> {
-        let (exe, id) = match &self.prefill {
-            Some((exe, id)) => (exe, *id),
-            None => (&self.decode, self.decode_logits),
-        };
-        exe.tensor(id).read_f32(self.gpu)
-    }
-
-    fn check_room(&self, t: usize) -> Result<()> {
-        if self.pos + t > self.cache.max_context {
-            return Err(Error::input(format!(
-                "{} tokens after {} do not fit the context of {} positions",
-                t, self.pos, self.cache.max_context
-            )));
-        }
-        Ok(())
-    }
-
-    /// Run values for `t` tokens at the current position.
-    fn run_values(&self, t: usize) -> [u32; 4] {
-        self.run_values_ahead(0, t)
-    }
-
-    /// Run values for `t` tokens `ahead` steps of one token past the current position (a
-    /// decode step queued before the ones before it are read back).
-    fn run_values_ahead(&self, ahead: usize, t: usize) -> [u32; 4] {
-        let pos = self.pos + ahead;
-        [
-            pos as u32,
-            (pos + t) as u32,
-            self.seed,
-            self.step + ahead as u32,
-        ]
-    }
-
-    fn advance(&mut self, t: usize) {
-        self.pos += t;
-        self.step += 1;
-    }
-}
-
-/// Records the choice of the next token among the first `candidates` columns of the last row
-/// of `logits` into `ids[0]`.
-fn choose(
-    g: &mut Graph,
-    logits: TensorId,
-    candidates: usize,
-    ids: TensorId,
-    pick: Pick,
-) -> Result<()> {
-    let row = sample::Row {
-        row: g.layout(logits).rows() - 1,
-        candidates: Some(candidates),
-    };
-    match pick {
-        Pick::Greedy => sample::argmax(g, logits, row, ids, RunValue::Fixed(0)),
-        Pick::Sample {
-            temperature,
-            top_k,
-            top_p,
-        } => sample::sample(
-            g,
-            logits,
-            row,
-            ids,
-            RunValue::Fixed(0),
-            &Sampling {
-                temperature,
-                top_k,
-                top_p,
-                seed_slot: SEED_SLOT,
-                step_slot: STEP_SLOT,
-            },
-        ),
+        Session::with_cache(gpu, model, cache, pick, seed)
     }
 }

@@ -7,5 +7,6 @@ pub mod beam;
 pub mod davit;
 pub mod florence2;
 pub mod florence_vl;
+pub mod generate;
 pub mod layers;
 pub mod llama;

@@ -8,7 +8,8 @@ use crate::gpu::{DType, Executable, Gpu, Graph, TensorId};
 use crate::image::{preprocess_image, Preprocessed};
 use crate::model::florence2::VisionTower;
 use crate::model::florence_vl::FlorenceVl as Model;
-use crate::model::llama::{Limits, Pick, Prompt, Session, Stop};
+use crate::model::generate::{Limits, Pick, Prompt, Session, Stop};
+use crate::model::llama::Llama;
 use crate::text::chat::Message;
 use crate::text::llama::TextStream;
 use crate::Result;
@@ -67,7 +68,7 @@ pub struct Reply {
 /// follow-up question only prefills its own tokens.
 pub struct Chat<'m> {
     vl: &'m Model,
-    session: Session<'m>,
+    session: Session<'m, Llama>,
     /// The last chosen id, not yet in the cache.
     pending: u32,
 }

@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use tiny_http::{Header, Method, Request, Response};
 
 use crate::image::{decode_image, preprocess_image, PreprocessConfig, Preprocessed};
-use crate::model::llama::Pick;
+use crate::model::generate::Pick;
 use crate::pipeline::{AskOptions, Task, TaskOptions};
 use crate::{Error, Result};
 

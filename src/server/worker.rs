@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::image::Preprocessed;
-use crate::model::llama::Stop;
+use crate::model::generate::Stop;
 use crate::pipeline::{Answer, AskOptions, Chat, Florence2, FlorenceVl, Seen, Task, TaskOptions};
 
 use super::api::ApiError;
@@ -137,7 +137,7 @@ impl StopFilter<'_> {
 struct Kept<'m> {
     image_bytes: Vec<u8>,
     turns: Vec<(String, String)>,
-    pick_seed: (crate::model::llama::Pick, u32),
+    pick_seed: (crate::model::generate::Pick, u32),
     chat: Chat<'m>,
 }
 

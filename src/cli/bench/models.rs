@@ -8,7 +8,8 @@ use fvl_wgpu::model::bart::Bart;
 use fvl_wgpu::model::florence2::VisionTower;
 use fvl_wgpu::model::florence_vl::{Fusion, Projector};
 use fvl_wgpu::model::layers::Linear;
-use fvl_wgpu::model::llama::{Limits, Llama, LlamaConfig, Pick, Prompt, Session};
+use fvl_wgpu::model::generate::{Limits, Pick, Prompt, Session};
+use fvl_wgpu::model::llama::{Llama, LlamaConfig};
 use fvl_wgpu::weights::florence2::{TextConfig, VisionConfig};
 use fvl_wgpu::{Error, Result};
 
@@ -523,7 +524,7 @@ fn print_profile(profile: Option<Vec<(String, f64, usize)>>) {
 
 /// Decode speed of `Session::generate` from `first` over `tokens` ids, with no stop id: the
 /// loop `generate` and `infer` run.
-fn generate_tokens_per_s(session: &mut Session, first: u32, tokens: usize) -> Result<f64> {
+fn generate_tokens_per_s(session: &mut Session<Llama>, first: u32, tokens: usize) -> Result<f64> {
     let limits = Limits {
         max_new: tokens,
         reserve: 0,
