@@ -11,7 +11,7 @@
 //! selection of `model::beam`.
 //!
 //! A decode step is one submit that reads back only the 4-byte chosen id; the id stays on the
-//! GPU for the next step's embedding. Must not name wgpu (the readback lives in `gpu`).
+//! GPU for the next step's embedding. Names no graphics API (the readback lives in `gpu`).
 
 use std::time::Instant;
 
