@@ -10,6 +10,8 @@
 //     Then u = hash(seed, step) ∈ [0, 1) picks the token where the kept mass, accumulated
 //     in index order (prefix over segments, then within one segment), passes u·total:
 //     deterministic for a seed and step.
+// Both write NON_FINITE (u32 max) instead when any logit they scan is NaN or ±Inf, so the host
+// stops with an error rather than emit a garbage id (one bit test per logit read anyway).
 // Napkin math: argmax reads V·4 B once (0.5 MB at V = 128k); sampling with both filters
 // reads it ~66 times (2 MB-class L2 traffic a round) and computes ~33·V exps: well under a
 // millisecond on a GPU, dominated by the 2·32 barrier-bound reductions.
@@ -29,6 +31,9 @@ struct Params {
 
 var<workgroup> red_v: array<f32, WG>;
 var<workgroup> red_i: array<u32, WG>;
+var<workgroup> non_finite: atomic<u32>; // set when any thread saw a NaN or Inf logit
+
+const NON_FINITE: u32 = 0xffffffffu;
 
 // The thread's segment [lo, hi) of the row.
 fn segment(lid: u32) -> vec2<u32> {
@@ -43,16 +48,21 @@ fn key(x: f32) -> u32 {
     return select(b | 0x80000000u, ~b, (b >> 31u) == 1u);
 }
 
-// Index of the largest logit (ties → lowest), uniform across the workgroup.
+// Index of the largest logit (ties → lowest), uniform across the workgroup. Also sets
+// `non_finite` when a logit is NaN or ±Inf (all exponent bits set); read it after a barrier.
 fn wg_argmax(lid: u32) -> u32 {
+    if (lid == 0u) { atomicStore(&non_finite, 0u); }
     let seg = segment(lid);
     var bv = 0.0;
     var bi = 0xffffffffu; // an empty segment loses every comparison
+    var bad = 0u;
     for (var i = seg.x; i < seg.y; i++) {
         let x = ld_logits(p.base + i);
+        bad |= u32((bitcast<u32>(x) & 0x7f800000u) == 0x7f800000u);
         if (bi == 0xffffffffu || x > bv) { bv = x; bi = i; }
     }
-    workgroupBarrier(); // red_* may still be read by a previous reduction
+    workgroupBarrier(); // red_* may still be read by a previous reduction; the store above
+    if (bad != 0u) { atomicOr(&non_finite, 1u); }
     red_v[lid] = bv;
     red_i[lid] = bi;
     for (var w = WG / 2u; w > 0u; w >>= 1u) {
@@ -89,8 +99,8 @@ fn write_id(id: u32) {
 #if argmax
 @compute @workgroup_size(WG)
 fn argmax(@builtin(local_invocation_index) lid: u32) {
-    let best = wg_argmax(lid);
-    if (lid == 0u) { write_id(best); }
+    let best = wg_argmax(lid); // its last barrier makes every thread's atomicOr visible
+    if (lid == 0u) { write_id(select(best, NON_FINITE, atomicLoad(&non_finite) != 0u)); }
 }
 #endif
 
@@ -124,6 +134,8 @@ fn local_mass(seg: vec2<u32>, tau: u32, top: f32) -> f32 {
 fn sample(@builtin(local_invocation_index) lid: u32) {
     let seg = segment(lid);
     let top = ld_logits(p.base + wg_argmax(lid));
+    let flagged = atomicLoad(&non_finite) != 0u;
+    if (flagged && lid == 0u) { write_id(NON_FINITE); }
 
     // Top-k: the largest τ with count(key ≥ τ) ≥ top_k, bit by bit from the top.
     var tau_k = 0u;
@@ -161,7 +173,7 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
     let u = f32(hash(run[p.seed_slot] ^ hash(run[p.step_slot])) >> 8u) * (1.0 / 16777216.0);
     // u < 1, but u·total can round up to total: clamp to the float just below it.
     let goal = min(u * total, bitcast<f32>(bitcast<u32>(total) - 1u));
-    if (own > 0.0 && goal >= start && goal < start + own) {
+    if (!flagged && own > 0.0 && goal >= start && goal < start + own) {
         var acc = start;
         var pick = seg.x;
         for (var i = seg.x; i < seg.y; i++) {

@@ -33,6 +33,9 @@ pub enum Error {
     /// Invalid user input (arguments, prompts, options).
     #[error("{0}")]
     Input(String),
+    /// The model's numbers overflowed at run time (NaN or Inf where an answer was due).
+    #[error("{0}")]
+    NonFinite(String),
     /// A hub id, the Hugging Face cache or a download: what failed and how to fix it.
     #[error("{0}")]
     Hub(String),
@@ -46,6 +49,12 @@ impl Error {
     /// An input error built from anything printable.
     pub fn input(msg: impl fmt::Display) -> Self {
         Error::Input(msg.to_string())
+    }
+    /// Generation step `step` (1 = the first generated token) met NaN or Inf logits.
+    pub fn non_finite(step: usize) -> Self {
+        Error::NonFinite(format!(
+            "step {step}: the model produced non-finite logits (NaN/Inf); the weights or inputs overflow"
+        ))
     }
     /// A problem with the file at `path`.
     pub fn file(path: impl AsRef<std::path::Path>, msg: impl fmt::Display) -> Self {

@@ -160,9 +160,14 @@ fn a_prompt_over_tokenizer_model_max_length_is_refused() {
 }
 
 fn infer(args: &[&str]) -> (i32, String, String) {
+    infer_with_env(args, &[])
+}
+
+fn infer_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_fvl-wgpu"))
         .arg("infer")
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run fvl-wgpu");
     (
@@ -214,9 +219,17 @@ fn fixture_copy(
 }
 
 /// The CLI decodes the image itself (pad to square, bicubic resize) and still gives the 16
-/// greedy ids of transformers.
+/// greedy ids of transformers — also on a device opened with the portable limits
+/// (`FVL_PORTABLE_LIMITS`: 256 invocations, 16 KiB workgroup memory, 8 storage buffers per
+/// stage, 128 MiB bindings), the whole model's kernels within what every desktop GPU offers.
 #[test]
 fn cli_infer_json_gives_the_greedy_answer() {
+    for portable in ["0", "1"] {
+        cli_infer_gives_the_greedy_answer(&[("FVL_PORTABLE_LIMITS", portable)]);
+    }
+}
+
+fn cli_infer_gives_the_greedy_answer(env: &[(&str, &str)]) {
     let j = expected_json();
     let model = fixture_path(DIR).display().to_string();
     let args = fixture_args(
@@ -232,10 +245,12 @@ fn cli_infer_json_gives_the_greedy_answer() {
         ],
     );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, out, err) = infer(&args);
-    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = infer_with_env(&args, env);
+    assert_eq!(code, 0, "{env:?}: {err}");
     let got: serde_json::Value = serde_json::from_str(out.trim()).expect(&out);
-    assert_eq!(got["token_ids"], j["answer_ids_16_no_eos"]);
+    assert_eq!(got["token_ids"], j["answer_ids_16_no_eos"], "{env:?}");
+    let portable = env.iter().any(|&(k, v)| k == "FVL_PORTABLE_LIMITS" && v == "1");
+    assert_eq!(err.contains("portable limits"), portable, "{err}");
     assert_eq!(got["prompt_positions"], j["merged_length"]);
     for k in ["vision_ms", "prefill_ms", "decode_tokens_per_s"] {
         assert!(got["timings"][k].as_f64().is_some(), "{k}: {out}");

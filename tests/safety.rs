@@ -167,17 +167,39 @@ fn outputs_get_the_usual_permissions() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
-/// Sets element 0 of tensor `name` in the single-file checkpoint `dir` to `value`.
-fn poison_weight(dir: &Path, name: &str, value: f32) {
-    let path = dir.join("model.safetensors");
-    let mut bytes = std::fs::read(&path).unwrap();
+/// Rewrites the values of tensor `name` (F32 or BF16) in the safetensors file `path` with
+/// `edit`, which sees them as f32.
+fn edit_weight(path: &Path, name: &str, edit: impl FnOnce(&mut [f32])) {
+    let mut bytes = std::fs::read(path).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
     let t = &header[name];
-    assert_eq!(t["dtype"], "F32", "{name}");
-    let start = 8 + n + t["data_offsets"][0].as_u64().unwrap() as usize;
-    bytes[start..start + 4].copy_from_slice(&value.to_le_bytes());
-    std::fs::write(&path, bytes).unwrap();
+    let offset = |i: usize| 8 + n + t["data_offsets"][i].as_u64().unwrap() as usize;
+    let data = &mut bytes[offset(0)..offset(1)];
+    let bf16 = match t["dtype"].as_str() {
+        Some("F32") => false,
+        Some("BF16") => true,
+        other => panic!("{name}: {other:?}"),
+    };
+    let mut values: Vec<f32> = if bf16 {
+        data.chunks(2).map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)).collect()
+    } else {
+        data.chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+    };
+    edit(&mut values);
+    for (i, v) in values.iter().enumerate() {
+        if bf16 {
+            data[2 * i..2 * i + 2].copy_from_slice(&((v.to_bits() >> 16) as u16).to_le_bytes());
+        } else {
+            data[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Sets element 0 of tensor `name` in the single-file checkpoint `dir` to `value`.
+fn poison_weight(dir: &Path, name: &str, value: f32) {
+    edit_weight(&dir.join("model.safetensors"), name, |v| v[0] = value);
 }
 
 /// Item 5: `quantize` refuses a checkpoint with Inf or NaN weights instead of packing them.
@@ -423,5 +445,129 @@ fn sampling_flags_are_checked_at_parse_time() {
         ]);
         assert_eq!(code, 2, "{flag} {v}: {err}");
         assert!(err.contains(flag) && !err.contains("device:"), "{flag} {v}: {err}");
+    }
+}
+
+/// Item 5: under f16 (or q8/q4) storage, a finite weight too large for f16 is kept in f32 with
+/// one warning naming it, and the answer is the f32 run's (it was Inf, and every id 0).
+#[test]
+fn weights_beyond_f16_stay_f32() {
+    let root = scratch("f16-range");
+    let model = root.join("M");
+    copy_fixture("llama-b", &model);
+    let name = "model.layers.0.mlp.down_proj";
+    edit_weight(&model.join("model.safetensors"), &format!("{name}.weight"), |v| {
+        v[5] = 1.0e5
+    });
+    let run = |quant: &str| {
+        let (code, out, err) = fvl(&[
+            "generate", "--model", model.to_str().unwrap(), "--prompt-ids", "1,2,3",
+            "--max-new-tokens", "6", "--quant", quant, "--json",
+        ]);
+        assert_eq!(code, 0, "{quant}: {err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).expect(&out);
+        (v["token_ids"].clone(), err)
+    };
+    let (want, quiet) = run("f32");
+    assert!(!quiet.contains("warning"), "{quiet}");
+    let (got, err) = run("f16");
+    assert_eq!(got, want, "{err}");
+    let warnings: Vec<_> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(warnings[0].contains(name) && warnings[0].contains("f32"), "{err}");
+}
+
+/// The library side of the same rule: a tensor whose values exceed its dtype's range is
+/// stored as f32 (for q8/q4, a block scale past f16's range), and the warning is kept for
+/// the caller.
+#[test]
+fn tensors_beyond_their_dtype_range_upload_as_f32() {
+    use fvl_wgpu::gpu::{DType, Tensor};
+    let gpu = common::gpu();
+    let mut data: Vec<f32> = (0..64).map(|i| i as f32 * 0.37 - 11.0).collect();
+    let fits = Tensor::from_f32(&gpu, &[2, 32], DType::F16, &data, "fits").unwrap();
+    assert_eq!(fits.layout.dtype, DType::F16);
+    assert!(gpu.take_warnings().is_empty());
+    for (dtype, big) in [(DType::F16, 7.0e4), (DType::Q8, 9.0e6), (DType::Q4, 6.0e5)] {
+        data[37] = big;
+        let t = Tensor::from_f32(&gpu, &[2, 32], dtype, &data, "big weight").unwrap();
+        assert_eq!(t.layout.dtype, DType::F32, "{dtype:?}");
+        assert_eq!(t.read_f32(&gpu).unwrap(), data, "{dtype:?}");
+        let w = gpu.take_warnings();
+        assert!(w.len() == 1 && w[0].contains("big weight"), "{w:?}");
+    }
+}
+
+/// Runs `fvl-wgpu ARGS` and checks it fails in one line saying which step met non-finite
+/// logits.
+fn fails_with_non_finite_logits(args: &[&str]) {
+    let (code, out, err) = fvl(args);
+    let err: Vec<_> = err
+        .lines()
+        .filter(|l| !l.starts_with("device:") && !l.contains("compiling"))
+        .collect();
+    one_line_error(code, &err.join("\n"));
+    let line = err[0];
+    assert!(
+        line.contains("step 1:") && line.contains("non-finite logits"),
+        "{args:?}: {line}\n{out}"
+    );
+}
+
+/// Item 5: finite weights whose activations overflow at run time (a norm weight of 1e30)
+/// stop generation with an error naming the step, for every generating command and for the
+/// GPU's argmax and sampling as for the host's beam search (they answered id 0, exit 0).
+#[test]
+fn non_finite_logits_stop_generation() {
+    let root = scratch("overflow");
+    let llama = root.join("llama");
+    copy_fixture("llama-b", &llama);
+    edit_weight(
+        &llama.join("model.safetensors"),
+        "model.layers.0.input_layernorm.weight",
+        |v| v.fill(1e30),
+    );
+    for extra in [&[][..], &["--temperature", "0.8", "--top-k", "5"][..]] {
+        let mut args = vec![
+            "generate", "--model", llama.to_str().unwrap(), "--prompt-ids", "1,2,3",
+            "--max-new-tokens", "4", "--quant", "f32",
+        ];
+        args.extend_from_slice(extra);
+        fails_with_non_finite_logits(&args);
+    }
+
+    let fvl_model = root.join("florence-vl-tiny");
+    copy_fixture("florence-vl-tiny", &fvl_model);
+    std::os::unix::fs::symlink(
+        common::fixture_path("florence2-a-original"),
+        root.join("florence2-a-original"),
+    )
+    .unwrap();
+    edit_weight(
+        &fvl_model.join("model-00001-of-00006.safetensors"),
+        "model.layers.0.input_layernorm.weight",
+        |v| v.fill(1e30),
+    );
+    let image = common::fixture_path("images/photo.png");
+    let tokenizer = common::fixture_path("florence2-a");
+    fails_with_non_finite_logits(&[
+        "infer", "--model", fvl_model.to_str().unwrap(), "--image", image.to_str().unwrap(),
+        "--florence-tokenizer", tokenizer.to_str().unwrap(), "--prompt", "What is this?",
+        "--max-new-tokens", "4", "--quant", "f32",
+    ]);
+
+    let f2 = root.join("florence2");
+    copy_fixture("florence2-a", &f2);
+    edit_weight(
+        &f2.join("model.safetensors"),
+        "model.language_model.decoder.layernorm_embedding.weight",
+        |v| v.fill(1e30),
+    );
+    for beams in ["3", "1"] {
+        fails_with_non_finite_logits(&[
+            "florence2", "--model", f2.to_str().unwrap(), "--image", image.to_str().unwrap(),
+            "--task", "<CAPTION>", "--precision", "f32", "--max-new-tokens", "4",
+            "--num-beams", beams, "--no-repeat-ngram-size", "0",
+        ]);
     }
 }

@@ -6,9 +6,12 @@
 #
 #   bash tools/test.sh [--full] [cargo test arguments…]
 #
-# --full (CI) also runs the kernel conformance table with the optional features off (the
-# f32/workgroup-memory fallbacks on every shape); a developer's run checks those fallbacks on
-# the linear layers only. FVL_TEST_FULL=1 does the same.
+# --full (CI) also runs the kernel conformance table twice more: with the optional features
+# off (the f32/workgroup-memory fallbacks on every shape), and on a device opened with the
+# portable limits (256 invocations and 16 KiB of workgroup memory per workgroup, 8 storage
+# buffers per stage, 128 MiB bindings: what every desktop GPU offers). A developer's run
+# checks the fallbacks on the linear layers only, and the portable limits on one whole model
+# (`infer` in tests/florence_vl.rs). FVL_TEST_FULL=1 does the same.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--full" ]; then

@@ -202,6 +202,7 @@ impl DeviceArgs {
     pub fn open(&self) -> Result<Gpu> {
         let gpu = Gpu::new(&GpuOptions {
             adapter: self.device.clone(),
+            on_warning: Some(|w| eprintln!("warning: {w}")),
             ..Default::default()
         })?;
         eprintln!("device: {}", gpu.describe());

@@ -17,6 +17,42 @@ pub const ENV_ADAPTER: &str = "FVL_ADAPTER";
 /// exercise the chunked-tensor path.
 pub const ENV_MAX_BINDING: &str = "FVL_MAX_BINDING";
 
+/// Environment variable: when set (and not `0`), devices open with [`portable_limits`]
+/// instead of the adapter's own, as [`GpuOptions::portable_limits`] asks.
+pub const ENV_PORTABLE_LIMITS: &str = "FVL_PORTABLE_LIMITS";
+
+/// `limits` lowered to a floor that the Apple, Intel, AMD and NVIDIA desktop drivers all
+/// exceed (WebGPU's defaults): 256 invocations per workgroup, 16 KiB of workgroup memory,
+/// 8 storage buffers per shader stage and 128 MiB storage bindings. Kernels that fit these
+/// run on any desktop GPU; tests open a device with them to prove it on a large adapter.
+pub fn portable_limits(limits: &wgpu::Limits) -> wgpu::Limits {
+    let floor = wgpu::Limits::default();
+    wgpu::Limits {
+        max_compute_invocations_per_workgroup: limits
+            .max_compute_invocations_per_workgroup
+            .min(floor.max_compute_invocations_per_workgroup),
+        max_compute_workgroup_size_x: limits
+            .max_compute_workgroup_size_x
+            .min(floor.max_compute_workgroup_size_x),
+        max_compute_workgroup_size_y: limits
+            .max_compute_workgroup_size_y
+            .min(floor.max_compute_workgroup_size_y),
+        max_compute_workgroup_size_z: limits
+            .max_compute_workgroup_size_z
+            .min(floor.max_compute_workgroup_size_z),
+        max_compute_workgroup_storage_size: limits
+            .max_compute_workgroup_storage_size
+            .min(floor.max_compute_workgroup_storage_size),
+        max_storage_buffers_per_shader_stage: limits
+            .max_storage_buffers_per_shader_stage
+            .min(floor.max_storage_buffers_per_shader_stage),
+        max_storage_buffer_binding_size: limits
+            .max_storage_buffer_binding_size
+            .min(floor.max_storage_buffer_binding_size),
+        ..limits.clone()
+    }
+}
+
 /// How to pick and configure a device.
 #[derive(Clone, Debug, Default)]
 pub struct GpuOptions {
@@ -27,6 +63,15 @@ pub struct GpuOptions {
     pub max_binding: Option<u64>,
     /// Pretend `SHADER_F16` and `SUBGROUP` are absent, to test the fallback paths.
     pub disable_optional_features: bool,
+    /// Open the device with [`portable_limits`] (also when `FVL_PORTABLE_LIMITS` is set), so
+    /// that work needing more than the portable floor fails here as it would elsewhere.
+    pub portable_limits: bool,
+    /// Open the device with its largest buffer lowered to this many bytes (at least 1 KiB):
+    /// allocations past it fail as on an adapter that holds less. For fault tests.
+    pub max_buffer_size: Option<u64>,
+    /// Called with each warning as it happens (e.g. a weight kept in f32 because it does not
+    /// fit f16); `None` keeps them for [`Gpu::take_warnings`].
+    pub on_warning: Option<fn(&str)>,
 }
 
 /// What `fvl-wgpu devices` prints for one adapter.
@@ -186,8 +231,11 @@ pub struct Gpu {
     pub(crate) queue: wgpu::Queue,
     /// Name, backend and type of the adapter.
     pub info: wgpu::AdapterInfo,
-    /// Limits the device was opened with (the adapter's maximum).
+    /// Limits the device was opened with (the adapter's maximum, or lower as
+    /// [`GpuOptions`] asked).
     pub limits: wgpu::Limits,
+    /// Opened with [`portable_limits`].
+    pub portable: bool,
     /// Storage-binding size every tensor chunk must fit (possibly lowered by options).
     pub max_binding: u64,
     /// `SHADER_F16` is enabled on the device.
@@ -202,6 +250,8 @@ pub struct Gpu {
     pub cpu_style_kernels: bool,
     pub(crate) pipelines: PipelineCache,
     error: ErrorSlot,
+    on_warning: Option<fn(&str)>,
+    warnings: Mutex<Vec<String>>,
     submits: AtomicU64,
 }
 
@@ -221,7 +271,16 @@ impl Gpu {
             wanted |= wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
         }
         let features = offered & wanted;
-        let limits = adapter.limits();
+        let mut limits = adapter.limits();
+        let env_portable = std::env::var(ENV_PORTABLE_LIMITS).ok();
+        let portable =
+            opts.portable_limits || env_portable.is_some_and(|v| !v.is_empty() && v != "0");
+        if portable {
+            limits = portable_limits(&limits);
+        }
+        if let Some(max) = opts.max_buffer_size {
+            limits.max_buffer_size = limits.max_buffer_size.min(max.max(1 << 10));
+        }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("fvl-wgpu"),
             required_features: features,
@@ -243,8 +302,14 @@ impl Gpu {
         let slot = error.clone();
         device.set_device_lost_callback(move |reason, msg| {
             let mut s = slot.lock().unwrap();
-            if s.is_none() && reason != wgpu::DeviceLostReason::Destroyed {
-                *s = Some(format!("device lost ({reason:?}): {msg}"));
+            if s.is_none() {
+                let why = match reason {
+                    wgpu::DeviceLostReason::Destroyed => "destroyed".to_string(),
+                    _ => format!("lost by the driver ({msg})"),
+                };
+                *s = Some(format!(
+                    "the GPU device was {why}; open a new one (restart the model) to continue"
+                ));
             }
         });
 
@@ -270,12 +335,15 @@ impl Gpu {
             queue,
             info,
             max_binding,
+            portable,
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
             limits,
             pipelines,
             error,
+            on_warning: opts.on_warning,
+            warnings: Mutex::new(Vec::new()),
             submits: AtomicU64::new(0),
         })
     }
@@ -311,22 +379,46 @@ impl Gpu {
 
     /// Blocks until all submitted work has finished, then reports any device error.
     pub fn wait(&self) -> Result<()> {
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Device(format!("waiting for the GPU: {e}")))?;
-        self.check()
+        let polled = self.device.poll(wgpu::PollType::wait_indefinitely());
+        self.polled(polled)
+    }
+
+    /// The outcome of a poll: the device error recorded first (a loss reported by the
+    /// callback explains a failed wait better than the wait's own message), else the poll's.
+    fn polled(&self, polled: Result<wgpu::PollStatus, wgpu::PollError>) -> Result<()> {
+        self.check()?;
+        // wgpu's own text (a timeout, a submission it never accepted) names its internals.
+        polled.map_err(|_| {
+            Error::Device(
+                "the GPU stopped taking work (device lost or reset); open a new device (restart the model) to continue".into(),
+            )
+        })?;
+        Ok(())
     }
 
     /// Blocks until one submission has finished (later ones may still run), then reports
     /// any device error.
     pub(crate) fn wait_for(&self, index: wgpu::SubmissionIndex) -> Result<()> {
-        self.device
-            .poll(wgpu::PollType::Wait {
-                submission_index: Some(index),
-                timeout: None,
-            })
-            .map_err(|e| Error::Device(format!("waiting for the GPU: {e}")))?;
-        self.check()
+        let polled = self.device.poll(wgpu::PollType::Wait {
+            submission_index: Some(index),
+            timeout: None,
+        });
+        self.polled(polled)
+    }
+
+    /// Reports a warning: to [`GpuOptions::on_warning`] if set, else kept for
+    /// [`Gpu::take_warnings`].
+    pub(crate) fn warn(&self, msg: String) {
+        match self.on_warning {
+            Some(f) => f(&msg),
+            None => self.warnings.lock().unwrap().push(msg),
+        }
+    }
+
+    /// The warnings recorded since the last call (none when [`GpuOptions::on_warning`] takes
+    /// them as they happen).
+    pub fn take_warnings(&self) -> Vec<String> {
+        std::mem::take(&mut self.warnings.lock().unwrap())
     }
 
     /// Allocates a buffer, turning an allocation failure into [`Error::OutOfMemory`].
@@ -414,11 +506,14 @@ impl Gpu {
         self.submits.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// One-line description: name, backend, type.
+    /// One-line description: name, backend, type (and the portable limits when asked for).
     pub fn describe(&self) -> String {
         format!(
-            "{} ({:?}, {:?})",
-            self.info.name, self.info.backend, self.info.device_type
+            "{} ({:?}, {:?}{})",
+            self.info.name,
+            self.info.backend,
+            self.info.device_type,
+            if self.portable { ", portable limits" } else { "" }
         )
     }
 }

@@ -70,6 +70,19 @@ impl DType {
         }
     }
 
+    /// The largest magnitude a value may have and still be stored as `self` without becoming
+    /// Inf: f16's largest finite value, times the largest code for the quantized types (their
+    /// block scale is an f16). `None`: any finite f32 fits.
+    pub fn max_magnitude(self) -> Option<f32> {
+        let max = f16::MAX.to_f32();
+        match self {
+            DType::F16 => Some(max),
+            DType::Q8 => Some(max * 127.0),
+            DType::Q4 => Some(max * 8.0),
+            DType::F32 | DType::U32 => None,
+        }
+    }
+
     /// Checks the constraints a dtype puts on the row length.
     pub fn check_cols(self, cols: usize) -> Result<(), String> {
         if self.is_quantized() && cols % QBLOCK != 0 {

@@ -10,7 +10,7 @@ pub mod readback;
 pub mod tensor;
 
 pub use codegen::Access;
-pub use device::{list_adapters, AdapterSummary, Gpu, GpuOptions};
+pub use device::{list_adapters, portable_limits, AdapterSummary, Gpu, GpuOptions};
 pub use format::DType;
 pub use graph::{grid, Executable, Graph, Kernel, TensorId};
 pub use readback::{Submission, TokenReadback};

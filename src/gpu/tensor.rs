@@ -126,6 +126,9 @@ impl Tensor {
     }
 
     /// Uploads f32 host data, converting to `dtype` (F16 rounding, Q8/Q4 quantization).
+    /// Values too large for `dtype` (|x| > 65504 in f16; a block scale past it when
+    /// quantized) would become Inf: such a tensor is kept in f32 instead, and the device
+    /// records a warning naming it ([`Gpu::take_warnings`]).
     pub fn from_f32(
         gpu: &Gpu,
         shape: &[usize],
@@ -133,6 +136,17 @@ impl Tensor {
         data: &[f32],
         label: &str,
     ) -> Result<Tensor> {
+        let mut dtype = dtype;
+        if let Some(limit) = dtype.max_magnitude() {
+            let largest = data.iter().fold(0f32, |m, v| m.max(v.abs()));
+            if largest > limit {
+                gpu.warn(format!(
+                    "{label}: holds {largest:e}, beyond what {} can store ({limit:e}); kept in f32",
+                    dtype.name()
+                ));
+                dtype = DType::F32;
+            }
+        }
         let t = Tensor::empty(gpu, shape, dtype, label)?;
         if data.len() != t.layout.numel() {
             return Err(Error::shape(format!(

@@ -210,6 +210,9 @@ impl BeamSearch {
         }
         let v = logits.len() / b;
         let cur = self.cur_len();
+        if logits.iter().any(|x| !x.is_finite()) {
+            return Err(Error::non_finite(cur));
+        }
 
         // Accumulated log-probs of every (beam, token) continuation.
         let mut acc = Vec::with_capacity(b * v);

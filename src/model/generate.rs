@@ -429,9 +429,12 @@ impl<'m, M: Decoder> Session<'m, M> {
     }
 
     /// Waits for `submission` and returns the id it copied into readback slot `slot`, or the
-    /// id forced for this draw (which then replaces the choice on the GPU too).
+    /// id forced for this draw (which then replaces the choice on the GPU too). The sampler
+    /// writes [`sample::NON_FINITE`] when the logits overflowed: an error naming the draw
+    /// (1 = the prefill's token) instead of a garbage id.
     fn read_choice(&self, slot: usize, submission: Submission) -> Result<u32> {
         let id = self.readback.read(self.gpu, slot, submission)?;
+        let id = sample::checked_id(id, self.step as usize + 1)?;
         match self.forced_at(self.step + 1) {
             Some(f) if f != id => {
                 self.next.write_words(self.gpu, &[f]);

@@ -12,6 +12,20 @@ use crate::gpu::{Access, DType, Graph, Kernel, TensorId};
 /// Threads of the single workgroup.
 const WG: u32 = 256;
 
+/// The id [`argmax`] and [`sample`] write when a logit they scan is NaN or ±Inf: a model whose
+/// numbers overflowed would otherwise answer with garbage ids (turn it into an error with
+/// [`checked_id`]).
+pub const NON_FINITE: u32 = u32::MAX;
+
+/// `id` as read back from a choice at generation step `step` (1 = the first generated token),
+/// or the error that [`NON_FINITE`] stands for.
+pub fn checked_id(id: u32, step: usize) -> Result<u32> {
+    if id == NON_FINITE {
+        return Err(Error::non_finite(step));
+    }
+    Ok(id)
+}
+
 /// Sampling settings; the seed and step are read from run slots at each replay.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Sampling {
@@ -63,12 +77,14 @@ impl Row {
 }
 
 /// Writes the index of the largest logit of `row` of `logits` (f32 `[.., V]`; ties → the
-/// lowest index) into `ids[at]` (u32 tensor). An `at` run value past the end writes nothing.
+/// lowest index) into `ids[at]` (u32 tensor), or [`NON_FINITE`] when one of the scanned
+/// logits is NaN or ±Inf. An `at` run value past the end writes nothing.
 pub fn argmax(g: &mut Graph, logits: TensorId, row: Row, ids: TensorId, at: RunValue) -> Result<()> {
     launch(g, "argmax", logits, row, ids, at, None)
 }
 
-/// Draws a token from `row` of `logits` as [`Sampling`] says and writes it into `ids[at]`.
+/// Draws a token from `row` of `logits` as [`Sampling`] says and writes it into `ids[at]`
+/// ([`NON_FINITE`] when a scanned logit is NaN or ±Inf).
 pub fn sample(
     g: &mut Graph,
     logits: TensorId,
