@@ -202,14 +202,22 @@ fn poison_weight(dir: &Path, name: &str, value: f32) {
     edit_weight(&dir.join("model.safetensors"), name, |v| v[0] = value);
 }
 
-/// Item 5: `quantize` refuses a checkpoint with Inf or NaN weights instead of packing them.
+/// Item 5: `quantize` refuses a checkpoint with Inf or NaN weights instead of packing them,
+/// and one whose q4 block scale would overflow f16 (it was packed as Inf; `llama-a`, whose
+/// down_proj rows are whole blocks).
 #[test]
 fn quantize_refuses_non_finite_weights() {
-    for (tag, v) in [("inf", f32::INFINITY), ("nan", f32::NAN)] {
+    let name = "model.layers.0.mlp.down_proj.weight";
+    for (tag, v, says) in [("inf", f32::INFINITY, "inf"), ("nan", f32::NAN, "NaN"), ("big", 1e6, "more than q4")] {
         let root = scratch(&format!("q-{tag}"));
         let model = root.join("M");
-        copy_fixture("llama-b", &model);
-        poison_weight(&model, "model.layers.0.mlp.down_proj.weight", v);
+        if tag == "big" {
+            copy_fixture("llama-a", &model);
+            edit_weight(&model.join("model-00003-of-00005.safetensors"), name, |w| w[40] = v);
+        } else {
+            copy_fixture("llama-b", &model);
+            poison_weight(&model, name, v);
+        }
         let out = root.join("out");
         let (code, _, err) = fvl(&[
             "quantize",
@@ -222,8 +230,7 @@ fn quantize_refuses_non_finite_weights() {
         ]);
         one_line_error(code, &err);
         assert!(
-            err.contains("model.layers.0.mlp.down_proj.weight")
-                && (err.contains("inf") || err.contains("NaN")),
+            err.contains(name) && err.contains(says),
             "{err}"
         );
         assert!(!out.join("model.safetensors").exists());

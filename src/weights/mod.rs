@@ -539,7 +539,16 @@ pub fn write_quantized(
         let (bytes, dt, shape) = ck.raw(name)?;
         if let [rows, cols] = *shape {
             if quantize(name) && dtype.check_cols(cols).is_ok() {
-                let words = crate::gpu::format::encode(dtype, &ck.load_f32(name, shape)?, cols);
+                let values = ck.load_f32(name, shape)?;
+                // A block scale past f16's range would be packed as Inf.
+                let largest = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+                if dtype.max_magnitude().is_some_and(|limit| largest > limit) {
+                    return Err(Error::input(format!(
+                        "tensor {name} holds {largest:e}, more than {} can store (its block scales are f16); leave this checkpoint unquantized",
+                        dtype.name()
+                    )));
+                }
+                let words = crate::gpu::format::encode(dtype, &values, cols);
                 let packed = bytemuck::cast_slice(&words).to_vec();
                 tensors.push((
                     format!("{name}.{}", dtype.name()),
