@@ -6,9 +6,10 @@
 //! * [`ops`]: one module per kernel family, the Rust side of each WGSL file in `shaders/`.
 //! * [`weights`]: checkpoints on disk (safetensors, shards, `config.json`) and per-model name maps.
 //! * [`image`]: image decoding and Florence-2 preprocessing (CPU only, no GPU use).
-//! * [`text`]: the Llama-3 tokenizer and chat template; [`tasks`]: Florence-2 task prompts and
-//!   the BART tokenizer (CPU only).
-//! * [`model`]: the forward passes (DaViT, Florence-2, Llama), reading like the spec.
+//! * [`text`]: tokenizers and chat templates, CPU only: Llama 3 / Phi-3 (`text::llama`,
+//!   `text::chat`), Florence-2's BART tokenizer with its task prompts (`text::bart`).
+//! * [`model`]: the forward passes (DaViT and the image head, BART, Llama and Phi-3, Florence-VL's
+//!   fusion), reading like the spec, and the one decoding driver (`model::generate`).
 //! * [`output`]: every file written goes through a temporary file and a rename, never over an input.
 //! * [`postprocess`]: Florence-2 answers (text, boxes, quads, polygons) from generated text (CPU only).
 //! * [`pipeline`]: whole pipelines for applications — [`pipeline::Florence2`] tasks and
@@ -24,7 +25,6 @@ pub mod output;
 pub mod pipeline;
 pub mod postprocess;
 pub mod server;
-pub mod tasks;
 pub mod text;
 pub mod weights;
 

@@ -156,7 +156,7 @@ fn features_writes_pixels_and_image_features() {
         "florence2-a/expected_encoder.safetensors",
         "encoder_image_rows",
     );
-    for (p, name) in ["encoder_caption", "encoder_ocr", "encoder_grounding"]
+    for (p, name) in ["encoder_caption", "encoder_ocr", "encoder_dense_region_caption"]
         .iter()
         .enumerate()
     {

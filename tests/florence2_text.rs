@@ -9,7 +9,7 @@ use common::{fixture_path, fixture_tensor, max_rel_error};
 use fvl_wgpu::gpu::{DType, Gpu, Graph, Tensor};
 use fvl_wgpu::model::bart::Bart;
 use fvl_wgpu::model::beam::{BeamOptions, BeamSearch, DecoderIds};
-use fvl_wgpu::tasks::{prompt, Tokenizer};
+use fvl_wgpu::text::bart::{prompt, BartTokenizer};
 use fvl_wgpu::weights::florence2::Florence2Checkpoint;
 use fvl_wgpu::weights::florence2::GenerationDefaults;
 use serde_json::Value;
@@ -204,7 +204,7 @@ fn beam_search_matches_transformers() {
 #[test]
 fn task_prompts_tokenize_as_the_processor_does() {
     for model in MODELS {
-        let tok = Tokenizer::open(fixture_path(model)).unwrap();
+        let tok = BartTokenizer::open(fixture_path(model)).unwrap();
         for run in json(&format!("{model}/generate.json"))["runs"]
             .as_array()
             .unwrap()
@@ -347,7 +347,7 @@ fn vocab_and_merges_give_the_same_ids() {
         let gen = json(&format!("{model}/generate.json"));
         for with_added in [true, false] {
             let dir = slow_tokenizer_dir(model, with_added);
-            let tok = Tokenizer::open(&dir).unwrap();
+            let tok = BartTokenizer::open(&dir).unwrap();
             for run in gen["runs"].as_array().unwrap() {
                 let task = run["task"].as_str().unwrap();
                 let want = ids(&run["prompt_ids"]);

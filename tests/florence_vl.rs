@@ -25,7 +25,7 @@ fn expected_json() -> serde_json::Value {
 fn prompt_embeddings(gpu: &Gpu, m: &FlorenceVl, pixels: &Tensor, ids: &[i64]) -> Tensor {
     let mut g = Graph::new(gpu);
     let p = g.external(pixels);
-    let f = m.features(&mut g, p).unwrap();
+    let f = m.fuse_image(&mut g, p).unwrap();
     let embeds = m.embed_prompt(&mut g, ids, f.projected).unwrap();
     g.keep(embeds);
     let exe = g.build().unwrap();
@@ -36,7 +36,7 @@ fn prompt_embeddings(gpu: &Gpu, m: &FlorenceVl, pixels: &Tensor, ids: &[i64]) ->
 /// The model in f32, with the BART tokenizer of `florence2-a` (the one the fixture used).
 fn load(gpu: &Gpu) -> FlorenceVl {
     let bart = fixture_path("florence2-a");
-    FlorenceVl::load(gpu, &fixture_path(DIR), DType::F32, Some(&bart)).unwrap()
+    FlorenceVl::from_folder(gpu, &fixture_path(DIR), DType::F32, Some(&bart)).unwrap()
 }
 
 /// [`load`] behind the library's pipeline layer (which owns its GPU).
@@ -53,7 +53,7 @@ fn fused_and_projected_features_match_transformers() {
     let pixels = Tensor::from_f32(&gpu, &shape[1..], DType::F32, &pixels, "pixels").unwrap();
     let mut g = Graph::new(&gpu);
     let p = g.external(&pixels);
-    let f = m.features(&mut g, p).unwrap();
+    let f = m.fuse_image(&mut g, p).unwrap();
     for id in [f.v, f.fused, f.projected] {
         g.keep(id);
     }
@@ -134,7 +134,7 @@ fn dropping_the_mean_token_keeps_the_grid_rows() {
     let pixels = Tensor::from_f32(&gpu, &shape[1..], DType::F32, &pixels, "pixels").unwrap();
     let mut g = Graph::new(&gpu);
     let p = g.external(&pixels);
-    let f = m.features(&mut g, p).unwrap();
+    let f = m.fuse_image(&mut g, p).unwrap();
     g.keep(f.fused);
     let exe = g.build().unwrap();
     exe.run(&gpu, &[]).unwrap();

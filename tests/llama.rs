@@ -51,7 +51,7 @@ fn expected(model: &str) -> Expected {
 
 fn load(gpu: &Gpu, model: &str, quant: DType) -> Llama {
     let ck = Checkpoint::open(fixture_path(model)).unwrap();
-    Llama::load(gpu, &ck, quant, &|| ()).unwrap()
+    Llama::from_checkpoint(gpu, &ck, quant, &|| ()).unwrap()
 }
 
 /// Prefill with all prompt logits, then greedy decode: (prompt logits, 32 ids).

@@ -47,7 +47,7 @@ fn run(name: &str) -> (Vec<u32>, Vec<u32>, Vec<f64>, Vec<f32>) {
 
 fn load(gpu: &Gpu, quant: DType) -> Llama {
     let ck = Checkpoint::open(fixture_path(DIR)).unwrap();
-    let mut m = Llama::load(gpu, &ck, quant, &|| ()).unwrap();
+    let mut m = Llama::from_checkpoint(gpu, &ck, quant, &|| ()).unwrap();
     m.sampled_vocab = LlamaTokenizer::open(&fixture_path(DIR)).unwrap().len();
     m
 }
@@ -284,7 +284,7 @@ fn llava_phi_prompt_embeddings_and_answer_match_transformers() {
     let expected = format!("{VL}/expected.safetensors");
     let gpu = common::gpu();
     let bart = fixture_path("florence2-a");
-    let m = FlorenceVl::load(&gpu, &fixture_path(VL), DType::F32, Some(&bart)).unwrap();
+    let m = FlorenceVl::from_folder(&gpu, &fixture_path(VL), DType::F32, Some(&bart)).unwrap();
     let j = json(&format!("{VL}/expected.json"));
     assert_eq!(m.tokenizer.template, Template::Phi3);
     assert_eq!(m.llama.sampled_vocab as u64, j["tokenizer_size"].as_u64().unwrap());
@@ -298,7 +298,7 @@ fn llava_phi_prompt_embeddings_and_answer_match_transformers() {
     let pixels = Tensor::from_f32(&gpu, &shape[1..], DType::F32, &pixels, "pixels").unwrap();
     let mut g = Graph::new(&gpu);
     let p = g.external(&pixels);
-    let f = m.features(&mut g, p).unwrap();
+    let f = m.fuse_image(&mut g, p).unwrap();
     let embeds = m.embed_prompt(&mut g, &prompt, f.projected).unwrap();
     g.keep(embeds);
     let exe = g.build().unwrap();

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use fvl_wgpu::tasks::Tokenizer;
+use fvl_wgpu::text::bart::BartTokenizer;
 use fvl_wgpu::weights::florence2::TextConfig;
 use fvl_wgpu::weights::florence_vl::FlorenceVlFolder;
 use fvl_wgpu::weights::hub::Hub;
@@ -129,7 +129,7 @@ fn check_florence2(model: &str, modes: &[&str]) {
 fn bare_bart_tokenizer_gets_the_florence_tokens_in_the_processors_order() {
     let gen = expected("florence2_generate.json");
     let vocab = gen["vocab_size"].as_u64().unwrap() as usize;
-    let tok = Tokenizer::open(snapshot(F2_REPO))
+    let tok = BartTokenizer::open(snapshot(F2_REPO))
         .unwrap()
         .check_vocab(vocab)
         .unwrap();
@@ -146,7 +146,7 @@ fn bare_bart_tokenizer_gets_the_florence_tokens_in_the_processors_order() {
             assert_eq!(text, run[mode]["text"].as_str().unwrap(), "{task} {mode}");
         }
     }
-    let err = Tokenizer::open(snapshot(F2_REPO))
+    let err = BartTokenizer::open(snapshot(F2_REPO))
         .unwrap()
         .check_vocab(vocab + 1)
         .err()

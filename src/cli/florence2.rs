@@ -116,7 +116,7 @@ pub fn run(args: &Florence2Args) -> Result<()> {
         // Checked before the work, so a bad --annotate fails in a moment.
         fvl_wgpu::output::check_target(path, &[dir, image])?;
     }
-    if fvl_wgpu::tasks::takes_text(&args.task) == Some(true) && args.text.is_none() {
+    if fvl_wgpu::text::bart::takes_text(&args.task) == Some(true) && args.text.is_none() {
         return Err(fvl_wgpu::Error::input(format!(
             "task {} needs --text, e.g. --text \"a red car\"",
             args.task

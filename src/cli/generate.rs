@@ -86,7 +86,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     // A checkpoint written by `quantize` loads in its own format unless told otherwise.
     let quant = llm_dtype(args.quant, ck.stored_quant(), &gpu);
     let bar = progress(Llama::tensor_count(&cfg), "loading weights");
-    let mut llama = Llama::load(&gpu, &ck, quant, &|| bar.inc(1))?;
+    let mut llama = Llama::from_checkpoint(&gpu, &ck, quant, &|| bar.inc(1))?;
     if let Some(tok) = &tok {
         llama.sampled_vocab = tok.len();
     }

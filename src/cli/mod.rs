@@ -347,22 +347,6 @@ impl ModelArgs {
     }
 }
 
-/// Loads a Florence-2 checkpoint's vision tower with a progress bar.
-pub fn load_tower(
-    gpu: &Gpu,
-    ck: &fvl_wgpu::weights::florence2::Florence2Checkpoint,
-    dtype: DType,
-) -> Result<fvl_wgpu::model::florence2::VisionTower> {
-    use fvl_wgpu::model::florence2::VisionTower;
-    let bar = progress(
-        VisionTower::tensor_count(ck.vision()),
-        "loading vision tower",
-    );
-    let tower = VisionTower::from_checkpoint(gpu, ck, dtype, &|| bar.inc(1));
-    bar.finish_and_clear();
-    tower
-}
-
 /// A progress bar on stderr for `len` steps (hidden when stderr is not a terminal).
 pub fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len as u64);

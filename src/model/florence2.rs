@@ -1,5 +1,7 @@
-//! Florence-2: the vision path (DaViT + image head → V) for now; the BART language model joins
-//! in the next step.
+//! Florence-2's vision tower: DaViT (`davit`) then the image head → V, the image features
+//! both Florence-2's BART (`bart`) and Florence-VL's fusion (`florence_vl`) read. Owns the
+//! head's weights and forward pass; names and configs are `weights::florence2`'s, the task
+//! pipeline `pipeline::florence2`'s.
 //!
 //! Image head (spec §4): add the learned 2-D position embedding (column half first) and row 0 of
 //! the cosine temporal embedding to every grid token, prepend the mean token, project

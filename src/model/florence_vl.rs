@@ -79,12 +79,13 @@ impl Projector {
     }
 }
 
-/// What [`FlorenceVl::features`] recorded.
-pub struct Features {
+/// What [`Fusion`] recorded for one image.
+pub struct FusionOutput {
     /// V, `[N, D]`.
     pub v: TensorId,
-    /// `[V | caption | OCR | grounding]`, `[rows, 4·D]` (rows = N, or N − 1 without the mean
-    /// token).
+    /// `[V | detailed caption | OCR | dense region caption]` (the image rows of the encoder
+    /// under each of [`FLORENCE_VL_TASKS`](crate::text::bart::FLORENCE_VL_TASKS)),
+    /// `[rows, 4·D]` (rows = N, or N − 1 without the mean token).
     pub fused: TensorId,
     /// The projector output, `[rows, H]`: the rows that replace `<image>`.
     pub projected: TensorId,
@@ -112,35 +113,49 @@ impl Fusion<'_> {
         g: &mut Graph,
         pixels: TensorId,
         keep_mean_token: bool,
-    ) -> Result<Features> {
+    ) -> Result<FusionOutput> {
         let v = self.tower.forward(g, pixels)?.features;
         self.fuse(g, v, keep_mean_token)
     }
 
     /// The fusion alone, on V (`[N, D]`) computed elsewhere.
-    pub fn fuse(&self, g: &mut Graph, v: TensorId, keep_mean_token: bool) -> Result<Features> {
-        let prompts = g.external(self.prompts);
-        let enc = self.bart.encode(g, v, prompts)?;
-        let (n, d) = (g.layout(v).rows(), g.layout(v).cols());
-        let seq = g.shape(enc)[1];
-        let first = usize::from(!keep_mean_token);
-        let rows = n - first;
-        let fused = g.tensor(&[rows, 4 * d], DType::F32)?;
-        let view = |src_row: usize, col: usize| Block {
-            src_row: src_row + first,
-            ..Block::whole(rows, d, 0, col)
-        };
-        copy(g, v, fused, &view(0, 0))?;
-        for p in 0..3 {
-            copy(g, enc, fused, &view(p * seq, (p + 1) * d))?;
-        }
+    pub fn fuse(&self, g: &mut Graph, v: TensorId, keep_mean_token: bool) -> Result<FusionOutput> {
+        let fused = fused_views(g, self.bart, self.prompts, v, keep_mean_token)?;
         let projected = self.projector.forward(g, fused)?;
-        Ok(Features {
+        Ok(FusionOutput {
             v,
             fused,
             projected,
         })
     }
+}
+
+/// Records the four views of the image before the projector: V (`[N, D]`) and the image rows
+/// of `bart`'s encoder run on V under each of the three `prompts` (u32 `[3, L]`, one batch),
+/// concatenated on channels → `[rows, 4·D]` (rows = N, or N − 1 without the mean token).
+pub fn fused_views(
+    g: &mut Graph,
+    bart: &Bart,
+    prompts: &Tensor,
+    v: TensorId,
+    keep_mean_token: bool,
+) -> Result<TensorId> {
+    let prompts = g.external(prompts);
+    let enc = bart.encode(g, v, prompts)?;
+    let (n, d) = (g.layout(v).rows(), g.layout(v).cols());
+    let seq = g.shape(enc)[1];
+    let first = usize::from(!keep_mean_token);
+    let rows = n - first;
+    let fused = g.tensor(&[rows, 4 * d], DType::F32)?;
+    let view = |src_row: usize, col: usize| Block {
+        src_row: src_row + first,
+        ..Block::whole(rows, d, 0, col)
+    };
+    copy(g, v, fused, &view(0, 0))?;
+    for p in 0..3 {
+        copy(g, enc, fused, &view(p * seq, (p + 1) * d))?;
+    }
+    Ok(fused)
 }
 
 /// A Florence-VL model on the GPU.
@@ -172,7 +187,7 @@ impl FlorenceVl {
     /// where the adapter has SHADER_F16. `bart_tokenizer` names a folder with the Florence-2
     /// `tokenizer.json` for the encoder prompts (default: the tower's folder, else the
     /// hard-coded ids of the real Florence-2 tokenizer).
-    pub fn load(
+    pub fn from_folder(
         gpu: &Gpu,
         dir: &Path,
         quant: DType,
@@ -181,16 +196,16 @@ impl FlorenceVl {
         let folder = FlorenceVlFolder::open(dir)?;
         let (f2, ck, config) = (&folder.tower, &folder.checkpoint, folder.config.clone());
         let d = f2.text().d_model;
-        let vision_dtype = if quant == DType::F32 || !gpu.shader_f16 {
+        let vision_dtype = if quant == DType::F32 {
             DType::F32
         } else {
-            DType::F16
+            gpu.default_dtype()
         };
         let (ids, len) = folder.encoder_prompt_ids(bart_tokenizer)?;
         let prompts = Tensor::from_u32(gpu, &[3, len], &ids, "encoder prompts")?;
         let tower = VisionTower::from_checkpoint(gpu, f2, vision_dtype, &|| {})?;
         let bart = Bart::from_checkpoint(gpu, f2, vision_dtype)?;
-        let mut llama = Llama::load(gpu, ck, quant, &|| {})?;
+        let mut llama = Llama::from_checkpoint(gpu, ck, quant, &|| {})?;
         let tokenizer = LlamaTokenizer::open(dir)?;
         llama.sampled_vocab = tokenizer.len();
         let h = llama.cfg.hidden;
@@ -225,8 +240,8 @@ impl FlorenceVl {
     }
 
     /// Records pixels (`[3, S, S]`) → V → the encoder on the three prompts as one batch →
-    /// `[V | caption | OCR | grounding]` → projector, all in `g`.
-    pub fn features(&self, g: &mut Graph, pixels: TensorId) -> Result<Features> {
+    /// `[V | detailed caption | OCR | dense region caption]` → projector, all in `g`.
+    pub fn fuse_image(&self, g: &mut Graph, pixels: TensorId) -> Result<FusionOutput> {
         let parts = Fusion {
             tower: &self.tower,
             bart: &self.bart,

@@ -39,7 +39,7 @@ struct Layer {
 pub struct Llama {
     /// Model configuration.
     pub cfg: LlamaConfig,
-    /// The dtype asked for the linear weights (some may fall back, see [`Llama::load`]).
+    /// The dtype asked for the linear weights (some may fall back, see [`Llama::from_checkpoint`]).
     pub quant: DType,
     /// Number of weights stored as f16 instead of a quantized `quant`.
     pub f16_fallbacks: usize,
@@ -71,7 +71,7 @@ fn weight_dtype(quant: DType, cols: usize) -> DType {
 }
 
 impl Llama {
-    /// Number of tensors [`Llama::load`] reads, for progress bars.
+    /// Number of tensors [`Llama::from_checkpoint`] reads, for progress bars.
     pub fn tensor_count(cfg: &LlamaConfig) -> usize {
         let per_layer = 4 + cfg.qkv_parts(0).len() + cfg.gate_up_parts(0).len();
         2 + per_layer * cfg.layers + usize::from(!cfg.tie_word_embeddings)
@@ -80,7 +80,12 @@ impl Llama {
     /// Loads a HF Llama or Phi-3 checkpoint with the linear weights and the embedding table as `quant`
     /// (F32, F16, Q8 or Q4; a quantized weight whose rows are not a multiple of 32 long is
     /// kept as f16). Norm weights stay f32. `on_tensor` is called after each tensor.
-    pub fn load(gpu: &Gpu, ck: &Checkpoint, quant: DType, on_tensor: &dyn Fn()) -> Result<Llama> {
+    pub fn from_checkpoint(
+        gpu: &Gpu,
+        ck: &Checkpoint,
+        quant: DType,
+        on_tensor: &dyn Fn(),
+    ) -> Result<Llama> {
         let cfg = LlamaConfig::from_checkpoint(ck)?;
         if let Some(stored) = ck.stored_quant() {
             if stored != quant {
@@ -104,12 +109,13 @@ impl Llama {
             }
             Ok(v)
         };
-        Llama::load_from(gpu, &src, &packed, cfg, quant)
+        Llama::load(gpu, &src, &packed, cfg, quant)
     }
 
-    /// [`Llama::load`] from any weight source (HF names), e.g. random weights for benchmarks.
+    /// [`Llama::from_checkpoint`] from any weight source (HF names), e.g. random weights for
+    /// benchmarks.
     /// `packed` returns a matrix's words when the source stores it already quantized.
-    pub fn load_from(
+    pub fn load(
         gpu: &Gpu,
         src: &Source,
         packed: &Packed,

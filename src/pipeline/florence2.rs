@@ -12,7 +12,7 @@ use crate::model::bart::Bart;
 use crate::model::beam::BeamOptions;
 use crate::model::florence2::VisionTower;
 use crate::postprocess::{Answer, PostProcessor};
-use crate::tasks::{prompt, task_tokens, Tokenizer};
+use crate::text::bart::{prompt, task_tokens, BartTokenizer};
 use crate::weights::florence2::Florence2Checkpoint;
 use crate::{Error, Result};
 
@@ -138,7 +138,7 @@ pub struct TaskOutput {
 pub struct Florence2Folder {
     dir: PathBuf,
     ck: Florence2Checkpoint,
-    tokenizer: Tokenizer,
+    tokenizer: BartTokenizer,
     post: PostProcessor,
     preprocess: PreprocessConfig,
 }
@@ -151,7 +151,7 @@ impl Florence2Folder {
         let home = ck.config_dir().to_path_buf();
         Ok(Florence2Folder {
             dir: dir.to_path_buf(),
-            tokenizer: Tokenizer::open(&home)?.check_vocab(ck.text().vocab_size)?,
+            tokenizer: BartTokenizer::open(&home)?.check_vocab(ck.text().vocab_size)?,
             post: PostProcessor::for_model(&home)?,
             preprocess: PreprocessConfig::from_dir_or_default(&home)?,
             ck,

@@ -84,7 +84,7 @@ impl FlorenceVl {
         quant: DType,
         bart_tokenizer: Option<&Path>,
     ) -> Result<FlorenceVl> {
-        let model = Model::load(&gpu, dir, quant, bart_tokenizer)?;
+        let model = Model::from_folder(&gpu, dir, quant, bart_tokenizer)?;
         Ok(FlorenceVl { gpu, model })
     }
 
@@ -146,7 +146,7 @@ impl FlorenceVl {
         let pixels = VisionTower::pixels(gpu, pre)?;
         let mut g = Graph::new(gpu);
         let p = g.external(&pixels);
-        let features = m.features(&mut g, p)?;
+        let features = m.fuse_image(&mut g, p)?;
         g.keep(features.projected);
         let exe = g.build()?;
         // Submitted without waiting: the prompt is tokenized and embedded while it runs.

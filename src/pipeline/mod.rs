@@ -1,14 +1,16 @@
 //! Whole pipelines, the library layer the CLI, the examples and the server call: image in,
 //! answer out. [`Florence2`] runs Florence-2 tasks (caption, detection, OCR, grounding, …)
 //! with typed results; [`FlorenceVl`] answers questions about an image and keeps a
-//! conversation going ([`Chat`]). Both own their [`Gpu`](crate::gpu::Gpu), stream what they
-//! generate through a callback and stop when it returns `false`.
+//! conversation going ([`Chat`]): both own their [`Gpu`](crate::gpu::Gpu), stream what they
+//! generate through a callback and stop when it returns `false`. [`features::VisionFeatures`]
+//! gives the vision path's tensors themselves (`fvl-wgpu features`).
 //!
 //! Owns: loading a model folder as a whole, preprocessing, decoding loops and
 //! post-processing glue. Must not touch: the graphics API (only `gpu/` names it), argument
 //! parsing or printing (the CLI's), kernels or forward passes (`ops/`, `model/`).
 
 pub mod batch;
+pub mod features;
 pub mod florence2;
 pub mod florence_vl;
 

@@ -17,7 +17,7 @@ use super::florence2::Florence2Checkpoint;
 use super::hub::{Hub, Needs, RepoId};
 use super::{read_json, Checkpoint};
 use crate::image::PreprocessConfig;
-use crate::tasks::Tokenizer;
+use crate::text::bart::BartTokenizer;
 use crate::{Error, Result};
 
 /// Prefix of the tower's tensors in the main shards.
@@ -188,7 +188,7 @@ impl FlorenceVlFolder {
     pub fn encoder_prompt_ids(&self, tokenizer_dir: Option<&Path>) -> Result<(Vec<u32>, usize)> {
         let text = self.tower.text();
         if let Some(t) = tokenizer_dir.or(self.florence2_tokenizer.as_deref()) {
-            return Tokenizer::open(t)?
+            return BartTokenizer::open(t)?
                 .check_vocab(text.vocab_size)?
                 .florence_vl_prompts(text.pad_token_id);
         }

@@ -298,7 +298,7 @@ pub fn decode(
     let (h, inter, vocab, layers) = (cfg.hidden, cfg.intermediate, cfg.vocab, cfg.layers);
     let per_layer =
         (h * (cfg.heads * cfg.head_dim) * 2 + h * cfg.kv_dim() * 2 + 3 * h * inter) as f64;
-    let llama = Llama::load_from(&gpu, &src, &|_: &str, _, _| Ok(None), cfg, quant)?;
+    let llama = Llama::load(&gpu, &src, &|_: &str, _, _| Ok(None), cfg, quant)?;
     bar.finish_and_clear();
     let weights = (layers as f64 * per_layer + (vocab * h) as f64) * bytes_per_weight(quant);
 
@@ -416,7 +416,7 @@ pub fn e2e(
             .collect::<Result<_>>()?,
     };
     let side_bytes = bytes.get() * if side == DType::F32 { 4 } else { 2 };
-    let llama = Llama::load_from(&gpu, &src, &|_: &str, _, _| Ok(None), lcfg, quant)?;
+    let llama = Llama::load(&gpu, &src, &|_: &str, _, _| Ok(None), lcfg, quant)?;
     let prompts: Vec<u32> = (0..42u32).map(|i| 3 + i * 7919 % 50000).collect();
     let prompts = fvl_wgpu::gpu::Tensor::from_u32(&gpu, &[3, 14], &prompts, "prompts")?;
 

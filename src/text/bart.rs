@@ -1,6 +1,8 @@
-//! Florence-2 tasks (spec §5.4): a task token, with or without text after it, becomes the
-//! encoder prompt as `Florence2Processor` builds it, and the BART tokenizer turns that into
-//! `<s> … </s>` ids.
+//! Florence-2's BART tokenizer and its task prompts (spec §5.4): a task token, with or without
+//! text after it, becomes the encoder prompt as `Florence2Processor` builds it, and
+//! [`BartTokenizer`] turns that into `<s> … </s>` ids; also Florence-VL's three encoder
+//! prompts ([`FLORENCE_VL_TASKS`]). CPU only: no GPU, no model weights; the answers'
+//! post-processing is `postprocess`'s.
 
 use std::path::{Path, PathBuf};
 
@@ -134,7 +136,7 @@ fn florence2_added_tokens() -> Vec<String> {
 }
 
 /// The BART byte-level BPE tokenizer of a Florence-2 model folder (`tokenizer.json`).
-pub struct Tokenizer {
+pub struct BartTokenizer {
     inner: tokenizers::Tokenizer,
     /// The file it came from, for messages.
     path: PathBuf,
@@ -142,17 +144,17 @@ pub struct Tokenizer {
     added_florence: bool,
 }
 
-impl Tokenizer {
+impl BartTokenizer {
     /// Loads `dir/tokenizer.json`, or else the slow-tokenizer files `vocab.json` +
     /// `merges.txt` (+ `added_tokens.json`), as BART's byte-level BPE. When the files lack
     /// Florence-2's tokens (Microsoft's repos ship plain BART), they are added after the
     /// vocabulary in the order Florence-2's processor adds them (spec §5.1).
-    pub fn open(dir: impl AsRef<Path>) -> Result<Tokenizer> {
+    pub fn open(dir: impl AsRef<Path>) -> Result<BartTokenizer> {
         let dir = dir.as_ref();
         let path = dir.join("tokenizer.json");
         let (mut inner, path) = if !path.exists() && dir.join("vocab.json").exists() {
             (
-                Tokenizer::from_vocab_and_merges(dir)?,
+                BartTokenizer::from_vocab_and_merges(dir)?,
                 dir.join("vocab.json"),
             )
         } else {
@@ -170,7 +172,7 @@ impl Tokenizer {
                 .add_special_tokens(tokens)
                 .map_err(|e| Error::file(&path, format!("adding Florence-2's tokens: {e}")))?;
         }
-        Ok(Tokenizer {
+        Ok(BartTokenizer {
             inner,
             path,
             added_florence,
@@ -180,7 +182,7 @@ impl Tokenizer {
     /// Checks the tokenizer against the model's vocabulary (`text_config.vocab_size`): when
     /// Florence-2's tokens were added here, the two must be equal, or the generated ids would
     /// decode to the wrong tokens.
-    pub fn check_vocab(self, vocab_size: usize) -> Result<Tokenizer> {
+    pub fn check_vocab(self, vocab_size: usize) -> Result<BartTokenizer> {
         let n = self.inner.get_vocab_size(true);
         if self.added_florence && n != vocab_size {
             return Err(Error::file(
