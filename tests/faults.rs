@@ -46,7 +46,7 @@ fn lost_device_is_an_error() {
 
 fn load_llama(gpu: &Gpu) -> fvl_wgpu::Result<Llama> {
     let ck = Checkpoint::open(common::fixture_path("llama-b"))?;
-    Llama::load(gpu, &ck, DType::F32, &|| ())
+    Llama::from_checkpoint(gpu, &ck, DType::F32, &|| ())
 }
 
 /// Greedy ids for a fixed prompt on `gpu`: a Llama session built from scratch.
