@@ -156,9 +156,13 @@ fn features_writes_pixels_and_image_features() {
         "florence2-a/expected_encoder.safetensors",
         "encoder_image_rows",
     );
-    for (p, name) in ["encoder_caption", "encoder_ocr", "encoder_dense_region_caption"]
-        .iter()
-        .enumerate()
+    for (p, name) in [
+        "encoder_caption",
+        "encoder_ocr",
+        "encoder_dense_region_caption",
+    ]
+    .iter()
+    .enumerate()
     {
         let t = st.tensor(name).unwrap();
         assert_eq!(t.shape(), [1, 5, 32], "{name}");

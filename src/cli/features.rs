@@ -10,7 +10,7 @@ use fvl_wgpu::pipeline::features::FeaturesFolder;
 use fvl_wgpu::weights::{save_safetensors, Dtype, TensorBytes};
 use fvl_wgpu::Result;
 
-use super::{progress, ModelArgs};
+use super::ModelArgs;
 
 /// Arguments of `features`.
 #[derive(clap::Args)]
@@ -36,11 +36,12 @@ pub fn run(args: &FeaturesArgs) -> Result<()> {
     let layout = folder.layout();
     let t0 = Instant::now();
     let image = folder.preprocess((&args.image).into(), args.pad)?;
-    let gpu = args.model.device.open()?;
-    let dtype = args.model.dtype(&gpu);
-    let bar = progress(folder.tower_tensor_count(), "loading vision tower");
-    let model = folder.load(gpu, dtype, &|| bar.inc(1))?;
-    bar.finish_and_clear();
+    let tensors = folder.tower_tensor_count();
+    let (model, dtype) =
+        args.model
+            .load_with_progress(tensors, "loading vision tower", |gpu, dtype, tick| {
+                folder.load(gpu, dtype, tick)
+            })?;
     let t_load = t0.elapsed();
     let out = model.run(&image)?;
 

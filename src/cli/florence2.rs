@@ -10,7 +10,7 @@ use fvl_wgpu::pipeline::florence2::Florence2Folder;
 use fvl_wgpu::pipeline::{Answer, ImageInput, Task, TaskOptions};
 use fvl_wgpu::Result;
 
-use super::{annotate, batch, progress, ModelArgs};
+use super::{annotate, batch, ModelArgs};
 
 /// Arguments of `florence2`.
 #[derive(clap::Args)]
@@ -132,11 +132,12 @@ pub fn run(args: &Florence2Args) -> Result<()> {
     let plan = folder.plan(&task, &opts)?;
 
     let t0 = Instant::now();
-    let gpu = args.model.device.open()?;
-    let dtype = args.model.dtype(&gpu);
-    let bar = progress(folder.tower_tensor_count(), "loading vision tower");
-    let model = folder.load(gpu, dtype, &|| bar.inc(1))?;
-    bar.finish_and_clear();
+    let tensors = folder.tower_tensor_count();
+    let (model, dtype) =
+        args.model
+            .load_with_progress(tensors, "loading vision tower", |gpu, dtype, tick| {
+                folder.load(gpu, dtype, tick)
+            })?;
     let t_load = t0.elapsed();
 
     let Some(image_path) = &args.image else {

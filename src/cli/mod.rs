@@ -1,5 +1,8 @@
 //! Command-line parsing and dispatch. Every command that runs on a GPU takes `--device`;
 //! `--json` prints one JSON object on stdout and sends tables and progress to stderr.
+//!
+//! Owns: arguments, progress bars, printing, and the benches. Must not touch: the graphics
+//! API, or pipelines an application would need (those live in `fvl_wgpu::pipeline`).
 
 use std::path::PathBuf;
 
@@ -344,6 +347,22 @@ impl ModelArgs {
             Some(Precision::F16) => DType::F16,
             None => default_dtype(gpu),
         }
+    }
+
+    /// Opens the device and loads a model on it with a progress bar of `tensors` ticks
+    /// (`load` gets the GPU, the weight dtype and the tick); returns the model and its dtype.
+    pub fn load_with_progress<T>(
+        &self,
+        tensors: usize,
+        what: &str,
+        load: impl FnOnce(Gpu, DType, &dyn Fn()) -> Result<T>,
+    ) -> Result<(T, DType)> {
+        let gpu = self.device.open()?;
+        let dtype = self.dtype(&gpu);
+        let bar = progress(tensors, what);
+        let model = load(gpu, dtype, &|| bar.inc(1))?;
+        bar.finish_and_clear();
+        Ok((model, dtype))
     }
 }
 

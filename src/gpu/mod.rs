@@ -1,4 +1,8 @@
 //! GPU layer: device, tensors, shader assembly and the graph executor. Knows nothing of models.
+//!
+//! Owns: every use of the graphics API (wgpu) — adapters, buffers, pipelines and their cache,
+//! the arena planner, submits, readbacks. Must not touch: kernels' maths (`ops`), models,
+//! files on disk beyond the pipeline cache.
 
 pub mod arena;
 pub mod codegen;

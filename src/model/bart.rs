@@ -640,7 +640,13 @@ impl Decoder for Bart {
 
     /// One token per sequence of the cache (`x`: `[batch, D]`): the prompt goes to the
     /// encoder, so the decoder only ever steps a token at a time. Returns `[batch, 1, V]`.
-    fn forward(&self, g: &mut Graph, x: TensorId, cache: &DecoderCache, _: bool) -> Result<TensorId> {
+    fn forward(
+        &self,
+        g: &mut Graph,
+        x: TensorId,
+        cache: &DecoderCache,
+        _: bool,
+    ) -> Result<TensorId> {
         if g.layout(x).rows() != cache.batch {
             return Err(Error::shape(format!(
                 "decoder: {:?} embedded tokens for {} sequences; a step decodes one token of each",
@@ -670,7 +676,9 @@ impl Decoder for Bart {
     }
 
     fn before_step(&self, gpu: &Gpu, cache: &DecoderCache, past: usize, _: usize) -> Result<()> {
-        cache.positions.write_words(gpu, &vec![past as u32; cache.batch]);
+        cache
+            .positions
+            .write_words(gpu, &vec![past as u32; cache.batch]);
         Ok(())
     }
 }

@@ -3,6 +3,9 @@
 //! Every op records dispatches into a [`Graph`](crate::gpu::Graph); it checks shapes and
 //! dtypes first and names the op and tensor in its error. Activations are f32; weights may
 //! be f32, f16, q8 or q4 wherever an op takes a weight.
+//!
+//! Owns: one kernel family per module with its shape and dtype checks and its conformance row.
+//! Must not touch: models, weights on disk, decoding policy (`model::generate`).
 
 use crate::error::{Error, Result};
 use crate::gpu::graph::RUN_SLOTS;

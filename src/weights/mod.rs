@@ -3,7 +3,10 @@
 //! an index with shards, see [`torch`]), memory-mapped, read one tensor at a time.
 //!
 //! [`Checkpoint`] knows files, names, shapes and dtypes; which names a model expects is the
-//! business of the per-model maps ([`florence2`]).
+//! business of the per-model maps ([`florence2`], [`llama`], [`florence_vl`]).
+//!
+//! Owns: files, hub ids and the HF cache, configs, tensor names and their validation. Must not
+//! touch: the GPU (tensors leave here as host floats or packed words), forward passes.
 
 pub mod florence2;
 pub mod florence_vl;
