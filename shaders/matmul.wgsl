@@ -12,12 +12,16 @@
 //   its scale), partial sums meet in workgroup memory after one barrier. Bytes: |W| + M·K·4.
 //
 // Defines: BIAS adds the bias; RESID adds r[m, n] (a residual, saving a separate add);
-// Q8/Q4 make `matvec` decode the packed blocks directly.
+// Q8/Q4 make `matvec` decode the packed blocks directly; RMS makes `matvec` read x through an
+// RMSNorm, x / sqrt(mean(x²) + eps) · g (a decoder layer's norm and the projection after it),
+// which saves the norm's own dispatch. The gain multiplies x as it is loaded rather than being
+// folded into w: folded before quantizing it would change q8/q4's rounding error.
 
 struct Params {
     m: u32,   // rows of x / out
     n: u32,   // rows of w = columns of out
     k: u32,   // shared dimension
+    eps: f32, // RMS only
 }
 
 #if BIAS
@@ -124,20 +128,32 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
 // split one row's blocks between them. A workgroup of RPW·TPR invocations covers RPW·RPT rows.
 var<workgroup> partial: array<f32, MR * RPT * RPW * TPR>;
 
+#if RMS
+fn gain(c: u32) -> f32 { return ld_g(c); }
+fn gain4(c: u32) -> vec4<f32> { return ld4_g(c); }
+#else
+fn gain(c: u32) -> f32 { return 1.0; }
+fn gain4(c: u32) -> vec4<f32> { return vec4<f32>(1.0); }
+#endif
+
 #if XSHARE
 // x octets shared by the lanes of a subgroup of exactly 8 (lavapipe's SIMD width; the lanes
 // own different rows at the same columns, so TPR = 1): lane i loads element i and the lanes
 // broadcast.
 // On CPU drivers every lane's load of a storage buffer is a scalar load, so this is one load
 // per lane instead of eight (docs/perf.md).
-fn x_octet(i: u32, lane: u32) -> mat2x4<f32> {
-    let v = ld_x(i + lane);
+// Octet at column c of x row r.
+fn x_octet(r: u32, c: u32, lane: u32) -> mat2x4<f32> {
+    let v = ld_x(r * p.k + c + lane) * gain(c + lane);
     return mat2x4<f32>(
         vec4<f32>(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u)),
         vec4<f32>(subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u), subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u)));
 }
 #else
-fn x_octet(i: u32, lane: u32) -> mat2x4<f32> { return mat2x4<f32>(ld4_x(i), ld4_x(i + 4u)); }
+fn x_octet(r: u32, c: u32, lane: u32) -> mat2x4<f32> {
+    let i = r * p.k + c;
+    return mat2x4<f32>(ld4_x(i) * gain4(c), ld4_x(i + 4u) * gain4(c + 4u));
+}
 #endif
 
 #if Q8 Q4
@@ -213,6 +229,27 @@ fn matvec(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     var rows: array<u32, RPT>;
     // Rows past the end are computed as duplicates of the last row and not stored.
     for (var j = 0u; j < RPT; j++) { rows[j] = min(row0 + j * RPW, p.n - 1u); }
+#if RMS
+    // Every workgroup computes the rms of each x row itself: K more reads per row, from the
+    // cache and small next to its RPW·RPT weight rows. The scale is one number per row, so
+    // it applies to the finished dot products (the gain, one per column, to x as loaded).
+    let wgs = RPW * TPR;
+    let k4 = p.k / 4u;
+    for (var r = 0u; r < MR; r++) {
+        var q = 0.0;
+        for (var i = lid; i < k4; i += wgs) { let v = ld4_x(r * p.k + 4u * i); q += dot(v, v); }
+        for (var c = 4u * k4 + lid; c < p.k; c += wgs) { let v = ld_x(r * p.k + c); q += v * v; }
+        partial[r * wgs + lid] = q;
+    }
+    workgroupBarrier();
+    var inv_rms: array<f32, MR>;
+    for (var r = 0u; r < MR; r++) {
+        var q = 0.0;
+        for (var i = 0u; i < wgs; i++) { q += partial[r * wgs + i]; }
+        inv_rms[r] = inverseSqrt(q / f32(p.k) + p.eps);
+    }
+    workgroupBarrier(); // `partial` is reused for the row sums below
+#endif
     var acc: array<f32, MR * RPT>;
     let full = p.k / 32u;
     for (var b = t; b < full; b += TPR) {
@@ -225,7 +262,7 @@ fn matvec(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
             var s: array<f32, RPT>;
             var xsum = 0.0;
             for (var o = 0u; o < 4u; o++) {
-                let xo = x_octet(r * p.k + c + 8u * o, lane);
+                let xo = x_octet(r, c + 8u * o, lane);
                 let lo = xo[0];
                 let hi = xo[1];
                 xsum += dot(lo + hi, vec4<f32>(1.0));
@@ -248,7 +285,7 @@ fn matvec(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     for (var c = full * 32u + t; c < p.k; c += TPR) {
         for (var j = 0u; j < RPT; j++) {
             let wv = ld_w(rows[j] * p.k + c);
-            for (var r = 0u; r < MR; r++) { acc[r * RPT + j] += ld_x(r * p.k + c) * wv; }
+            for (var r = 0u; r < MR; r++) { acc[r * RPT + j] += ld_x(r * p.k + c) * gain(c) * wv; }
         }
     }
     for (var i = 0u; i < MR * RPT; i++) {
@@ -262,6 +299,9 @@ fn matvec(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
         for (var r = 0u; r < MR; r++) {
             var s = 0.0;
             for (var i = 0u; i < TPR; i++) { s += partial[((r * RPT + j) * RPW + slot) * TPR + i]; }
+#if RMS
+            s *= inv_rms[r];
+#endif
             st_out(r * p.n + n, s + bias(n) + resid(r * p.n + n));
         }
     }

@@ -56,15 +56,38 @@ impl Linear {
         self.record(g, x, None)
     }
 
+    /// Records `rmsnorm(x)·Wᵀ` into a new intermediate: the RMSNorm with weight `gain` and
+    /// `eps`, then this linear (which has no bias) — one pass for decode.
+    pub fn forward_rms(
+        &self,
+        g: &mut Graph,
+        x: TensorId,
+        gain: &Tensor,
+        eps: f32,
+    ) -> Result<TensorId> {
+        if self.bias.is_some() {
+            return Err(crate::Error::shape("a linear after an RMSNorm has no bias"));
+        }
+        let out = self.output(g, x)?;
+        let (w, gain) = (g.external(&self.weight), g.external(gain));
+        matmul::linear_rms(g, x, gain, w, eps, out)?;
+        Ok(out)
+    }
+
+    /// A new f32 intermediate for this layer's output on `x`.
+    fn output(&self, g: &mut Graph, x: TensorId) -> Result<TensorId> {
+        let mut shape = g.shape(x).to_vec();
+        *shape.last_mut().unwrap() = self.weight.shape()[0];
+        g.tensor(&shape, DType::F32)
+    }
+
     /// Records `x·Wᵀ + b + residual` into a new intermediate, in one pass.
     pub fn forward_add(&self, g: &mut Graph, x: TensorId, residual: TensorId) -> Result<TensorId> {
         self.record(g, x, Some(residual))
     }
 
     fn record(&self, g: &mut Graph, x: TensorId, residual: Option<TensorId>) -> Result<TensorId> {
-        let mut shape = g.shape(x).to_vec();
-        *shape.last_mut().unwrap() = self.weight.shape()[0];
-        let out = g.tensor(&shape, DType::F32)?;
+        let out = self.output(g, x)?;
         let w = g.external(&self.weight);
         let b = self.bias.as_ref().map(|b| g.external(b));
         match residual {

@@ -25,7 +25,8 @@ use super::generate::{self, Decoder, Pick, Session, KV_LEN_SLOT, PAST_SLOT};
 use super::layers::{param, Linear, Source};
 
 /// One decoder layer's weights. q, k and v are one fused projection `[(H + 2·Hkv)·D, hidden]`,
-/// gate and up one `[2·I, hidden]` (one matvec each in a decode step).
+/// gate and up one `[2·I, hidden]` (one matvec each in a decode step, which also applies the
+/// RMSNorm before it).
 struct Layer {
     attn_norm: Tensor,
     qkv: Linear,
@@ -257,8 +258,7 @@ impl Llama {
         let mut x = x;
         for (layer, (k_cache, v_cache)) in self.layers.iter().zip(&cache.layers) {
             // Attention: x += o(attn(rope(q), cache ⊕ rope(k), cache ⊕ v)).
-            let h = rmsnorm(g, x, &layer.attn_norm, c.rms_norm_eps)?;
-            let qkv = layer.qkv.forward(g, h)?;
+            let qkv = layer.qkv.forward_rms(g, x, &layer.attn_norm, c.rms_norm_eps)?;
             let (k_cache, v_cache) = (g.external(k_cache), g.external(v_cache));
             let r = Rope {
                 long_after: self.rope.long_after,
@@ -289,8 +289,7 @@ impl Llama {
             x = layer.o.forward_add(g, attn, x)?;
 
             // MLP: x += down(silu(gate(h)) · up(h)).
-            let h = rmsnorm(g, x, &layer.mlp_norm, c.rms_norm_eps)?;
-            let gate_up = layer.gate_up.forward(g, h)?;
+            let gate_up = layer.gate_up.forward_rms(g, x, &layer.mlp_norm, c.rms_norm_eps)?;
             let act = g.tensor(&[t, c.intermediate], DType::F32)?;
             eltwise::swiglu_halves(g, gate_up, act)?;
             x = layer.down.forward_add(g, act, x)?;

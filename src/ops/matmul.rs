@@ -7,7 +7,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::bmm::SHARED_COLUMNS;
-use super::{expect_dtype, expect_f32, expect_shape, shader, FLOATS};
+use super::{expect_dtype, expect_f32, expect_shape, norm, shader, FLOATS};
 use crate::error::{Error, Result};
 use crate::gpu::{grid, Access, DType, Gpu, Graph, Kernel, TensorId};
 
@@ -17,6 +17,7 @@ struct Params {
     m: u32,
     n: u32,
     k: u32,
+    eps: f32,
 }
 
 /// Largest number of `x` rows the matrix-vector kernel handles.
@@ -48,7 +49,28 @@ pub fn linear(
     bias: Option<TensorId>,
     out: TensorId,
 ) -> Result<()> {
-    launch(g, x, w, bias, None, out)
+    launch(g, x, w, bias, None, None, out)
+}
+
+/// [`linear`] of x's rows through an RMSNorm, `x / sqrt(mean(x²) + eps) · gain`, as a
+/// decoder layer's norm and the projection after it. Up to [`MATVEC_MAX_ROWS`] rows (decode)
+/// this is one dispatch: the matrix-vector kernel computes the rms itself and applies the
+/// gain as it loads x. More rows normalise into an intermediate first.
+pub fn linear_rms(
+    g: &mut Graph,
+    x: TensorId,
+    gain: TensorId,
+    w: TensorId,
+    eps: f32,
+    out: TensorId,
+) -> Result<()> {
+    expect_f32(g, "linear", "x", x)?;
+    if g.layout(x).rows() <= MATVEC_MAX_ROWS {
+        return launch(g, x, w, None, None, Some((gain, eps)), out);
+    }
+    let normed = g.tensor(&g.shape(x).to_vec(), DType::F32)?;
+    norm::rmsnorm(g, x, gain, eps, normed)?;
+    launch(g, normed, w, None, None, None, out)
 }
 
 /// [`linear`] plus a residual in the same pass: `out = x·Wᵀ + b + residual` (`residual` f32
@@ -61,7 +83,7 @@ pub fn linear_add(
     residual: TensorId,
     out: TensorId,
 ) -> Result<()> {
-    launch(g, x, w, bias, Some(residual), out)
+    launch(g, x, w, bias, Some(residual), None, out)
 }
 
 fn launch(
@@ -70,6 +92,7 @@ fn launch(
     w: TensorId,
     bias: Option<TensorId>,
     residual: Option<TensorId>,
+    rms: Option<(TensorId, f32)>,
     out: TensorId,
 ) -> Result<()> {
     let op = "linear";
@@ -104,6 +127,7 @@ fn launch(
         m: too_big(m)?,
         n: too_big(n)?,
         k: too_big(k)?,
+        eps: rms.map_or(0.0, |r| r.1),
     };
     let mut tensors = vec![("x", x, Access::Read), ("w", w, Access::Read)];
     let mut defines = Vec::new();
@@ -116,6 +140,12 @@ fn launch(
         expect_shape(g, op, "residual", r, &os)?;
         tensors.push(("r", r, Access::Read));
         defines.push("RESID");
+    }
+    if let Some((gain, _)) = rms {
+        expect_shape(g, op, "gain", gain, &[k])?;
+        expect_f32(g, op, "gain", gain)?;
+        tensors.push(("g", gain, Access::Read));
+        defines.push("RMS");
     }
     tensors.push(("out", out, Access::Write));
     let (name, source) = shader!("matmul");

@@ -28,6 +28,66 @@ pub fn linear_ref(
     out
 }
 
+/// Rows of `x` through an RMSNorm, `x / sqrt(mean(x²) + eps) · gain`, in f64.
+fn rms_rows(x: &[f32], gain: &[f32], eps: f64) -> Vec<f32> {
+    let k = gain.len();
+    x.chunks(k)
+        .flat_map(|row| {
+            let ms = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / k as f64;
+            let inv = 1.0 / (ms + eps).sqrt();
+            row.iter().zip(gain).map(move |(&v, &g)| (v as f64 * inv * g as f64) as f32)
+        })
+        .collect()
+}
+
+/// `linear_rms` (an RMSNorm and the linear after it): M ≤ 8 in the matrix-vector kernel
+/// (rms in its prologue, gain on the x loads), more rows through a separate norm. Rows of x
+/// carry an offset and a scale far from 1, so a missing or doubled normalisation fails.
+fn rms_cases() -> Vec<Case> {
+    let shapes: &[(usize, usize, usize)] = &[
+        (1, 64, 37),
+        (3, 96, 70),
+        (8, 256, 129),
+        (1, 37, 23),
+        (5, 131, 19),
+        (1, 3072, 41),
+        (9, 64, 33),
+        (33, 160, 45),
+    ];
+    let mut v = Vec::new();
+    for &(m, k, n) in shapes {
+        for dtype in [DType::F32, DType::F16, DType::Q8, DType::Q4] {
+            if dtype.is_quantized() && k % 32 != 0 {
+                continue;
+            }
+            v.push(Case {
+                op: "linear_rms",
+                shape: format!("x[{m}, {k}] w[{n}, {k}]"),
+                dtype,
+                largest_bytes: dtype.bytes(n, k).max(4 * (m * k.max(n)) as u64),
+                row_bytes: dtype.bytes(1, k).max(4 * k.max(n) as u64),
+                run: Box::new(move |gpu, rng: &mut Rng| {
+                    let data: Vec<f32> = rng.vec(m * k, 3.0).iter().map(|v| v + 0.5).collect();
+                    let (x, x_s) = upload(gpu, &[m, k], DType::F32, &data);
+                    let (w, w_s) = upload(gpu, &[n, k], dtype, &rng.vec(n * k, 1.0));
+                    let gain: Vec<f32> = rng.vec(k, 1.0).iter().map(|v| v + 1.2).collect();
+                    let (gn, g_s) = upload(gpu, &[k], DType::F32, &gain);
+                    let out = poisoned(gpu, &[m, n]);
+                    let mut g = Graph::new(gpu);
+                    let (xi, wi, oi) = (g.external(&x), g.external(&w), g.external(&out));
+                    let gi = g.external(&gn);
+                    let eps = 1e-5;
+                    matmul::linear_rms(&mut g, xi, gi, wi, eps, oi).unwrap();
+                    g.build().unwrap().run(gpu, &[]).unwrap();
+                    let want = linear_ref(&rms_rows(&x_s, &g_s, eps as f64), &w_s, None, m, n, k);
+                    (out.read_f32(gpu).unwrap(), want)
+                }),
+            });
+        }
+    }
+    v
+}
+
 pub fn cases() -> Vec<Case> {
     // (leading dims of x, K, N): M = 1, 3, 8 take the matrix-vector kernel; the rest the tiled one.
     let shapes: &[(&[usize], usize, usize)] = &[
@@ -98,5 +158,6 @@ pub fn cases() -> Vec<Case> {
             }
         }
     }
+    v.extend(rms_cases());
     v
 }
