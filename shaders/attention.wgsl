@@ -24,6 +24,7 @@ struct Params {
     len_slot: u32,   // run slot of kv_len, or NO_SLOT
     len_fixed: u32,
     causal: u32,
+    window: u32,     // keys a query sees at most (sliding window), 0 for all
     scale: f32,
     q_off: u32,
     q_stride: u32,
@@ -68,6 +69,8 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     var n = i32(kv_len);
     if (p.causal == 1u) { n = min(n, i32(kv_len) - i32(p.tq) + i32(i) + 1); }
     let n_keys = u32(max(n, 0));
+    // A sliding window hides the keys before the last `window` of them.
+    let first = select(0u, n_keys - p.window, p.window > 0u && n_keys > p.window);
 
     let qb = row * p.q_stride + p.q_off + h * p.head_dim;
     for (var d = lid; d < p.head_dim; d += WG) { q_sh[d] = ld_q(qb + d) * p.scale; }
@@ -79,7 +82,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     var m = LOWEST;
     var l = 0.0;
     var acc: array<f32, DPT>;
-    for (var start = 0u; start < n_keys; start += WG) {
+    for (var start = first; start < n_keys; start += WG) {
         let buf = ((start / WG) & 1u) * WG;
         let key = start + lid;
         if (key < n_keys) { scores[buf + lid] = score((kv_row0 + key) * p.k_stride + k_col); }

@@ -17,6 +17,7 @@ struct Params {
     len_slot: u32,
     len_fixed: u32,
     causal: u32,
+    window: u32,  // with causal: only the last `window` of the len_i keys take part (0: all)
 }
 
 // Number of leading entries of `row` that take part.
@@ -26,6 +27,11 @@ fn valid_len(row: u32) -> u32 {
     let reach = kv + row % p.tq + 1u;  // kv − tq + i + 1, kept unsigned
     if (reach <= p.tq) { return 0u; }
     return min(kv, reach - p.tq);
+}
+
+// First entry of a row with `len` leading entries that takes part (a sliding window).
+fn first_valid(len: u32) -> u32 {
+    return select(0u, len - p.window, p.window > 0u && len > p.window);
 }
 
 // Smallest finite f32: a neutral "max" that, unlike −inf, keeps exp(m − m) = 1 finite.
@@ -62,9 +68,10 @@ fn softmax_row(id: Ids) {
     if (row >= p.rows) { return; } // uniform per workgroup: barriers below stay uniform
     let base = row * p.n;
     let len = valid_len(row);
+    let first = first_valid(len);
 
     var st = vec2<f32>(LOWEST, 0.0);
-    for (var i = lid; i < len; i += WG) {
+    for (var i = first + lid; i < len; i += WG) {
         let x = src(base + i);
         let m = max(st.x, x);
         st = vec2<f32>(m, st.y * exp(st.x - m) + exp(x - m));
@@ -89,6 +96,6 @@ fn softmax_row(id: Ids) {
 
     let inv = 1.0 / total.y;
     for (var i = lid; i < p.n; i += WG) {
-        st_out(base + i, select(0.0, exp(src(base + i) - total.x) * inv, i < len));
+        st_out(base + i, select(0.0, exp(src(base + i) - total.x) * inv, i >= first && i < len));
     }
 }

@@ -46,7 +46,11 @@ fn run(name: &str) -> (Vec<u32>, Vec<u32>, Vec<f64>, Vec<f32>) {
 }
 
 fn load(gpu: &Gpu, quant: DType) -> Llama {
-    let ck = Checkpoint::open(fixture_path(DIR)).unwrap();
+    load_from(gpu, &fixture_path(DIR), quant)
+}
+
+fn load_from(gpu: &Gpu, dir: &std::path::Path, quant: DType) -> Llama {
+    let ck = Checkpoint::open(dir).unwrap();
     let mut m = Llama::from_checkpoint(gpu, &ck, quant, &|| ()).unwrap();
     m.sampled_vocab = LlamaTokenizer::open(&fixture_path(DIR)).unwrap().len();
     m
@@ -132,7 +136,7 @@ fn log_softmax(x: &[f32]) -> Vec<f64> {
 
 /// Mean KL(p_f32 ‖ p_q) over the next-token distributions (candidates only) of a prefill and
 /// 31 steps teacher-forced on the f32 greedy ids, and the fraction with the same top-1.
-fn kl_vs_f32(gpu: &Gpu, quant: DType, prompt: &[u32], forced: &[u32]) -> (f64, f64) {
+fn kl_vs_f32(gpu: &Gpu, quant: &Llama, prompt: &[u32], forced: &[u32]) -> (f64, f64) {
     let n = LlamaTokenizer::open(&fixture_path(DIR)).unwrap().len();
     let steps = |m: &Llama| -> Vec<Vec<f32>> {
         let mut s = Session::new(gpu, m, CONTEXT, Pick::Greedy, 0).unwrap();
@@ -144,7 +148,7 @@ fn kl_vs_f32(gpu: &Gpu, quant: DType, prompt: &[u32], forced: &[u32]) -> (f64, f
         }
         out
     };
-    let (p, q) = (steps(&load(gpu, DType::F32)), steps(&load(gpu, quant)));
+    let (p, q) = (steps(&load(gpu, DType::F32)), steps(quant));
     let top = |x: &[f32]| (0..x.len()).fold(0, |b, i| if x[i] > x[b] { i } else { b });
     let (mut kl, mut same) = (0.0, 0);
     for (a, b) in p.iter().zip(&q) {
@@ -164,9 +168,59 @@ fn q8_q4_kl_and_top1_agreement_vs_f32() {
     let gpu = common::gpu();
     let (prompt, want, _, _) = run("long");
     for (quant, kl_max, top1_min) in [(DType::Q8, 2e-3, 0.85), (DType::Q4, 0.15, 0.35)] {
-        let (kl, top1) = kl_vs_f32(&gpu, quant, &prompt, &want);
+        let (kl, top1) = kl_vs_f32(&gpu, &load(&gpu, quant), &prompt, &want);
         eprintln!("phi3-a {}: mean KL {kl:.2e}, top-1 {top1:.2}", quant.name());
         assert!(kl <= kl_max && top1 >= top1_min, "{}: {kl:e} {top1}", quant.name());
+    }
+}
+
+/// Runs the built `fvl-wgpu` with `args`: (exit code, stdout, stderr).
+fn fvl(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fvl-wgpu"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+/// `generate --json` on `model` (with `--quant` when given): the token ids.
+fn cli_generate(model: &str, quant: Option<&str>, prompt: &str) -> Value {
+    let mut args = vec!["generate", "--model", model, "--prompt-ids", prompt];
+    args.extend(["--max-new-tokens", "8", "--json"]);
+    if let Some(q) = quant {
+        args.extend(["--quant", q]);
+    }
+    let (code, out, err) = fvl(&args);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str::<Value>(&out).unwrap()["token_ids"].clone()
+}
+
+/// `quantize --quant q8/q4` of the fused matrices: the folder holds them packed, `generate`
+/// on it gives the ids of quantizing at load time, and it stays within the budgets of
+/// `q8_q4_kl_and_top1_agreement_vs_f32`.
+#[test]
+fn quantized_folder_generates_like_load_time_quantization_within_budgets() {
+    let gpu = common::gpu();
+    let src = fixture_path(DIR);
+    let (prompt, want, _, _) = run("long");
+    let prompt_arg: Vec<String> = prompt.iter().map(u32::to_string).collect();
+    let prompt_arg = prompt_arg.join(",");
+    for (quant, kl_max, top1_min) in [(DType::Q8, 2e-3, 0.85), (DType::Q4, 0.15, 0.35)] {
+        let out = std::env::temp_dir().join(format!("fvl-phi3-{}-{}", quant.name(), std::process::id()));
+        let q = quant.name();
+        let (code, _, err) = fvl(&["quantize", "--model", src.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quant", q]);
+        assert_eq!(code, 0, "{err}");
+        let ck = Checkpoint::open(&out).unwrap();
+        assert_eq!(ck.stored_quant(), Some(quant));
+        assert!(ck.contains(&format!("model.layers.1.self_attn.qkv_proj.weight.{q}")));
+        assert!(ck.contains(&format!("model.layers.1.mlp.gate_up_proj.weight.{q}")));
+        let packed = cli_generate(out.to_str().unwrap(), None, &prompt_arg);
+        assert_eq!(packed, cli_generate(src.to_str().unwrap(), Some(q), &prompt_arg), "{q}");
+        let (kl, top1) = kl_vs_f32(&gpu, &load_from(&gpu, &out, quant), &prompt, &want);
+        eprintln!("phi3-a quantized {q}: mean KL {kl:.2e}, top-1 {top1:.2}");
+        assert!(kl <= kl_max && top1 >= top1_min, "{q}: {kl:e} {top1}");
+        std::fs::remove_dir_all(&out).ok();
     }
 }
 
@@ -321,3 +375,49 @@ fn llava_phi_prompt_embeddings_and_answer_match_transformers() {
     assert_eq!(got, answer);
 }
 
+/// `infer --json` on the `llava_phi` fixture (the CLI decodes and pads the image itself)
+/// answers with transformers' 32 greedy ids.
+#[test]
+fn cli_infer_on_llava_phi_gives_the_transformers_answer() {
+    const VL: &str = "florence-vl-phi-tiny";
+    let j = json(&format!("{VL}/expected.json"));
+    let path = |rel: &str| fixture_path(rel).display().to_string();
+    let (model, image, bart) = (path(VL), path("images/photo.png"), path("florence2-a"));
+    let question = j["question"].as_str().unwrap();
+    let (code, out, err) = fvl(&[
+        "infer", "--model", &model, "--image", &image, "--florence-tokenizer", &bart,
+        "--prompt", question, "--max-new-tokens", "32", "--quant", "f32", "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let got: Value = serde_json::from_str(out.trim()).expect(&out);
+    assert_eq!(got["token_ids"], j["answer_ids_32_no_eos"], "{out}");
+    assert_eq!(got["prompt_positions"], j["merged_length"]);
+}
+
+/// `sliding_window` 12 on phi3-a's weights (tools/make_fixtures.py `phi3sw`): past 12 tokens
+/// each query sees only the last 12 keys, as transformers' sliding-window causal mask has it;
+/// the prompt logits at every position and 32 cached greedy steps match.
+#[test]
+fn sliding_window_masks_like_transformers() {
+    let gpu = common::gpu();
+    let j = json(&format!("{DIR}/sliding_window.json"));
+    let window = j["sliding_window"].as_u64().unwrap();
+    let dir = std::env::temp_dir().join(format!("fvl-phi3-window-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for e in std::fs::read_dir(fixture_path(DIR)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    let mut cfg = config();
+    cfg["sliding_window"] = window.into();
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let m = load_from(&gpu, &dir, DType::F32);
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(m.cfg.sliding_window, Some(window as usize));
+    let (logits, got) = greedy(&gpu, &m, &ids(&j["prompt_ids"]));
+    let (_, want) = fixture_tensor(&format!("{DIR}/sliding_window.safetensors"), "logits_long");
+    let err = max_rel_error(&logits, &want);
+    eprintln!("phi3-a sliding window {window}: prompt logits max rel error {err:.2e}");
+    assert!(err <= F32_BUDGET, "{err:e}");
+    assert_eq!(got, ids(&j["greedy_32_no_eos"]));
+}

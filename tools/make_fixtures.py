@@ -6,7 +6,7 @@ tensor names (also re-keyed to Microsoft's original Florence-2 layout and Floren
 layout) and stores inputs and expected outputs. Deterministic: fixed seeds, float32, CPU.
 
 Usage (see tools/README.md):
-    /root/fvl-py/bin/python tools/make_fixtures.py [--stages f2,f2lang,llama,fvl,phi3,fvlphi,published]
+    /root/fvl-py/bin/python tools/make_fixtures.py [--stages f2,f2lang,llama,fvl,phi3,phi3sw,fvlphi,published]
 """
 import argparse
 import json
@@ -1088,6 +1088,49 @@ def stage_phi3():
     })
 
 
+PHI3_SLIDING_WINDOW = 12
+
+
+def stage_phi3_sliding():
+    """phi3-a's stored weights with `config.sliding_window` set to 12, below the long prompt's 58
+    tokens: transformers' Phi-3 then masks keys `kv <= q - sliding_window` (masking_utils'
+    sliding_window_overlay: query q sees the `sliding_window` keys q-11..q). Writes only
+    sliding_window.{json,safetensors} beside phi3-a's own files (run after the phi3 stage)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    log("[phi3-a sliding window]")
+    d = os.path.join(FIX, "phi3-a")
+    w = PHI3_SLIDING_WINDOW
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, sliding_window=w).eval()
+    plain = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    assert model.config.sliding_window == w and plain.config.sliding_window is None
+    tok = AutoTokenizer.from_pretrained(d)
+    ids = tok(PHI3_LONG_PROMPT)["input_ids"]
+    assert len(ids) > 32 and len(ids) > w  # long factors from the start: no refill
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits
+        full = plain(input_ids=torch.tensor([ids])).logits
+    # Up to the window nothing is hidden; past it the window changes the logits.
+    assert torch.allclose(logits[0, :w], full[0, :w], atol=1e-6)
+    assert (logits[0, w:] - full[0, w:]).abs().amax(-1).min() > 1e-3
+    n_tok = len(tok)
+    fixed = greedy_cached(model, ids, 32, n_tokens=n_tok)
+    # The cached loop agrees with recomputing the whole sequence under the mask each step.
+    with torch.no_grad():
+        seq = list(ids)
+        for want in fixed[:8]:
+            lg = model(input_ids=torch.tensor([seq])).logits[0, -1, :n_tok]
+            assert int(lg.argmax()) == want
+            seq.append(want)
+    save_st(os.path.join(d, "sliding_window.safetensors"), {"logits_long": logits[0]})
+    write_json(os.path.join(d, "sliding_window.json"), {
+        "sliding_window": w, "prompt_ids": ids, "greedy_32_no_eos": fixed,
+        "greedy_top1_top2_margins": [round(m, 5) for m in greedy_cached.margins],
+        "note": "phi3-a's weights with config.sliding_window = 12; logits_long: f32 logits over all positions of "
+                "the long prompt; greedy ids from the cached loop HF generate runs",
+    })
+    log(f"  window {w}: greedy {fixed}")
+
+
 # ----------------------------------------------------------------------------------------------
 # Florence-VL (LLaVA layout: Llama + mm_projector + nested original-named Florence-2 tower)
 # ----------------------------------------------------------------------------------------------
@@ -1499,7 +1542,7 @@ def stage_published():
 # ----------------------------------------------------------------------------------------------
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--stages", default="f2,f2lang,llama,fvl,phi3,fvlphi,published")
+    ap.add_argument("--stages", default="f2,f2lang,llama,fvl,phi3,phi3sw,fvlphi,published")
     args = ap.parse_args()
     stages = args.stages.split(",")
     log(f"transformers {transformers.__version__}, torch {torch.__version__}")
@@ -1514,6 +1557,8 @@ def main():
         stage_florence_vl("florence-vl-tiny")
     if "phi3" in stages:
         stage_phi3()
+    if "phi3sw" in stages:
+        stage_phi3_sliding()
     if "fvlphi" in stages:
         stage_florence_vl("florence-vl-phi-tiny")
     if "published" in stages:

@@ -73,7 +73,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             "prompt id {bad} is outside the vocabulary of {vocab} tokens"
         )));
     }
-    let context = cfg.context_limit(args.context.unwrap_or(cfg.max_position_embeddings));
+    let context = args.context.unwrap_or(cfg.max_position_embeddings);
     if prompt.len() >= context {
         return Err(Error::input(format!(
             "the prompt has {} tokens, the context holds {context} positions (prompt plus at least one new token); shorten the prompt or raise --context",

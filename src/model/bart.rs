@@ -103,6 +103,7 @@ fn attn(batch: usize, tq: usize, s_max: usize, heads: usize, d: usize) -> Attent
         head_dim,
         kv_len: RunValue::Fixed(s_max as u32),
         causal: false,
+        window: None,
         scale: (head_dim as f32).powf(-0.5),
     }
 }

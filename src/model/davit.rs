@@ -117,6 +117,7 @@ impl Block {
                     head_dim,
                     kv_len: RunValue::Fixed((ws * ws) as u32),
                     causal: false,
+                    window: None,
                     scale: (head_dim as f32).powf(-0.5),
                 };
                 attention::attention(g, view(0), view(dim), view(2 * dim), attended, &a)?;

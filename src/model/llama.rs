@@ -282,6 +282,7 @@ impl Llama {
                 head_dim: d,
                 kv_len: RunValue::Slot(KV_LEN_SLOT),
                 causal: true,
+                window: c.sliding_window,
                 scale: (d as f32).powf(-0.5),
             };
             let (k, v) = (View::rows(g, k_cache), View::rows(g, v_cache));
@@ -399,7 +400,7 @@ impl<'m> Session<'m, Llama> {
         pick: Pick,
         seed: u32,
     ) -> Result<Session<'m, Llama>> {
-        let cache = model.kv_cache(gpu, model.cfg.context_limit(max_context))?;
+        let cache = model.kv_cache(gpu, max_context)?;
         Session::with_cache(gpu, model, cache, pick, seed)
     }
 }

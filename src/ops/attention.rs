@@ -35,6 +35,10 @@ pub struct Attention {
     pub kv_len: RunValue,
     /// Query i sees keys up to its absolute position `kv_len − tq + i`.
     pub causal: bool,
+    /// With `causal`: a query sees at most this many keys, its own and those just before it
+    /// (transformers' `sliding_window`: key `j` hidden from query position `q` when
+    /// `j ≤ q − window`). `None`: no limit.
+    pub window: Option<usize>,
     /// Score scale, usually `head_dim^−½`.
     pub scale: f32,
 }
@@ -51,6 +55,7 @@ struct Params {
     len_slot: u32,
     len_fixed: u32,
     causal: u32,
+    window: u32,
     scale: f32,
     q_off: u32,
     q_stride: u32,
@@ -126,6 +131,7 @@ pub fn attention(
         len_slot,
         len_fixed,
         causal: a.causal as u32,
+        window: window_param(op, a.window)?,
         scale: a.scale,
         q_off: q.col_offset as u32,
         q_stride: q.row_stride as u32,
@@ -154,6 +160,17 @@ pub fn attention(
         ],
         workgroups: grid(groups),
     })
+}
+
+/// A sliding window as its kernel parameter: 0 for none.
+pub(crate) fn window_param(op: &str, window: Option<usize>) -> Result<u32> {
+    match window {
+        None => Ok(0),
+        Some(w) => u32::try_from(w)
+            .ok()
+            .filter(|&w| w > 0)
+            .ok_or_else(|| Error::shape(format!("{op}: sliding window {w} outside 1..2³²"))),
+    }
 }
 
 /// Attention as `scale·Q·Kᵀ → masked softmax → P·V` with the scores materialised in the
@@ -261,6 +278,7 @@ fn attention_as_products(
             tq,
             kv_len: a.kv_len,
             causal: a.causal,
+            window: a.window,
         },
     )?;
     // Only the first kv_len keys: cache rows past it may hold anything.

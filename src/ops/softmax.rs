@@ -15,6 +15,7 @@ struct Params {
     len_slot: u32,
     len_fixed: u32,
     causal: u32,
+    window: u32,
 }
 
 /// Threads per row: a row of n elements is read twice in strides of WG; short rows (attention
@@ -37,6 +38,8 @@ pub struct Mask {
     pub kv_len: RunValue,
     /// Also mask keys after each query's absolute position.
     pub causal: bool,
+    /// With `causal`: only the last `window` keys a query sees take part (a sliding window).
+    pub window: Option<usize>,
 }
 
 /// `out = softmax(x)` over the last dimension, with f32 statistics; `out` may be `x` (in place).
@@ -50,6 +53,7 @@ pub fn softmax(g: &mut Graph, x: TensorId, out: TensorId) -> Result<()> {
             tq: 1,
             kv_len: RunValue::Fixed(n),
             causal: false,
+            window: None,
         },
     )
 }
@@ -80,6 +84,7 @@ pub fn softmax_masked(g: &mut Graph, x: TensorId, out: TensorId, mask: &Mask) ->
         len_slot,
         len_fixed,
         causal: mask.causal as u32,
+        window: super::attention::window_param(op, mask.window)?,
     };
     let (entry, tensors) = if x == out {
         ("softmax_inplace", vec![("out", out, Access::Write)])

@@ -149,7 +149,10 @@ impl LlamaConfig {
             ),
         };
         let sliding_window = match opt(cfg, "sliding_window") {
-            Some(_) => Some(usize_field(cfg, "sliding_window")?),
+            Some(_) => match usize_field(cfg, "sliding_window")? {
+                0 => return Err(Error::input("config.json: \"sliding_window\" must be positive")),
+                w => Some(w),
+            },
             None => None,
         };
         LlamaConfig {
@@ -212,11 +215,22 @@ impl LlamaConfig {
         self.kv_heads * self.head_dim
     }
 
-    /// Longest context a session may hold, at most `wanted`: with a `sliding_window`, a longer
-    /// one would need keys hidden from later queries, which the causal attention does not do,
-    /// so the context stops at the window (Phi-3.5: 262144, past its 131072 positions).
-    pub fn context_limit(&self, wanted: usize) -> usize {
-        self.sliding_window.map_or(wanted, |w| wanted.min(w.max(1)))
+    /// The architecture in plain words, e.g. `Phi-3 (fused q/k/v and gate/up, LongRoPE):
+    /// 32 layers, hidden 3072, 32 heads (32 key/value), vocabulary 32064`.
+    pub fn describe(&self) -> String {
+        let name = match self.arch {
+            Arch::Llama => "Llama (separate q/k/v and gate/up",
+            Arch::Phi3 => "Phi-3 (fused q/k/v and gate/up",
+        };
+        let rope = match &self.rope_scaling {
+            None => "RoPE",
+            Some(RopeScaling::Llama3(_)) => "Llama 3 RoPE scaling",
+            Some(RopeScaling::LongRope(_)) => "LongRoPE",
+        };
+        format!(
+            "{name}, {rope}): {} layers, hidden {}, {} heads ({} key/value), vocabulary {}",
+            self.layers, self.hidden, self.heads, self.kv_heads, self.vocab
+        )
     }
 
     /// Rows of the fused q/k/v projection: `(heads + 2·kv_heads) · head_dim`.

@@ -30,10 +30,12 @@ fn reference(q: &HostView, k: &HostView, v: &HostView, a: &Attention, kv_len: us
             } else {
                 kv_len
             };
+            // A sliding window keeps the last `window` of them.
+            let first = a.window.map_or(0, |w| visible.saturating_sub(w));
             for h in 0..a.q_heads {
                 let kvh = h / (a.q_heads / a.kv_heads);
                 let qrow = b * a.tq + i;
-                let scores: Vec<f64> = (0..visible)
+                let scores: Vec<f64> = (first..visible)
                     .map(|s| {
                         let krow = b * a.s_max + s;
                         (0..d)
@@ -46,8 +48,8 @@ fn reference(q: &HostView, k: &HostView, v: &HostView, a: &Attention, kv_len: us
                 let w: Vec<f64> = scores.iter().map(|&x| (x - m).exp()).collect();
                 let total: f64 = w.iter().sum();
                 for c in 0..d {
-                    let o: f64 = (0..visible)
-                        .map(|s| w[s] * v.at(b * a.s_max + s, kvh * d + c))
+                    let o: f64 = (first..visible)
+                        .map(|s| w[s - first] * v.at(b * a.s_max + s, kvh * d + c))
                         .sum();
                     out[qrow * a.q_heads * d + h * d + c] = (o / total) as f32;
                 }
@@ -83,6 +85,7 @@ fn attn(
         head_dim,
         kv_len: RunValue::Fixed(s_max as u32),
         causal,
+        window: None,
         scale: (head_dim as f32).powf(-0.5),
     }
 }
@@ -144,6 +147,27 @@ pub fn cases() -> Vec<Case> {
             },
             fused: false,
             lens: &[37],
+        },
+        // Sliding window (Phi-3's `sliding_window`): a causal prefill over more than one key
+        // block whose window of 37 starts mid-block, and decode over a growing cache.
+        Setup {
+            name: "attn_causal_window",
+            a: Attention {
+                window: Some(37),
+                ..attn(1, 70, 70, (4, 2), 40, true)
+            },
+            fused: false,
+            lens: &[70],
+        },
+        Setup {
+            name: "attn_decode_window",
+            a: Attention {
+                kv_len: RunValue::Slot(5),
+                window: Some(29),
+                ..attn(1, 1, 200, (8, 2), 64, true)
+            },
+            fused: false,
+            lens: &[17, 131, 200],
         },
     ];
     setups

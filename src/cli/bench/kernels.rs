@@ -103,6 +103,7 @@ pub fn kernels(args: &DeviceArgs, quick: bool, only: Option<&str>) -> Result<()>
             head_dim: d,
             kv_len: RunValue::Fixed(t as u32),
             causal: false,
+            window: None,
             scale: (d as f32).powf(-0.5),
         };
         let seconds = time(&gpu, |g| {
