@@ -227,7 +227,9 @@ fn inspect_names_the_layout_and_memory_per_format() {
         ("florence-vl-tiny", "Florence-VL"),
         ("florence2-a", "HfNative"),
         ("florence2-b-original", "Original"),
-        ("llama-b", "Llama"),
+        ("llama-b", "Llama (separate q/k/v and gate/up"),
+        ("phi3-a", "Phi-3 (fused q/k/v and gate/up, LongRoPE): 2 layers, hidden 64"),
+        ("florence-vl-phi-tiny", "Florence-VL (LLaVA layout: projector + Florence-2 tower + Phi-3 (fused"),
     ] {
         let (code, out, err) = fvl(&["inspect", "--model", &fixture(dir), "--json"], &[]);
         assert_eq!(code, 0, "{dir}: {err}");

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use fvl_wgpu::gpu::DType;
 use fvl_wgpu::weights::florence2::Florence2Layout;
 use fvl_wgpu::weights::hub::{resolve, Needs};
+use fvl_wgpu::weights::llama::LlamaConfig;
 use fvl_wgpu::weights::Checkpoint;
 use fvl_wgpu::Result;
 
@@ -26,14 +27,16 @@ pub struct InspectArgs {
 fn describe_layout(ck: &Checkpoint) -> String {
     let llm = ck.contains("model.embed_tokens.weight") || ck.stored_quant().is_some();
     let projector = ck.contains("model.mm_projector.encoder_mlp.0.weight");
+    // The decoder as its config describes it; a config it cannot load reads as plain Llama.
+    let decoder = LlamaConfig::from_checkpoint(ck).map_or("Llama".into(), |c| c.describe());
     match (Florence2Layout::detect(ck), llm, projector) {
         (Ok(Florence2Layout::FlorenceVl), _, _) | (_, true, true) => {
-            "Florence-VL (LLaVA layout: Llama + projector + Florence-2 tower)".into()
+            format!("Florence-VL (LLaVA layout: projector + Florence-2 tower + {decoder})")
         }
         (Ok(layout), _, _) => format!("Florence-2 ({layout:?} names)"),
         (Err(_), true, _) => match ck.stored_quant() {
-            Some(q) => format!("Llama (packed {} by fvl-wgpu quantize)", q.name()),
-            None => "Llama".into(),
+            Some(q) => format!("{decoder}, packed {} by fvl-wgpu quantize", q.name()),
+            None => decoder,
         },
         (Err(_), false, _) => "unknown (no Florence-2 or Llama tensors recognised)".into(),
     }
