@@ -511,7 +511,7 @@ fn fails_with_non_finite_logits(args: &[&str]) {
     let (code, out, err) = fvl(args);
     let err: Vec<_> = err
         .lines()
-        .filter(|l| !l.starts_with("device:") && !l.contains("compiling"))
+        .filter(|l| !l.starts_with("device:") && !l.contains("GPU kernels"))
         .collect();
     one_line_error(code, &err.join("\n"));
     let line = err[0];
