@@ -10,6 +10,23 @@ fn main() {
     }
 }
 
+/// Restores the default action of SIGPIPE (Rust ignores it, so that a write into a closed
+/// pipe is an error): the process then ends quietly when its reader goes away, as `cat` and
+/// every Unix filter do, instead of panicking in `print!` with a backtrace.
+fn quiet_closed_pipe() {
+    #[cfg(unix)]
+    {
+        // SIGPIPE is 13 and SIG_DFL is 0 on Linux, macOS and the BSDs.
+        extern "C" {
+            fn signal(signum: i32, handler: usize) -> usize;
+        }
+        // Safe: it changes only how the process reacts to SIGPIPE; no handler code runs.
+        unsafe {
+            signal(13, 0);
+        }
+    }
+}
+
 /// On a headless Linux machine `XDG_RUNTIME_DIR` is often unset, and the Vulkan stack's
 /// Wayland probe then prints "error: XDG_RUNTIME_DIR is invalid or not set" once per instance:
 /// noise the user reads as ours. Point it at a private folder of this user (mode 0700) before

@@ -48,7 +48,6 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let model = resolve(&args.model, Needs::Model)?;
     let ck = Checkpoint::open(&model)?;
     let cfg = LlamaConfig::from_checkpoint(&ck)?;
-    let vocab = cfg.vocab;
     let tok_path = model.join("tokenizer.json");
     let tok = if args.prompt.is_some() || tok_path.is_file() {
         Some(LlamaTokenizer::open(&model)?)
@@ -68,12 +67,8 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     if prompt.is_empty() {
         return Err(Error::input("the prompt has no tokens"));
     }
-    if let Some(&bad) = prompt.iter().find(|&&id| id as usize >= vocab) {
-        return Err(Error::input(format!(
-            "prompt id {bad} is outside the vocabulary of {vocab} tokens"
-        )));
-    }
-    let context = args.context.unwrap_or(cfg.max_position_embeddings);
+    cfg.check_ids(&prompt)?;
+    let context = cfg.checked_context(args.context)?;
     if prompt.len() >= context {
         return Err(Error::input(format!(
             "the prompt has {} tokens, the context holds {context} positions (prompt plus at least one new token); shorten the prompt or raise --context",
@@ -98,7 +93,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             quant.name()
         );
     }
-    let cache_len = context.min(prompt.len() + args.decode.max_new_tokens);
+    let cache_len = context.min(prompt.len().saturating_add(args.decode.max_new_tokens));
     let mut session = Session::new(&gpu, &llama, cache_len, pick, args.decode.seed)?;
 
     let t0 = Instant::now();

@@ -6,12 +6,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use fvl_wgpu::image::{load_image, preprocess_image};
-use fvl_wgpu::pipeline::{AskOptions, FlorenceVl, ImageInput};
+use fvl_wgpu::image::{load_image, preprocess_image, Preprocessed};
+use fvl_wgpu::pipeline::{AskOptions, FlorenceVl};
 use fvl_wgpu::weights::hub::{resolve, Needs};
 use fvl_wgpu::weights::Checkpoint;
 use fvl_wgpu::{Error, Result};
 
+use super::chat::{read_question, report_turn};
 use super::{batch, DeviceArgs};
 use super::{llm_dtype, DecodeArgs, Quant};
 
@@ -54,6 +55,8 @@ pub struct InferArgs {
 }
 
 pub fn run(args: &InferArgs) -> Result<()> {
+    // The image is read, decoded and size-checked before the model loads.
+    let image = args.image.as_deref().map(load_image).transpose()?;
     let gpu = args.device.open()?;
     let t0 = Instant::now();
     let model = resolve(&args.model, Needs::Model)?;
@@ -74,7 +77,7 @@ pub fn run(args: &InferArgs) -> Result<()> {
         seed: args.decode.seed,
     };
     let json = args.device.json;
-    let Some(image_path) = &args.image else {
+    let Some(image) = image else {
         let question = args.prompt.as_deref().unwrap_or_default();
         let (cfg, pad) = (m.model.preprocess.clone(), m.model.config.pad_to_square);
         let prepare = |p: &Path| load_image(p).map(|i| preprocess_image(&i, &cfg, pad));
@@ -87,17 +90,17 @@ pub fn run(args: &InferArgs) -> Result<()> {
             }))
         });
     };
+    let image = preprocess_image(&image, &m.model.preprocess, m.model.config.pad_to_square);
     let Some(question) = &args.prompt else {
         if json {
             return Err(Error::input(
                 "--json needs --prompt (the interactive chat prints text)",
             ));
         }
-        return interactive(&m, image_path, &opts);
+        return interactive(&m, &image, &opts);
     };
     let mut stdout = std::io::stdout();
-    let image = ImageInput::Path(image_path);
-    let answer = m.ask(image, question, &opts, &mut |piece| {
+    let (_, answer) = m.chat_preprocessed(&image, question, &opts, &mut |piece| {
         if !json {
             print!("{piece}");
             stdout.flush().ok();
@@ -140,29 +143,26 @@ pub fn run(args: &InferArgs) -> Result<()> {
 }
 
 /// Questions from stdin, answers streamed to stdout; the first question sees the image, the
-/// rest continue the same conversation (its KV cache).
-fn interactive(m: &FlorenceVl, image: &Path, opts: &AskOptions) -> Result<()> {
-    let mut lines = std::io::stdin().lines();
-    let mut next_question = || -> Option<String> {
-        eprint!("> ");
-        std::io::stderr().flush().ok();
-        lines
-            .next()
-            .and_then(|l| l.ok())
-            .filter(|l| !l.trim().is_empty())
-    };
+/// rest continue the same conversation (its KV cache). A question the chat refuses (too long,
+/// outside the vocabulary) or a line that is not text gets one line on stderr and the chat
+/// goes on; so does a full context, which the chat handles by dropping its oldest turns.
+fn interactive(m: &FlorenceVl, image: &Preprocessed, opts: &AskOptions) -> Result<()> {
+    let seen = m.see(image)?;
+    let mut chat = m.open_chat(&seen, opts)?;
     let print = &mut |piece: &str| {
         print!("{piece}");
         std::io::stdout().flush().is_ok()
     };
-    let Some(first) = next_question() else {
-        return Ok(());
-    };
-    let (mut chat, _) = m.chat(ImageInput::Path(image), &first, opts, print)?;
-    println!();
-    while let Some(q) = next_question() {
-        chat.ask(&q, opts, print)?;
-        println!();
+    let mut input = std::io::stdin().lock();
+    while let Some(question) = read_question(&mut input)? {
+        match chat.ask(&question, opts, print) {
+            Ok(reply) => {
+                println!();
+                report_turn(reply.dropped_turns, reply.stopped, "the system message and the image");
+            }
+            Err(Error::Input(msg)) => eprintln!("{msg}"),
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ use fvl_wgpu::Result;
 mod annotate;
 mod batch;
 mod bench;
+mod chat;
 mod devices;
 mod features;
 mod florence2;
@@ -265,8 +266,9 @@ pub fn llm_dtype(flag: Option<Quant>, stored: Option<DType>, gpu: &Gpu) -> DType
 /// How the language-model commands pick tokens.
 #[derive(Args, Clone)]
 pub struct DecodeArgs {
-    /// Most tokens to generate (stops earlier at an end-of-sequence id).
-    #[arg(long, default_value_t = 128)]
+    /// Most tokens to generate, at least 1 (stops earlier at an end-of-sequence id or the
+    /// end of the context).
+    #[arg(long, default_value_t = 128, value_parser = max_new_tokens)]
     pub max_new_tokens: usize,
     /// Sampling temperature; 0 (the default) is greedy decoding.
     #[arg(long, default_value_t = 0.0, value_parser = temperature)]
@@ -304,6 +306,15 @@ fn temperature(s: &str) -> Result<f32, String> {
     match s.parse::<f32>() {
         Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
         _ => Err(format!("expected a number ≥ 0 (0 is greedy), got {s}")),
+    }
+}
+
+/// `--max-new-tokens`: a whole number ≥ 1, refused while parsing (0 generated one token
+/// anyway; transformers refuses it too). A huge one is bounded by the context later.
+fn max_new_tokens(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("expected a whole number ≥ 1, got {s}")),
     }
 }
 
@@ -381,6 +392,11 @@ pub fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
 /// Parses the command line and runs the command.
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
+    // The server writes to sockets and must see a closed one as an error; every other
+    // command writes to stdout, where a reader that went away (`| head`) ends it quietly.
+    if !matches!(cli.command, Command::Serve(_)) {
+        crate::quiet_closed_pipe();
+    }
     match cli.command {
         Command::Devices { json } => devices::run(json),
         Command::Selfcheck(args) => selfcheck::run(&args),

@@ -179,7 +179,9 @@ fn type_rank(t: wgpu::DeviceType) -> u32 {
     }
 }
 
-fn pick_adapter(list: Vec<wgpu::Adapter>, want: Option<&str>) -> Result<wgpu::Adapter> {
+/// `want`: what the user named and where (`--device` or `FVL_ADAPTER`), so an error names
+/// the setting they actually used.
+fn pick_adapter(list: Vec<wgpu::Adapter>, want: Option<(&str, &str)>) -> Result<wgpu::Adapter> {
     if list.is_empty() {
         return Err(Error::NoAdapter(NO_ADAPTER_HELP.into()));
     }
@@ -189,24 +191,18 @@ fn pick_adapter(list: Vec<wgpu::Adapter>, want: Option<&str>) -> Result<wgpu::Ad
         .map(|(i, a)| format!("{i}: {}", a.get_info().name))
         .collect();
     match want {
-        Some(w) => {
+        Some((source, w)) => {
+            let choices = format!("the adapters are {}", names.join(", "));
             if let Ok(i) = w.parse::<usize>() {
-                let n = list.len();
                 return list.into_iter().nth(i).ok_or_else(|| {
-                    Error::NoAdapter(format!(
-                        "--device {i}: only {n} adapters ({})",
-                        names.join(", ")
-                    ))
+                    Error::NoAdapter(format!("{source} {i}: no adapter {i}; {choices}"))
                 });
             }
             let lw = w.to_lowercase();
             list.into_iter()
                 .find(|a| a.get_info().name.to_lowercase().contains(&lw))
                 .ok_or_else(|| {
-                    Error::NoAdapter(format!(
-                        "--device {w:?} matches no adapter ({})",
-                        names.join(", ")
-                    ))
+                    Error::NoAdapter(format!("{source} {w:?} matches no adapter; {choices}"))
                 })
         }
         None => {
@@ -260,7 +256,11 @@ impl Gpu {
     pub fn new(opts: &GpuOptions) -> Result<Gpu> {
         let instance = instance();
         let env_adapter = std::env::var(ENV_ADAPTER).ok();
-        let want = opts.adapter.as_deref().or(env_adapter.as_deref());
+        let want = match (&opts.adapter, &env_adapter) {
+            (Some(a), _) => Some(("--device", a.as_str())),
+            (None, Some(e)) => Some((ENV_ADAPTER, e.as_str())),
+            (None, None) => None,
+        };
         let adapter = pick_adapter(adapters(&instance), want)?;
         let info = adapter.get_info();
         let offered = adapter.features();

@@ -183,7 +183,8 @@ impl<'g> Graph<'g> {
         let max = self.gpu.limits.max_storage_buffers_per_shader_stage as usize;
         if bindings > max {
             return Err(Error::AdapterLimits(format!(
-                "{} needs {bindings} storage buffers (tensors split into chunks), the adapter allows {max}",
+                "a buffer binds at most {} bytes here, so a step of this model splits its tensors into {bindings} buffers, more than the {max} the adapter binds at once; use a device with larger storage bindings (step: {})",
+                self.gpu.max_binding,
                 k.name
             )));
         }

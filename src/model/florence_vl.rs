@@ -57,6 +57,12 @@ pub fn conversation_text(template: Template, turns: &[(String, String)], questio
     template.prompt(&messages)
 }
 
+/// Positions of the prompt `ids` once each [`IMAGE_TOKEN_INDEX`] becomes `image_rows` rows.
+pub fn merged_positions(ids: &[i64], image_rows: usize) -> usize {
+    let images = ids.iter().filter(|&&i| i == IMAGE_TOKEN_INDEX).count();
+    ids.len() - images + images * image_rows
+}
+
 /// The fusion MLP: `Linear (4·D → H)`, then `depth − 1` times GELU and `Linear (H → H)`.
 pub struct Projector {
     /// The projector's linears, first to last.
@@ -251,6 +257,17 @@ impl FlorenceVl {
         parts.record(g, pixels, self.keep_mean_token)
     }
 
+    /// [`FlorenceVl::fuse_image`] with the projected rows copied into a tensor of their own,
+    /// which outlives the graph (and its arenas): the image rows a chat keeps.
+    pub fn image_rows(&self, g: &mut Graph, pixels: TensorId) -> Result<Tensor> {
+        let projected = self.fuse_image(g, pixels)?.projected;
+        let (n, h) = (g.layout(projected).rows(), g.layout(projected).cols());
+        let rows = Tensor::empty(g.gpu(), &[n, h], DType::F32, "image rows")?;
+        let out = g.external(&rows);
+        copy(g, projected, out, &Block::whole(n, h, 0, 0))?;
+        Ok(rows)
+    }
+
     /// Prompt ids for `question` (spec §7.3): the template split on `<image>`, each chunk
     /// tokenized with special tokens; when the first chunk starts with the post-processor's
     /// BOS, that BOS is kept once and every chunk's is dropped (LLaVA's
@@ -292,7 +309,7 @@ impl FlorenceVl {
     /// meaningless, so this refuses instead.
     pub fn merged_len(&self, ids: &[i64], image_rows: usize) -> Result<usize> {
         let images = ids.iter().filter(|&&i| i == IMAGE_TOKEN_INDEX).count();
-        let len = ids.len() - images + images * image_rows;
+        let len = merged_positions(ids, image_rows);
         if len > self.config.max_length {
             return Err(Error::input(format!(
                 "the prompt is {len} positions ({} text tokens + {} image rows), more than tokenizer_model_max_length = {}; shorten the question",
@@ -314,16 +331,13 @@ impl FlorenceVl {
     ) -> Result<TensorId> {
         let (rows, h) = (g.layout(projected).rows(), self.llama.cfg.hidden);
         let len = self.merged_len(ids, rows)?;
+        // A negative id other than the image marker becomes one past every vocabulary.
         let text: Vec<u32> = ids
             .iter()
             .filter(|&&i| i != IMAGE_TOKEN_INDEX)
-            .map(|&i| {
-                u32::try_from(i)
-                    .ok()
-                    .filter(|&i| (i as usize) < self.llama.cfg.vocab)
-                    .ok_or_else(|| Error::input(format!("prompt id {i} is outside the vocabulary")))
-            })
-            .collect::<Result<_>>()?;
+            .map(|&i| u32::try_from(i).unwrap_or(u32::MAX))
+            .collect();
+        self.llama.cfg.check_ids(&text)?;
         let out = g.tensor(&[len, h], DType::F32)?;
         if !text.is_empty() {
             let t = Tensor::from_u32(g.gpu(), &[text.len()], &text, "prompt ids")?;

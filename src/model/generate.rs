@@ -56,6 +56,12 @@ pub trait Decoder {
     /// Records the embedding of the u32 ids `ids` (`[t]`), returning `[t, hidden]`.
     fn embed(&self, g: &mut Graph, ids: TensorId) -> Result<TensorId>;
 
+    /// Refuses ids without a row in the embedding table (the GPU would read past it); every
+    /// id a caller feeds goes through here.
+    fn check_ids(&self, _ids: &[u32]) -> Result<()> {
+        Ok(())
+    }
+
     /// Records the decoder over `t` embedded tokens `x` (`[t, hidden]`) at positions
     /// `run[PAST_SLOT]..`, appending their keys and values to `cache` (`run[KV_LEN_SLOT]` rows
     /// in use after it). Returns the logits: `[t, vocab]` with `all_logits`, else the last
@@ -156,7 +162,7 @@ pub enum Prompt<'a> {
 
 /// When [`Session::generate`] stops.
 pub struct Limits {
-    /// Most ids to produce (the first, chosen by the prefill, counts).
+    /// Most ids to produce (the first, chosen by the prefill, counts; 0 produces none).
     pub max_new: usize,
     /// Cache positions to leave free (e.g. for the token that closes a chat turn).
     pub reserve: usize,
@@ -320,10 +326,16 @@ impl<'m, M: Decoder> Session<'m, M> {
     /// With `all_logits` the prefill keeps every prompt position's logits for
     /// [`Session::logits`]; otherwise only the last.
     pub fn prefill(&mut self, prompt: Prompt, all_logits: bool) -> Result<u32> {
+        self.restart();
+        self.extend(prompt, all_logits)
+    }
+
+    /// Forgets what the cache holds: the next [`Session::extend`] starts at position 0 (a
+    /// chat re-reading its conversation after dropping turns).
+    pub fn restart(&mut self) {
         self.pos = 0;
         self.step = 0;
         self.history = Some(Vec::new());
-        self.extend(prompt, all_logits)
     }
 
     /// Whether feeding one more id now crosses LongRoPE's original context with a cache of ids
@@ -353,7 +365,10 @@ impl<'m, M: Decoder> Session<'m, M> {
     pub fn extend(&mut self, prompt: Prompt, all_logits: bool) -> Result<u32> {
         let gpu = self.gpu;
         let t = match prompt {
-            Prompt::Ids(ids) => ids.len(),
+            Prompt::Ids(ids) => {
+                self.model.check_ids(ids)?;
+                ids.len()
+            }
             Prompt::Embeddings(e) => e.shape()[0],
         };
         self.check_room(t)?;
@@ -396,6 +411,9 @@ impl<'m, M: Decoder> Session<'m, M> {
     /// submit, 4 bytes read back.
     pub fn decode(&mut self, force: Option<u32>) -> Result<u32> {
         self.check_room(1)?;
+        if let Some(id) = force {
+            self.model.check_ids(&[id])?;
+        }
         let fed = force.unwrap_or(self.last);
         if self.refill_due(self.pos) {
             return self.refill(fed);
@@ -465,6 +483,10 @@ impl<'m, M: Decoder> Session<'m, M> {
         // The step that feeds `id`, when it was queued ahead: (submission, staging slot).
         let mut queued: Option<(Submission, usize)> = None;
         let stopped = loop {
+            // Only reached with nothing produced yet when `max_new` is 0: then nothing is.
+            if ids.len() >= limits.max_new {
+                break Stop::Length;
+            }
             if is_stop(id) {
                 if limits.keep_stop {
                     ids.push(id);

@@ -377,6 +377,10 @@ impl Decoder for Llama {
         Llama::embed(self, g, ids)
     }
 
+    fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        self.cfg.check_ids(ids)
+    }
+
     fn forward(&self, g: &mut Graph, x: TensorId, cache: &KvCache, all: bool) -> Result<TensorId> {
         Llama::forward(self, g, x, cache, all)
     }

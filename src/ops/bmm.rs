@@ -4,7 +4,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{expect_f32, shader, RunValue};
+use super::{expect_f32, shader, too_large, RunValue};
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Graph, Kernel, TensorId};
 
@@ -105,7 +105,8 @@ fn params(
         )));
     }
     let u = |x: usize| {
-        u32::try_from(x).map_err(|_| Error::shape(format!("{op}: {what} index {x} too large")))
+        u32::try_from(x)
+            .map_err(|_| too_large(op, format!("{what} offset {x} is past 32-bit indexing")))
     };
     Ok(ViewParams {
         offset: u(v.offset)?,
@@ -172,10 +173,10 @@ pub fn bmm(g: &mut Graph, a: MatView, b: MatView, c: MatView, p: &Bmm) -> Result
     let (name, source) = shader!("bmm", run);
     let wy = (p.m as u32).div_ceil(TILE * WG_Y);
     if wy > 65535 {
-        return Err(Error::shape(format!(
-            "{op}: {} rows exceed one dispatch",
-            p.m
-        )));
+        return Err(too_large(
+            op,
+            format!("{} rows are more than one dispatch covers", p.m),
+        ));
     }
     g.dispatch(Kernel {
         name,

@@ -7,7 +7,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::bmm::SHARED_COLUMNS;
-use super::{expect_dtype, expect_f32, expect_shape, norm, shader, FLOATS};
+use super::{expect_dtype, expect_f32, expect_shape, norm, shader, too_large, FLOATS};
 use crate::error::{Error, Result};
 use crate::gpu::{grid, Access, DType, Gpu, Graph, Kernel, TensorId};
 
@@ -121,7 +121,7 @@ fn launch(
     }
     let m = g.layout(x).rows();
     let too_big = |v: usize| {
-        u32::try_from(v).map_err(|_| Error::shape(format!("{op}: dimension {v} too large")))
+        u32::try_from(v).map_err(|_| too_large(op, format!("dimension {v} is past 32-bit indexing")))
     };
     let p = Params {
         m: too_big(m)?,
@@ -172,9 +172,10 @@ fn launch(
     } else {
         let wy = p.m.div_ceil(TILE * WG_Y);
         if wy > 65535 {
-            return Err(Error::shape(format!(
-                "{op}: {m} rows exceed one dispatch; split the input"
-            )));
+            return Err(too_large(
+                op,
+                format!("{m} rows are more than one dispatch covers"),
+            ));
         }
         g.dispatch(Kernel {
             name,

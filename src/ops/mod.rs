@@ -110,8 +110,18 @@ pub(crate) fn expect_dtype(
 /// Number of elements of a graph tensor as u32 (kernels index with u32).
 pub(crate) fn numel(g: &Graph, op: &str, id: TensorId) -> Result<u32> {
     let n = g.layout(id).numel();
-    u32::try_from(n)
-        .map_err(|_| Error::shape(format!("{op}: tensor of {n} elements exceeds u32 indexing")))
+    u32::try_from(n).map_err(|_| {
+        too_large(op, format!("a tensor of {n} elements is past 32-bit indexing"))
+    })
+}
+
+/// A size past what one kernel indexes (32 bits) or one dispatch covers. The sizes come from
+/// the user's input (context, prompt, image, beams), so the message says what to change; the
+/// step is named last, for a bug report.
+pub(crate) fn too_large(op: &str, what: impl std::fmt::Display) -> Error {
+    Error::input(format!(
+        "too large for the GPU kernels: {what}; use a shorter context or prompt, a smaller image or fewer beams (step: {op})"
+    ))
 }
 
 /// A u32 kernel argument that is either fixed when the graph is built or read from a run slot

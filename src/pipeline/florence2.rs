@@ -18,6 +18,10 @@ use crate::{Error, Result};
 
 use super::ImageInput;
 
+/// Most beams a search runs: the cost of a step (decoder passes, cache, the CPU's selection)
+/// grows with each, and far below this the answers stop changing.
+pub const MAX_BEAMS: usize = 64;
+
 /// Generation length when [`TaskOptions::max_new_tokens`] is not given (capped by the
 /// position table).
 pub const DEFAULT_MAX_NEW_TOKENS: usize = 1024;
@@ -173,6 +177,12 @@ impl Florence2Folder {
         let num_beams = opts.num_beams.unwrap_or(defaults.num_beams);
         if num_beams == 0 {
             return Err(Error::input("--num-beams 0: at least one beam"));
+        }
+        let most = MAX_BEAMS.min(self.ck.text().vocab_size);
+        if num_beams > most {
+            return Err(Error::input(format!(
+                "--num-beams {num_beams}: at most {most} (each beam is a whole decoder pass and cache per step, and beams past the vocabulary's size can only repeat; Florence-2 uses 3)"
+            )));
         }
         let max_new = opts
             .max_new_tokens

@@ -4,13 +4,13 @@
 use std::path::Path;
 use std::time::Instant;
 
-use crate::gpu::{DType, Executable, Gpu, Graph, TensorId};
+use crate::gpu::{DType, Gpu, Graph, Tensor};
 use crate::image::{preprocess_image, Preprocessed};
 use crate::model::florence2::VisionTower;
-use crate::model::florence_vl::FlorenceVl as Model;
+use crate::model::florence_vl::{merged_positions, FlorenceVl as Model, IMAGE_PLACEHOLDER};
 use crate::model::generate::{Limits, Pick, Prompt, Session, Stop};
 use crate::model::llama::Llama;
-use crate::text::chat::Message;
+use crate::text::chat::{turns_to_drop, Message};
 use crate::text::llama::TextStream;
 use crate::Result;
 
@@ -62,13 +62,22 @@ pub struct Reply {
     pub prefill_ms: f64,
     /// Decode throughput in tokens per second.
     pub decode_tokens_per_s: f64,
+    /// Oldest turns of the conversation dropped before this answer because the context was
+    /// full (see [`Chat::ask`]); 0 almost always.
+    pub dropped_turns: usize,
 }
 
 /// A conversation about one image: the KV cache keeps the image rows and every turn, so a
-/// follow-up question only prefills its own tokens.
+/// follow-up question only prefills its own tokens. When the context is full, the chat
+/// drops its oldest turns and carries on ([`Chat::ask`]).
 pub struct Chat<'m> {
     vl: &'m Model,
+    gpu: &'m Gpu,
     session: Session<'m, Llama>,
+    /// The image rows, kept to re-read the conversation after dropping turns.
+    seen: Seen,
+    /// `(question, answer)` of every turn the cache holds, oldest first.
+    turns: Vec<(String, String)>,
     /// The last chosen id, not yet in the cache.
     pending: u32,
 }
@@ -146,14 +155,11 @@ impl FlorenceVl {
         let pixels = VisionTower::pixels(gpu, pre)?;
         let mut g = Graph::new(gpu);
         let p = g.external(&pixels);
-        let features = m.fuse_image(&mut g, p)?;
-        g.keep(features.projected);
-        let exe = g.build()?;
+        let rows = m.image_rows(&mut g, p)?;
         // Submitted without waiting: the prompt is tokenized and embedded while it runs.
-        exe.submit(gpu, &[])?;
+        g.build()?.submit(gpu, &[])?;
         Ok(Seen {
-            exe,
-            rows: features.projected,
+            rows,
             ms: t.elapsed().as_secs_f64() * 1e3,
         })
     }
@@ -169,57 +175,79 @@ impl FlorenceVl {
         opts: &AskOptions,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<(Chat<'_>, Reply)> {
-        let (gpu, m) = (&self.gpu, &self.model);
-        let t = Instant::now();
-        let ids = m.conversation_ids(turns, question)?;
-        let mut g = Graph::new(gpu);
-        let projected = g.external(seen.exe.tensor(seen.rows));
-        let embeds = m.embed_prompt(&mut g, &ids, projected)?;
-        g.keep(embeds);
-        let exe = g.build()?;
-        exe.run(gpu, &[])?;
-        let vision_ms = seen.ms + t.elapsed().as_secs_f64() * 1e3;
-        let x = exe.tensor(embeds);
-        let prompt_positions = x.shape()[0];
-        // The merged prompt fits tokenizer_model_max_length (embed_prompt checks); the whole
-        // conversation runs up to that length, with room for at least one token.
-        let context = m.config.max_length.max(prompt_positions + 1);
-        let session = Session::new(gpu, &m.llama, context, opts.pick, opts.seed)?;
-        let mut chat = Chat {
-            vl: m,
-            session,
-            pending: 0,
-        };
-        let reply = chat.turn(
-            Prompt::Embeddings(x),
-            prompt_positions,
-            vision_ms,
-            opts,
-            on_text,
-        )?;
+        let mut chat = self.open_chat(seen, opts)?;
+        chat.turns = turns.to_vec();
+        let reply = chat.ask(question, opts, on_text)?;
         Ok((chat, reply))
+    }
+
+    /// A conversation on image rows from [`FlorenceVl::see`] with no question yet: every
+    /// question goes to [`Chat::ask`]. The cache holds `tokenizer_model_max_length`
+    /// positions; `opts` sets the sampler for the whole conversation.
+    pub fn open_chat(&self, seen: &Seen, opts: &AskOptions) -> Result<Chat<'_>> {
+        let m = &self.model;
+        let session = Session::new(&self.gpu, &m.llama, m.config.max_length, opts.pick, opts.seed)?;
+        Ok(Chat {
+            vl: m,
+            gpu: &self.gpu,
+            session,
+            seen: seen.clone(),
+            turns: Vec::new(),
+            pending: 0,
+        })
     }
 }
 
-/// The image rows of one image (the projector's output), from [`FlorenceVl::see`].
+/// The image rows of one image (the projector's output), from [`FlorenceVl::see`]. Cloning
+/// shares the rows.
+#[derive(Clone)]
 pub struct Seen {
-    exe: Executable,
-    rows: TensorId,
+    rows: Tensor,
     /// Time to record and submit the vision path in ms.
     ms: f64,
 }
 
 impl Chat<'_> {
-    /// A follow-up question about the same image: the template's turn end closes the last
-    /// answer (`<|eot_id|>`, Phi-3 `<|end|>\n`; a stop token that ended it stands for its
-    /// part), then the user and assistant headers (spec §7.3); only these tokens are
-    /// prefilled.
+    /// Answers `question` in this conversation: the first one with the system message and
+    /// the image; a follow-up after the template's turn end closing the last answer
+    /// (`<|eot_id|>`, Phi-3 `<|end|>\n`; a stop token that ended it stands for its part)
+    /// and only those tokens are prefilled (spec §7.3).
+    ///
+    /// When the question and room for its answer (`max_new_tokens`, at most half the
+    /// context) no longer fit, the oldest turns are dropped as llama.cpp's and ollama's chats
+    /// do, keeping the system message and the image, and the rest is re-read
+    /// ([`turns_to_drop`]; [`Reply::dropped_turns`] says how many). A question that can't
+    /// fit even alone is an error and leaves the conversation as it was, as does any input
+    /// error.
     pub fn ask(
         &mut self,
         question: &str,
         opts: &AskOptions,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Reply> {
+        let context = self.session.max_context();
+        let answer_room = opts.max_new_tokens.min(context / 2).max(1) + 1;
+        let reply = match self.follow_up_ids(question)? {
+            Some(ids) if self.session.position() + ids.len() + answer_room <= context => {
+                let positions = ids.len();
+                self.turn(Prompt::Ids(&ids), positions, 0.0, opts, on_text)?
+            }
+            _ => self.reread(question, context, opts, on_text)?,
+        };
+        self.turns.push((question.to_string(), reply.text.clone()));
+        Ok(reply)
+    }
+
+    /// The ids a follow-up `question` prefills after the cache's contents; `None` when the
+    /// cache is empty (the first question brings the system message and the image).
+    fn follow_up_ids(&self, question: &str) -> Result<Option<Vec<u32>>> {
+        if self.session.position() == 0 {
+            return Ok(None);
+        }
+        if question.contains(IMAGE_PLACEHOLDER) {
+            // Same rule as the first question (conversation_ids).
+            self.vl.conversation_ids(&[], question)?;
+        }
         let tok = &self.vl.tokenizer;
         let end = tok.template.turn_end();
         let close = if tok.is_stop(self.pending) {
@@ -232,8 +260,45 @@ impl Chat<'_> {
             close.to_string() + &tok.template.continuation(&[Message::new("user", question)]);
         let mut ids = vec![self.pending];
         ids.extend(tok.encode(&text, false)?);
-        let positions = ids.len();
-        self.turn(Prompt::Ids(&ids), positions, 0.0, opts, on_text)
+        self.vl.llama.cfg.check_ids(&ids)?;
+        Ok(Some(ids))
+    }
+
+    /// Prefills the whole conversation from position 0: the system message and the image,
+    /// the turns kept after dropping the oldest ones that don't fit, and `question`.
+    fn reread(
+        &mut self,
+        question: &str,
+        context: usize,
+        opts: &AskOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Reply> {
+        let (vl, gpu) = (self.vl, self.gpu);
+        let t = Instant::now();
+        let image_rows = self.seen.rows.shape()[0];
+        let turns = &self.turns;
+        let ids_without = |k: usize| vl.conversation_ids(&turns[k..], question);
+        let source = format!("tokenizer_model_max_length = {}", vl.config.max_length);
+        let drop = turns_to_drop(turns.len(), context, &source, |k| {
+            Ok(merged_positions(&ids_without(k)?, image_rows))
+        })?;
+        let ids = ids_without(drop)?;
+        let mut g = Graph::new(gpu);
+        let projected = g.external(&self.seen.rows);
+        let embeds = vl.embed_prompt(&mut g, &ids, projected)?;
+        g.keep(embeds);
+        let exe = g.build()?;
+        exe.run(gpu, &[])?;
+        let first = self.session.position() == 0;
+        let vision_ms = t.elapsed().as_secs_f64() * 1e3 + if first { self.seen.ms } else { 0.0 };
+        let x = exe.tensor(embeds);
+        let positions = x.shape()[0];
+        // Dropped only once everything that can fail before the prefill has passed.
+        self.turns.drain(..drop);
+        self.session.restart();
+        let mut reply = self.turn(Prompt::Embeddings(x), positions, vision_ms, opts, on_text)?;
+        reply.dropped_turns = drop;
+        Ok(reply)
     }
 
     /// The model's tokenizer (to check that an answer re-tokenizes to the same ids).
@@ -287,6 +352,7 @@ impl Chat<'_> {
             vision_ms,
             prefill_ms,
             decode_tokens_per_s: gen.decode_tokens_per_s,
+            dropped_turns: 0,
         })
     }
 }

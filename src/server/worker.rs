@@ -258,7 +258,9 @@ fn ask<'m>(
     // Keep the conversation only if the client will send back exactly what the cache holds:
     // the whole answer, which re-tokenizes to the same ids.
     let k = kept.as_mut().expect("set above");
+    // After dropped turns the cache no longer holds the conversation the client sends.
     let exact = !filter.hit
+        && reply.dropped_turns == 0
         && reply.stopped != Stop::Cancelled
         && k.chat
             .tokenizer()
@@ -272,7 +274,10 @@ fn ask<'m>(
         *kept = None;
     }
     Ok(Outcome {
-        prompt_tokens: before + reply.prompt_positions,
+        prompt_tokens: match reply.dropped_turns {
+            0 => before + reply.prompt_positions,
+            _ => reply.prompt_positions,
+        },
         completion_tokens: reply.token_ids.len(),
         finish_reason: finish(reply.stopped, filter.hit),
         text: filter.text,

@@ -142,6 +142,9 @@ pub struct BartTokenizer {
     path: PathBuf,
     /// Whether Florence-2's tokens were added here (the files are bare BART, as Microsoft's).
     added_florence: bool,
+    /// Rows of the model's embedding table once [`BartTokenizer::check_vocab`] has seen it: every
+    /// encoded id must be below.
+    rows: Option<usize>,
 }
 
 impl BartTokenizer {
@@ -176,13 +179,18 @@ impl BartTokenizer {
             inner,
             path,
             added_florence,
+            rows: None,
         })
     }
 
     /// Checks the tokenizer against the model's vocabulary (`text_config.vocab_size`): when
     /// Florence-2's tokens were added here, the two must be equal, or the generated ids would
     /// decode to the wrong tokens.
-    pub fn check_vocab(self, vocab_size: usize) -> Result<BartTokenizer> {
+    ///
+    /// Any tokenizer whose ids reach past the embedding table's rows belongs to another
+    /// vocabulary and is refused, except for the `<image>` token HF-native tokenizers add
+    /// (no prompt or answer holds it; [`BartTokenizer::encode`] refuses it anyway).
+    pub fn check_vocab(mut self, vocab_size: usize) -> Result<BartTokenizer> {
         let n = self.inner.get_vocab_size(true);
         if self.added_florence && n != vocab_size {
             return Err(Error::file(
@@ -192,6 +200,24 @@ impl BartTokenizer {
                 ),
             ));
         }
+        let top = self
+            .inner
+            .get_vocab(true)
+            .into_iter()
+            .filter(|(t, _)| t != "<image>")
+            .map(|(_, id)| id as usize + 1)
+            .max()
+            .unwrap_or(0);
+        if top > vocab_size {
+            return Err(Error::file(
+                &self.path,
+                format!(
+                    "token ids run to {}, but the model's embedding table has {vocab_size} rows: this tokenizer belongs to another vocabulary",
+                    top - 1
+                ),
+            ));
+        }
+        self.rows = Some(vocab_size);
         Ok(self)
     }
 
@@ -249,7 +275,16 @@ impl BartTokenizer {
             .inner
             .encode(text, true)
             .map_err(|e| Error::input(format!("tokenizing {text:?}: {e}")))?;
-        Ok(enc.get_ids().to_vec())
+        let ids = enc.get_ids();
+        if let Some(rows) = self.rows {
+            if let Some(&bad) = ids.iter().find(|&&id| id as usize >= rows) {
+                let token = self.inner.id_to_token(bad).unwrap_or_default();
+                return Err(Error::input(format!(
+                    "{text:?} holds the token {token:?} (id {bad}), outside the model's embedding table of {rows} rows"
+                )));
+            }
+        }
+        Ok(ids.to_vec())
     }
 
     /// The encoder prompt ids for a task (see [`prompt`]).

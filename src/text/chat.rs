@@ -103,3 +103,33 @@ impl Template {
         self.header(role) + content + self.turn_end()
     }
 }
+
+/// How many of a conversation's oldest turns to drop when the next question no longer fits
+/// the context, as llama.cpp's and ollama's chats do (they keep the start, drop the oldest
+/// history and re-read the rest): the fewest that bring the re-read prompt (what a turn
+/// always keeps, such as the system message and the image, the remaining turns and the
+/// question) down to half the context, so the next questions fit again without another
+/// re-read; all of them when even that is not enough. `positions(k)` is that prompt's
+/// length with the oldest `k` of `turns` dropped. An error, naming both lengths and
+/// `context_source` (what sets the context), when the prompt without any earlier turn leaves
+/// no room for an answer.
+pub fn turns_to_drop(
+    turns: usize,
+    context: usize,
+    context_source: &str,
+    positions: impl Fn(usize) -> crate::Result<usize>,
+) -> crate::Result<usize> {
+    for k in 0..turns {
+        if positions(k)? <= context / 2 {
+            return Ok(k);
+        }
+    }
+    let alone = positions(turns)?;
+    // One position for the answer's first token, one for the token that closes the turn.
+    if alone + 2 > context {
+        return Err(crate::Error::input(format!(
+            "this question makes a prompt of {alone} positions; the context holds {context} ({context_source}), and an answer needs 2 more: shorten the question"
+        )));
+    }
+    Ok(turns)
+}

@@ -233,6 +233,31 @@ impl LlamaConfig {
         )
     }
 
+    /// The context a caller asks for (`None`: `max_position_embeddings`), refused above
+    /// `max_position_embeddings` (positions past it were never trained).
+    pub fn checked_context(&self, wanted: Option<usize>) -> Result<usize> {
+        let max = self.max_position_embeddings;
+        match wanted.unwrap_or(max) {
+            0 => Err(Error::input("a context of 0 positions holds nothing")),
+            n if n > max => Err(Error::input(format!(
+                "a context of {n} positions is more than the model's max_position_embeddings = {max}"
+            ))),
+            n => Ok(n),
+        }
+    }
+
+    /// Checks that every id has a row in the embedding table (an id past it would read
+    /// outside the table on the GPU).
+    pub fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        match ids.iter().find(|&&id| id as usize >= self.vocab) {
+            Some(bad) => Err(Error::input(format!(
+                "token id {bad} is outside the model's vocabulary of {} tokens (a tokenizer that does not belong to this model?)",
+                self.vocab
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Rows of the fused q/k/v projection: `(heads + 2·kv_heads) · head_dim`.
     pub fn qkv_rows(&self) -> usize {
         self.heads * self.head_dim + 2 * self.kv_dim()

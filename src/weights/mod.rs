@@ -466,8 +466,11 @@ fn describe(err: &SafeTensorError, bytes: &[u8]) -> String {
         SafeTensorError::InvalidHeader(e) => {
             format!("corrupt safetensors header (not UTF-8): {e}")
         }
-        SafeTensorError::InvalidHeaderDeserialization(e) => {
-            format!("corrupt safetensors header (not valid JSON): {e}")
+        SafeTensorError::InvalidHeaderDeserialization(e) => header_entry_problem(bytes)
+            .unwrap_or_else(|| format!("corrupt safetensors header (not valid JSON): {e}")),
+        SafeTensorError::TensorInvalidInfo | SafeTensorError::ValidationOverflow => {
+            header_entry_problem(bytes)
+                .unwrap_or_else(|| format!("corrupt safetensors header: {err}"))
         }
         SafeTensorError::MetadataIncompleteBuffer => {
             let start = 8 + header_len.unwrap_or(0) as usize;
@@ -487,8 +490,37 @@ fn describe(err: &SafeTensorError, bytes: &[u8]) -> String {
                  {have} data bytes (truncated or corrupt file)"
             )
         }
-        _ => format!("corrupt safetensors file: {err:?}"),
+        _ => format!("corrupt safetensors file: {err}"),
     }
+}
+
+/// The first tensor entry of a header that is valid JSON but not a valid safetensors entry,
+/// in words: an unknown dtype, or a shape whose size differs from its `data_offsets`.
+fn header_entry_problem(bytes: &[u8]) -> Option<String> {
+    let header_len = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let header = bytes.get(8..8usize.checked_add(header_len)?)?;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(header).ok()?;
+    header.iter().filter(|(k, _)| *k != "__metadata__").find_map(|(name, t)| {
+        let dtype = t.get("dtype")?;
+        let Ok(dtype) = serde_json::from_value::<safetensors::Dtype>(dtype.clone()) else {
+            return Some(format!("unsupported dtype {dtype} for tensor {name}"));
+        };
+        let shape: Vec<u64> = serde_json::from_value(t.get("shape")?.clone()).ok()?;
+        let offsets: [u64; 2] = serde_json::from_value(t.get("data_offsets")?.clone()).ok()?;
+        let bits = shape
+            .iter()
+            .try_fold(dtype.bitsize() as u64, |n, &d| n.checked_mul(d));
+        let span = offsets[1].checked_sub(offsets[0]);
+        match (bits, span) {
+            (Some(b), Some(s)) if b % 8 == 0 && b / 8 == s => None,
+            (None, _) => Some(format!("tensor {name}: shape {shape:?} is too large")),
+            _ => Some(format!(
+                "tensor {name}: shape {shape:?} of {dtype:?} needs {} bytes, but data_offsets {offsets:?} span {}",
+                bits.unwrap_or(0).div_ceil(8),
+                span.map_or_else(|| "backwards".to_string(), |s| s.to_string())
+            )),
+        }
+    })
 }
 
 /// Writes `ck` to `out` with every 2-D tensor that `quantize(name)` selects (and whose rows
