@@ -353,3 +353,41 @@ fn too_many_buffers_is_explained() {
     assert!(err.contains("4096 bytes") && err.contains("larger storage bindings"), "{err}");
     assert!(!err.contains("bmm needs"), "{err}");
 }
+
+/// Items 6 and 7 for `generate --chat` without `--prompt` (the text chat): a full context
+/// drops the oldest turns (keeping the system message) and says so; a too-long message, a
+/// line that is not UTF-8 and a token outside the embedding table each get one line on
+/// stderr; every other message is answered and the chat ends with exit 0.
+#[test]
+fn the_text_chat_survives_its_limits() {
+    let root = scratch("text-chat");
+    let model = root.join("llama-a");
+    copy_fixture("llama-a", &model);
+    let vocab = common_vocab(&model);
+    add_token(&model.join("tokenizer.json"), vocab as u32, "<zz>");
+    let mut input: Vec<u8> = (0..8).flat_map(|k| format!("tell me about {k}\n").into_bytes()).collect();
+    input.extend("word ".repeat(200).as_bytes());
+    input.extend(b"\nnot \xff text\nwhat is <zz>\nbye\n");
+    let (code, out, err) = fvl_with(
+        &[
+            "generate", "--model", model.to_str().unwrap(), "--chat", "--context", "64",
+            "--max-new-tokens", "6",
+        ],
+        &[],
+        &input,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.matches('\n').count() >= 9, "nine answers: {out:?}\n{err}");
+    assert!(err.contains("dropped the oldest"), "{err}");
+    assert!(err.contains("shorten the question"), "{err}");
+    assert!(err.contains("not UTF-8"), "{err}");
+    assert!(err.contains(&format!("outside the model's vocabulary of {vocab} tokens")), "{err}");
+    assert!(!err.contains("error") && !err.contains("panicked"), "{err}");
+}
+
+/// Rows of a Llama fixture's embedding table (`vocab_size` of its config).
+fn common_vocab(model: &Path) -> usize {
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    cfg["vocab_size"].as_u64().unwrap() as usize
+}

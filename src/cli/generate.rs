@@ -5,39 +5,45 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use fvl_wgpu::gpu::{DType, Gpu};
 use fvl_wgpu::model::generate::{Limits, Prompt, Session};
 use fvl_wgpu::model::llama::{Llama, LlamaConfig};
+use fvl_wgpu::pipeline::{AskOptions, TextChat};
 use fvl_wgpu::text::llama::{LlamaTokenizer, Message, TextStream};
 use fvl_wgpu::weights::hub::{resolve, Needs};
 use fvl_wgpu::weights::Checkpoint;
 use fvl_wgpu::{Error, Result};
 
+use super::chat::{read_question, report_turn};
 use super::{llm_dtype, progress, DecodeArgs, DeviceArgs, Quant};
 
 /// Arguments of `generate`.
 #[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("input").required(true).args(["prompt", "prompt_ids"])))]
+#[command(group(clap::ArgGroup::new("input").args(["prompt", "prompt_ids"])))]
 pub struct GenerateArgs {
     /// Model folder (config.json, safetensors single or sharded, tokenizer.json), or a hub id owner/name[@revision]
     /// (from the Hugging Face cache, downloading what is missing).
     #[arg(long, value_name = "DIR|OWNER/NAME")]
     pub model: PathBuf,
     /// Prompt text (tokenised with the tokenizer's leading BOS, if it adds one).
-    #[arg(long, value_name = "TEXT")]
+    #[arg(long, value_name = "TEXT", required_unless_present_any = ["prompt_ids", "chat"])]
     pub prompt: Option<String>,
     /// Prompt as token ids, comma-separated (used as given).
     #[arg(long, value_name = "ID,ID,...", value_delimiter = ',')]
     pub prompt_ids: Option<Vec<u32>>,
     /// Wrap --prompt as a user message in the model's chat template (Llama 3 or Phi-3; Phi-3
-    /// chats start with the system message "You are a helpful AI assistant.").
-    #[arg(long, requires = "prompt")]
+    /// chats start with the system message "You are a helpful AI assistant."). Without
+    /// --prompt: an interactive chat (one message a line on stdin; an empty line or EOF ends;
+    /// a full context drops the oldest turns).
+    #[arg(long, conflicts_with = "prompt_ids")]
     pub chat: bool,
     #[command(flatten)]
     pub decode: DecodeArgs,
     /// Weight storage (default: f16 where the adapter has SHADER_F16, else f32).
     #[arg(long, value_enum)]
     pub quant: Option<Quant>,
-    /// Context length in positions, prompt included (default: max_position_embeddings).
+    /// Context length in positions, prompt included (default: max_position_embeddings; an
+    /// interactive chat: at most 4096).
     #[arg(long, value_name = "N")]
     pub context: Option<usize>,
     #[command(flatten)]
@@ -49,11 +55,24 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let ck = Checkpoint::open(&model)?;
     let cfg = LlamaConfig::from_checkpoint(&ck)?;
     let tok_path = model.join("tokenizer.json");
-    let tok = if args.prompt.is_some() || tok_path.is_file() {
+    let tok = if args.prompt.is_some() || args.chat || tok_path.is_file() {
         Some(LlamaTokenizer::open(&model)?)
     } else {
         None
     };
+    if let (true, None, Some(tok)) = (args.chat, &args.prompt, &tok) {
+        if args.device.json {
+            return Err(Error::input(
+                "--json needs --prompt (the interactive chat prints text)",
+            ));
+        }
+        let context = match args.context {
+            Some(_) => cfg.checked_context(args.context)?,
+            None => cfg.checked_context(None)?.min(CHAT_CONTEXT),
+        };
+        let (gpu, llama, _) = load(args, &ck, &cfg, Some(tok))?;
+        return interactive(&gpu, &llama, tok, context, args);
+    }
     let prompt = match (&args.prompt, &args.prompt_ids, &tok) {
         (Some(text), _, Some(tok)) if args.chat => {
             let system = tok.template.default_system().map(|s| Message::new("system", s));
@@ -77,22 +96,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     }
     let pick = args.decode.pick();
 
-    let gpu = args.device.open()?;
-    // A checkpoint written by `quantize` loads in its own format unless told otherwise.
-    let quant = llm_dtype(args.quant, ck.stored_quant(), &gpu);
-    let bar = progress(Llama::tensor_count(&cfg), "loading weights");
-    let mut llama = Llama::from_checkpoint(&gpu, &ck, quant, &|| bar.inc(1))?;
-    if let Some(tok) = &tok {
-        llama.sampled_vocab = tok.len();
-    }
-    bar.finish_and_clear();
-    if llama.f16_fallbacks > 0 {
-        eprintln!(
-            "note: {} weight(s) with rows that are not a multiple of 32 long are stored as f16, not {}",
-            llama.f16_fallbacks,
-            quant.name()
-        );
-    }
+    let (gpu, llama, quant) = load(args, &ck, &cfg, tok.as_ref())?;
     let cache_len = context.min(prompt.len().saturating_add(args.decode.max_new_tokens));
     let mut session = Session::new(&gpu, &llama, cache_len, pick, args.decode.seed)?;
 
@@ -145,6 +149,71 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             },
             quant.name()
         );
+    }
+    Ok(())
+}
+
+/// Default context of an interactive chat: a full `max_position_embeddings` cache (128k
+/// positions for Llama 3.1) would take many GB; llama.cpp's and ollama's chats start smaller
+/// too.
+const CHAT_CONTEXT: usize = 4096;
+
+/// Opens the device and loads the weights with a progress bar: (GPU, model, storage).
+fn load(
+    args: &GenerateArgs,
+    ck: &Checkpoint,
+    cfg: &LlamaConfig,
+    tok: Option<&LlamaTokenizer>,
+) -> Result<(Gpu, Llama, DType)> {
+    let gpu = args.device.open()?;
+    // A checkpoint written by `quantize` loads in its own format unless told otherwise.
+    let quant = llm_dtype(args.quant, ck.stored_quant(), &gpu);
+    let bar = progress(Llama::tensor_count(cfg), "loading weights");
+    let mut llama = Llama::from_checkpoint(&gpu, ck, quant, &|| bar.inc(1))?;
+    if let Some(tok) = tok {
+        llama.sampled_vocab = tok.len();
+    }
+    bar.finish_and_clear();
+    if llama.f16_fallbacks > 0 {
+        eprintln!(
+            "note: {} weight(s) with rows that are not a multiple of 32 long are stored as f16, not {}",
+            llama.f16_fallbacks,
+            quant.name()
+        );
+    }
+    Ok((gpu, llama, quant))
+}
+
+/// Messages from stdin, answers streamed to stdout, one conversation in one KV cache. A
+/// message the chat refuses or a line that is not text gets one line on stderr and the chat
+/// goes on; a full context drops the oldest turns (the chat's policy), said on stderr.
+fn interactive(
+    gpu: &Gpu,
+    llama: &Llama,
+    tok: &LlamaTokenizer,
+    context: usize,
+    args: &GenerateArgs,
+) -> Result<()> {
+    let opts = AskOptions {
+        max_new_tokens: args.decode.max_new_tokens,
+        pick: args.decode.pick(),
+        seed: args.decode.seed,
+    };
+    let mut chat = TextChat::new(gpu, llama, tok, None, context, &opts)?;
+    let print = &mut |piece: &str| {
+        print!("{piece}");
+        std::io::stdout().flush().is_ok()
+    };
+    let mut input = std::io::stdin().lock();
+    while let Some(message) = read_question(&mut input)? {
+        match chat.ask(&message, &opts, print) {
+            Ok(reply) => {
+                println!();
+                report_turn(reply.dropped_turns, reply.stopped, "the system message");
+            }
+            Err(Error::Input(msg)) => eprintln!("{msg}"),
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }

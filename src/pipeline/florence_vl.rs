@@ -8,11 +8,10 @@ use crate::gpu::{DType, Gpu, Graph, Tensor};
 use crate::image::{preprocess_image, Preprocessed};
 use crate::model::florence2::VisionTower;
 use crate::model::florence_vl::{merged_positions, FlorenceVl as Model, IMAGE_PLACEHOLDER};
-use crate::model::generate::{Limits, Pick, Prompt, Session, Stop};
-use crate::model::llama::Llama;
-use crate::text::chat::{turns_to_drop, Message};
-use crate::text::llama::TextStream;
+use crate::model::generate::{Pick, Prompt, Session, Stop};
 use crate::Result;
+
+use super::chat::{Dialogue, Opening};
 
 use super::ImageInput;
 
@@ -71,15 +70,16 @@ pub struct Reply {
 /// follow-up question only prefills its own tokens. When the context is full, the chat
 /// drops its oldest turns and carries on ([`Chat::ask`]).
 pub struct Chat<'m> {
+    image: ImageOpening<'m>,
+    dialogue: Dialogue<'m>,
+}
+
+/// A Florence-VL chat's opening: the system message and the image rows in the first user
+/// turn.
+struct ImageOpening<'m> {
     vl: &'m Model,
     gpu: &'m Gpu,
-    session: Session<'m, Llama>,
-    /// The image rows, kept to re-read the conversation after dropping turns.
     seen: Seen,
-    /// `(question, answer)` of every turn the cache holds, oldest first.
-    turns: Vec<(String, String)>,
-    /// The last chosen id, not yet in the cache.
-    pending: u32,
 }
 
 impl FlorenceVl {
@@ -176,7 +176,7 @@ impl FlorenceVl {
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<(Chat<'_>, Reply)> {
         let mut chat = self.open_chat(seen, opts)?;
-        chat.turns = turns.to_vec();
+        chat.dialogue.turns = turns.to_vec();
         let reply = chat.ask(question, opts, on_text)?;
         Ok((chat, reply))
     }
@@ -188,12 +188,12 @@ impl FlorenceVl {
         let m = &self.model;
         let session = Session::new(&self.gpu, &m.llama, m.config.max_length, opts.pick, opts.seed)?;
         Ok(Chat {
-            vl: m,
-            gpu: &self.gpu,
-            session,
-            seen: seen.clone(),
-            turns: Vec::new(),
-            pending: 0,
+            image: ImageOpening {
+                vl: m,
+                gpu: &self.gpu,
+                seen: seen.clone(),
+            },
+            dialogue: Dialogue::new(&m.tokenizer, session),
         })
     }
 }
@@ -216,143 +216,64 @@ impl Chat<'_> {
     /// When the question and room for its answer (`max_new_tokens`, at most half the
     /// context) no longer fit, the oldest turns are dropped as llama.cpp's and ollama's chats
     /// do, keeping the system message and the image, and the rest is re-read
-    /// ([`turns_to_drop`]; [`Reply::dropped_turns`] says how many). A question that can't
-    /// fit even alone is an error and leaves the conversation as it was, as does any input
-    /// error.
+    /// ([`Reply::dropped_turns`] says how many). A question that can't fit even alone is an
+    /// error and leaves the conversation as it was, as does any other input error.
     pub fn ask(
         &mut self,
         question: &str,
         opts: &AskOptions,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Reply> {
-        let context = self.session.max_context();
-        let answer_room = opts.max_new_tokens.min(context / 2).max(1) + 1;
-        let reply = match self.follow_up_ids(question)? {
-            Some(ids) if self.session.position() + ids.len() + answer_room <= context => {
-                let positions = ids.len();
-                self.turn(Prompt::Ids(&ids), positions, 0.0, opts, on_text)?
-            }
-            _ => self.reread(question, context, opts, on_text)?,
-        };
-        self.turns.push((question.to_string(), reply.text.clone()));
-        Ok(reply)
+        self.dialogue.ask(question, opts, on_text, &self.image)
     }
 
-    /// The ids a follow-up `question` prefills after the cache's contents; `None` when the
-    /// cache is empty (the first question brings the system message and the image).
-    fn follow_up_ids(&self, question: &str) -> Result<Option<Vec<u32>>> {
-        if self.session.position() == 0 {
-            return Ok(None);
-        }
+    /// The model's tokenizer (to check that an answer re-tokenizes to the same ids).
+    pub fn tokenizer(&self) -> &crate::text::llama::LlamaTokenizer {
+        &self.image.vl.tokenizer
+    }
+
+    /// Positions the conversation holds so far.
+    pub fn position(&self) -> usize {
+        self.dialogue.position()
+    }
+}
+
+impl Opening for ImageOpening<'_> {
+    fn context_source(&self) -> String {
+        format!("tokenizer_model_max_length = {}", self.vl.config.max_length)
+    }
+
+    fn check_question(&self, question: &str) -> Result<()> {
+        // The rule of the first question (conversation_ids) holds for every one.
         if question.contains(IMAGE_PLACEHOLDER) {
-            // Same rule as the first question (conversation_ids).
             self.vl.conversation_ids(&[], question)?;
         }
-        let tok = &self.vl.tokenizer;
-        let end = tok.template.turn_end();
-        let close = if tok.is_stop(self.pending) {
-            let stop = tok.decode(&[self.pending])?;
-            end.strip_prefix(stop.as_str()).unwrap_or("")
-        } else {
-            end
-        };
-        let text =
-            close.to_string() + &tok.template.continuation(&[Message::new("user", question)]);
-        let mut ids = vec![self.pending];
-        ids.extend(tok.encode(&text, false)?);
-        self.vl.llama.cfg.check_ids(&ids)?;
-        Ok(Some(ids))
+        Ok(())
     }
 
-    /// Prefills the whole conversation from position 0: the system message and the image,
-    /// the turns kept after dropping the oldest ones that don't fit, and `question`.
-    fn reread(
-        &mut self,
+    fn positions(&self, turns: &[(String, String)], question: &str) -> Result<usize> {
+        let ids = self.vl.conversation_ids(turns, question)?;
+        Ok(merged_positions(&ids, self.seen.rows.shape()[0]))
+    }
+
+    fn with_prompt(
+        &self,
+        turns: &[(String, String)],
         question: &str,
-        context: usize,
-        opts: &AskOptions,
-        on_text: &mut dyn FnMut(&str) -> bool,
+        run: &mut dyn FnMut(Prompt, f64) -> Result<Reply>,
     ) -> Result<Reply> {
         let (vl, gpu) = (self.vl, self.gpu);
         let t = Instant::now();
-        let image_rows = self.seen.rows.shape()[0];
-        let turns = &self.turns;
-        let ids_without = |k: usize| vl.conversation_ids(&turns[k..], question);
-        let source = format!("tokenizer_model_max_length = {}", vl.config.max_length);
-        let drop = turns_to_drop(turns.len(), context, &source, |k| {
-            Ok(merged_positions(&ids_without(k)?, image_rows))
-        })?;
-        let ids = ids_without(drop)?;
+        let ids = vl.conversation_ids(turns, question)?;
         let mut g = Graph::new(gpu);
         let projected = g.external(&self.seen.rows);
         let embeds = vl.embed_prompt(&mut g, &ids, projected)?;
         g.keep(embeds);
         let exe = g.build()?;
         exe.run(gpu, &[])?;
-        let first = self.session.position() == 0;
-        let vision_ms = t.elapsed().as_secs_f64() * 1e3 + if first { self.seen.ms } else { 0.0 };
-        let x = exe.tensor(embeds);
-        let positions = x.shape()[0];
-        // Dropped only once everything that can fail before the prefill has passed.
-        self.turns.drain(..drop);
-        self.session.restart();
-        let mut reply = self.turn(Prompt::Embeddings(x), positions, vision_ms, opts, on_text)?;
-        reply.dropped_turns = drop;
-        Ok(reply)
-    }
-
-    /// The model's tokenizer (to check that an answer re-tokenizes to the same ids).
-    pub fn tokenizer(&self) -> &crate::text::llama::LlamaTokenizer {
-        &self.vl.tokenizer
-    }
-
-    /// Positions the conversation holds so far.
-    pub fn position(&self) -> usize {
-        self.session.position()
-    }
-
-    /// Prefills `prompt` after the cache's contents and streams the answer.
-    fn turn(
-        &mut self,
-        prompt: Prompt,
-        prompt_positions: usize,
-        vision_ms: f64,
-        opts: &AskOptions,
-        on_text: &mut dyn FnMut(&str) -> bool,
-    ) -> Result<Reply> {
-        let tok = &self.vl.tokenizer;
-        let t = Instant::now();
-        let id = self.session.extend(prompt, false)?;
-        let prefill_ms = t.elapsed().as_secs_f64() * 1e3;
-        let mut stream = TextStream::default();
-        let mut text = String::new();
-        let limits = Limits {
-            max_new: opts.max_new_tokens,
-            // Keep one position free for the token that closes this turn.
-            reserve: 1,
-            keep_stop: false,
-        };
-        let gen = self
-            .session
-            .generate(id, &limits, &|id| tok.is_stop(id), &mut |id| {
-                Ok(match stream.push(tok, id)? {
-                    Some(piece) => {
-                        text += &piece;
-                        on_text(&piece)
-                    }
-                    None => true,
-                })
-            })?;
-        self.pending = gen.last;
-        Ok(Reply {
-            text,
-            token_ids: gen.ids,
-            stopped: gen.stopped,
-            prompt_positions,
-            vision_ms,
-            prefill_ms,
-            decode_tokens_per_s: gen.decode_tokens_per_s,
-            dropped_turns: 0,
-        })
+        // The first question also counts the vision pass, submitted just before.
+        let first = if turns.is_empty() { self.seen.ms } else { 0.0 };
+        let ms = t.elapsed().as_secs_f64() * 1e3 + first;
+        run(Prompt::Embeddings(exe.tensor(embeds)), ms)
     }
 }

@@ -10,6 +10,7 @@
 //! parsing or printing (the CLI's), kernels or forward passes (`ops/`, `model/`).
 
 pub mod batch;
+pub mod chat;
 pub mod features;
 pub mod florence2;
 pub mod florence_vl;
@@ -21,6 +22,7 @@ use crate::{Error, Result};
 
 pub use crate::postprocess::Answer;
 pub use florence2::{Florence2, Task, TaskOptions, TaskOutput};
+pub use chat::TextChat;
 pub use florence_vl::{AskOptions, Chat, FlorenceVl, Reply, Seen};
 
 /// An image as a caller has it: a file, encoded bytes (PNG, JPEG, WebP, BMP), or pixels
