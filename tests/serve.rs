@@ -458,34 +458,33 @@ fn queue_overflow_disconnect_bad_requests_and_sigterm() {
     assert_eq!(code, 0);
 }
 
-/// 200 requests, alternating two images so the caches turn over: resident memory should stay
-/// flat. Ignored for now: on lavapipe it grew from 205 MB after 20 requests to 513 MB after
-/// 200 (~1.7 MB a request); the cause is not found yet (see docs/serving.md).
+/// 200 requests, alternating two images so the caches turn over (every request rebuilds the
+/// vision rows, the prompt graph and the decode session), must leave resident memory flat.
+/// Before the fix it grew ~1.7 MB a request on lavapipe (205 MB after 20 requests, 513 MB
+/// after 200): the driver recompiled and kept a shader variant at every bind of a kernel whose
+/// loops were bounded by uniform-buffer values. The bound, 16 MiB over 180 requests after
+/// warm-up, is what that leak reached in 10 requests, and well above what allocator slack
+/// and connection threads move (measured: see docs/serving.md).
 #[test]
-#[ignore = "known: resident memory grows ~1.7 MB a request on lavapipe"]
 fn soak_of_200_requests_keeps_memory_flat() {
     let s = Server::vl(&["--api-key", KEY]);
     let photo = data_uri("images/photo.png");
-    // 200 requests, alternating two images so the caches turn over: memory stays flat.
     let gray = data_uri("images/gray.png");
-    let mut rss = Vec::new();
+    let start = s.rss_kib();
+    let mut warm = 0;
     for k in 0..200 {
         let image = if k % 2 == 0 { &photo } else { &gray };
         let (status, v) = s.post("/v1/chat/completions", &chat(image, "Hi", 2, k % 3 == 0));
         assert_eq!(status, 200, "request {k}: {v}");
-        if k == 19 || k == 199 {
-            rss.push(s.rss_kib());
+        if k == 19 {
+            warm = s.rss_kib();
         }
     }
-    eprintln!(
-        "server RSS after 20 requests: {} KiB, after 200: {} KiB",
-        rss[0], rss[1]
-    );
+    let end = s.rss_kib();
+    eprintln!("server RSS: {start} KiB at start, {warm} KiB after 20 requests, {end} KiB after 200");
     assert!(
-        rss[1] < rss[0] + 32 * 1024,
-        "RSS grew from {} to {} KiB",
-        rss[0],
-        rss[1]
+        end < warm + 16 * 1024,
+        "RSS grew from {warm} KiB after 20 requests to {end} KiB after 200"
     );
 }
 

@@ -73,9 +73,9 @@ pub fn preprocess(src: &str, defines: &[&str]) -> String {
     out
 }
 
-/// Number of storage bindings the header declares for these tensors (plus the run buffer).
+/// Number of storage bindings the header declares for these tensors (plus params and run).
 pub fn storage_bindings(tensors: &[TensorArg]) -> usize {
-    1 + tensors.iter().map(|t| t.layout.num_chunks()).sum::<usize>()
+    2 + tensors.iter().map(|t| t.layout.num_chunks()).sum::<usize>()
 }
 
 fn vec4_ok(l: &Layout) -> bool {
@@ -97,8 +97,13 @@ fn words4_ok(l: &Layout) -> bool {
     l.dtype.row_words(l.cols()) % 4 == 0
 }
 
-/// The generated header: constants, bindings (uniform `p: Params` at 0, `run` at 1, tensors
-/// from 2) and accessors.
+/// The generated header: constants, bindings (`p: Params` at 0, `run` at 1, tensors from 2)
+/// and accessors.
+///
+/// `p` is a read-only storage buffer, not a uniform one: Mesa's lavapipe (22.x, Debian 12's)
+/// specializes a shader on the values of a uniform buffer that bound its loops, recompiling
+/// at every bind and keeping every variant (~2 MB a vision pass on the fixtures, growing
+/// without bound in a server). Read-only storage is uniform in WGSL's analysis too.
 pub fn header(consts: &[(&str, u32)], tensors: &[TensorArg]) -> String {
     let mut h = String::new();
     for (name, v) in consts {
@@ -106,7 +111,7 @@ pub fn header(consts: &[(&str, u32)], tensors: &[TensorArg]) -> String {
     }
     // f16 helpers for the accessors: halves j..j+3 (j % 4 == 0) of a vec4 holding eight.
     h.push_str("fn halves4(w: vec4<u32>, j: u32) -> vec4<f32> { let h = select(w.zw, w.xy, (j & 4u) == 0u); return vec4<f32>(unpack2x16float(h.x), unpack2x16float(h.y)); }\n");
-    h.push_str("@group(0) @binding(0) var<uniform> p: Params;\n");
+    h.push_str("@group(0) @binding(0) var<storage, read> p: Params;\n");
     h.push_str("@group(0) @binding(1) var<storage, read> run: array<u32>;\n");
     let mut binding = 2;
     for t in tensors {

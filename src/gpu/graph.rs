@@ -33,7 +33,7 @@ pub struct Kernel<'a> {
     pub consts: Vec<(&'static str, u32)>,
     /// Names true in the source's `#if` lines (besides the entry point and `SUBGROUP`).
     pub defines: Vec<&'static str>,
-    /// Bytes of the kernel's `Params` uniform (padded to 16 here).
+    /// Bytes of the kernel's `Params` (padded to 16 here).
     pub params: &'a [u8],
     /// Tensor arguments by accessor name.
     pub tensors: Vec<(&'static str, TensorId, Access)>,
@@ -207,7 +207,7 @@ impl<'g> Graph<'g> {
             s.first_use.get_or_insert(node_index);
             s.last_use = node_index;
         }
-        let align = self.gpu.limits.min_uniform_buffer_offset_alignment as usize;
+        let align = self.gpu.limits.min_storage_buffer_offset_alignment as usize;
         let offset = self.params.len().next_multiple_of(align);
         self.params.resize(offset, 0);
         self.params.extend_from_slice(k.params);
@@ -279,7 +279,7 @@ impl<'g> Graph<'g> {
         let params = gpu.buffer(
             "params",
             self.params.len().max(16) as u64,
-            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
         )?;
         gpu.queue.write_buffer(&params, 0, &self.params);
         let run = gpu.buffer(

@@ -135,7 +135,7 @@ fn bind_layout_entries(tensors: &[TensorArg]) -> Vec<wgpu::BindGroupLayoutEntry>
     };
     let storage = |read_only| buffer(wgpu::BufferBindingType::Storage { read_only });
     let mut e = vec![
-        entry(0, buffer(wgpu::BufferBindingType::Uniform)),
+        entry(0, storage(true)),
         entry(1, storage(true)),
     ];
     for t in tensors {
