@@ -16,12 +16,26 @@ use common::Rng;
 
 /// Extreme values swapped in for numbers found in text inputs.
 const NUMBERS: &[&str] = &[
-    "0", "-1", "1", "65505", "4294967296", "18446744073709551616", "1e309", "-0.0", "NaN",
-    "\"abc\"", "null", "[]", "{}", "99999999999999999999999",
+    "0",
+    "-1",
+    "1",
+    "65505",
+    "4294967296",
+    "18446744073709551616",
+    "1e309",
+    "-0.0",
+    "NaN",
+    "\"abc\"",
+    "null",
+    "[]",
+    "{}",
+    "99999999999999999999999",
 ];
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/corpus").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fuzz/corpus")
+        .join(target);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
@@ -57,12 +71,17 @@ fn mutate(rng: &mut Rng, seed: &[u8], other: &[u8]) -> Vec<u8> {
                 let from = rng.next_u32() as usize % other.len();
                 let n = (rng.next_u32() as usize % 256).min(other.len() - from);
                 let to = at.min(v.len());
-                v.splice(to..(to + n).min(v.len()), other[from..from + n].iter().copied());
+                v.splice(
+                    to..(to + n).min(v.len()),
+                    other[from..from + n].iter().copied(),
+                );
             }
             6 => {
                 // Replace the run of digits at or after `at` by an extreme value.
                 if let Some(s) = (at..v.len()).find(|&i| v[i].is_ascii_digit()) {
-                    let e = (s..v.len()).find(|&i| !v[i].is_ascii_digit()).unwrap_or(v.len());
+                    let e = (s..v.len())
+                        .find(|&i| !v[i].is_ascii_digit())
+                        .unwrap_or(v.len());
                     let n = NUMBERS[rng.next_u32() as usize % NUMBERS.len()];
                     v.splice(s..e, n.bytes());
                 }
@@ -96,6 +115,13 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// A refused request must be a 4xx with a message, as the server sends it.
+fn check_refusal(e: &fvl_wgpu::server::api::ApiError) {
+    assert!((400..500).contains(&e.status), "status {}", e.status);
+    assert!(!e.message.is_empty());
+    assert!(e.to_json()["error"]["message"].is_string());
+}
+
 /// Runs `run` on the seeds and then on mutated inputs; fails on any panic.
 fn fuzz(target: &str, run: impl Fn(&[u8])) {
     let iters: usize = std::env::var("FVL_FUZZ_ITERS")
@@ -104,7 +130,10 @@ fn fuzz(target: &str, run: impl Fn(&[u8])) {
         .unwrap_or(300);
     let seeds = corpus(target);
     let mut rng = Rng::new(
-        std::env::var("FVL_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1),
+        std::env::var("FVL_FUZZ_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1),
     );
     // Panics are caught and reported here, not printed once per input.
     let hook = std::panic::take_hook();
@@ -145,25 +174,24 @@ fn fuzz(target: &str, run: impl Fn(&[u8])) {
         worst.as_secs_f64() * 1e3,
         peak_rss_kib() / 1024
     );
-    assert!(crashes.is_empty(), "{target}: inputs that panicked: {crashes:?}");
-}
-
-/// A scratch model folder for the file-based targets.
-fn scratch(target: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fvl-fuzz-{target}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    assert!(
+        crashes.is_empty(),
+        "{target}: inputs that panicked: {crashes:?}"
+    );
 }
 
 const LLAMA_CONFIG: &str = r#"{"hidden_size": 48, "num_attention_heads": 4, "num_hidden_layers": 2, "intermediate_size": 80, "max_position_embeddings": 64}"#;
 
+/// `model.safetensors` through `Checkpoint::from_memory` (the same header parser and
+/// validation as a folder, without writing files), then every tensor loaded.
 #[test]
 fn fuzz_safetensors_header() {
-    let dir = scratch("safetensors");
-    std::fs::write(dir.join("config.json"), LLAMA_CONFIG).unwrap();
     fuzz("safetensors", |bytes| {
-        std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
-        if let Ok(ck) = fvl_wgpu::weights::Checkpoint::open(&dir) {
+        let files = [
+            ("config.json".to_string(), LLAMA_CONFIG.as_bytes().to_vec()),
+            ("model.safetensors".to_string(), bytes.to_vec()),
+        ];
+        if let Ok(ck) = fvl_wgpu::weights::Checkpoint::from_memory(files) {
             let names: Vec<String> = ck.names().map(String::from).collect();
             for name in names {
                 let shape = ck.info(&name).unwrap().0.to_vec();
@@ -173,16 +201,30 @@ fn fuzz_safetensors_header() {
     });
 }
 
+/// `model.safetensors.index.json` over the shards its seed names, in memory: each shard holds
+/// the tensors the seed maps to it, as one f32 each (small, so an input costs the parse).
 #[test]
 fn fuzz_safetensors_index() {
-    let dir = scratch("index");
-    for e in std::fs::read_dir(common::fixture_path("llama-a")).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+    let seed = &corpus("index")[0];
+    let index: serde_json::Value = serde_json::from_slice(seed).unwrap();
+    let mut by_file: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (name, file) in index["weight_map"].as_object().unwrap() {
+        let file = file.as_str().unwrap().to_string();
+        by_file.entry(file).or_default().push(name.clone());
+    }
+    let one = 1f32.to_le_bytes();
+    let mut files = vec![("config.json".to_string(), LLAMA_CONFIG.as_bytes().to_vec())];
+    for (file, names) in by_file {
+        let views = names.iter().map(|n| {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &one);
+            (n.clone(), view.unwrap())
+        });
+        files.push((file, safetensors::serialize(views, None).unwrap()));
     }
     fuzz("index", |bytes| {
-        std::fs::write(dir.join("model.safetensors.index.json"), bytes).unwrap();
-        let _ = fvl_wgpu::weights::Checkpoint::open(&dir);
+        let mut files = files.clone();
+        files.push(("model.safetensors.index.json".to_string(), bytes.to_vec()));
+        let _ = fvl_wgpu::weights::Checkpoint::from_memory(files);
     });
 }
 
@@ -225,5 +267,66 @@ fn fuzz_image_decoding() {
 fn fuzz_torch_pickle() {
     fuzz("torch", |bytes| {
         let _ = fvl_wgpu::weights::torch::parse(bytes);
+    });
+}
+
+#[test]
+fn fuzz_chat_request() {
+    use fvl_wgpu::server::api::{parse_chat_request, MAX_MESSAGES, MAX_STOP};
+    fuzz("chat", |bytes| match parse_chat_request(bytes) {
+        Ok(r) => {
+            assert!((1..=MAX_MESSAGES).contains(&r.messages.len()));
+            assert!(r.stop.len() <= MAX_STOP && r.stop.iter().all(|s| !s.is_empty()));
+        }
+        Err(e) => check_refusal(&e),
+    });
+}
+
+#[test]
+fn fuzz_florence2_request() {
+    use fvl_wgpu::server::api::{parse_florence2_request, ImageRef};
+    fuzz("florence2", |bytes| match parse_florence2_request(bytes) {
+        Ok(r) => assert!(!matches!(&r.image, ImageRef::Data(d) if d.is_empty())),
+        Err(e) => check_refusal(&e),
+    });
+}
+
+/// Image URLs (`data:` base64, `file://`, paths) and the base64 decoder on its own.
+#[test]
+fn fuzz_data_uri() {
+    use fvl_wgpu::server::api::{decode_base64, parse_image_url};
+    fuzz("data_uri", |bytes| {
+        let text = String::from_utf8_lossy(bytes);
+        if let Some(data) = decode_base64(&text) {
+            // Four digits carry three bytes.
+            assert!(data.len() <= text.len() / 4 * 3 + 2);
+        }
+        if let Err(e) = parse_image_url(&text, "image") {
+            check_refusal(&e);
+        }
+    });
+}
+
+/// One line of `fvl-wgpu mcp` input, for both kinds of model, with a stand-in for the GPU
+/// work: every answer is a JSON-RPC 2.0 response.
+#[test]
+fn fuzz_mcp_message() {
+    use fvl_wgpu::server::mcp::{answer_line, Kind};
+    fuzz("mcp", |bytes| {
+        let line = String::from_utf8_lossy(bytes);
+        for kind in [Kind::Florence2, Kind::FlorenceVl] {
+            let mut run = |_call| Ok(serde_json::json!({"content": []}));
+            let Some(answer) = answer_line(kind, &line, &mut run) else {
+                continue;
+            };
+            let all = match answer {
+                serde_json::Value::Array(all) => all,
+                one => vec![one],
+            };
+            for a in all {
+                assert_eq!(a["jsonrpc"], "2.0");
+                assert!(a["result"].is_object() != a["error"].is_object(), "{a}");
+            }
+        }
     });
 }

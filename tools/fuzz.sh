@@ -9,7 +9,8 @@ iters="${1:-1000000}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(safetensors_header safetensors_index configs preprocessor_config image_decoding torch_pickle)
+  targets=(safetensors_header safetensors_index configs preprocessor_config image_decoding torch_pickle
+           chat_request florence2_request data_uri mcp_message)
 fi
 cargo test --release --locked --test fuzz --no-run
 for t in "${targets[@]}"; do

@@ -117,6 +117,6 @@ pub struct McpArgs {
 /// Loads the model and answers MCP messages on stdin/stdout until stdin closes.
 pub fn mcp(args: &McpArgs) -> Result<()> {
     let model = args.model.load()?;
-    eprintln!("mcp: ready ({} tools)", server::mcp::tools(&model).len());
+    eprintln!("mcp: ready ({} tools)", server::mcp::tools(server::mcp::Kind::of(&model)).len());
     server::mcp::serve_stdio(&model, std::io::stdin().lock(), std::io::stdout().lock())
 }

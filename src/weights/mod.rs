@@ -1,6 +1,7 @@
 //! Checkpoints on disk: `config.json` plus safetensors (one file, an index with shards, or
 //! whatever `*.safetensors` files a folder holds) or PyTorch `pytorch_model.bin` (one file or
-//! an index with shards, see [`torch`]), memory-mapped, read one tensor at a time.
+//! an index with shards, see [`torch`]), memory-mapped, read one tensor at a time. The same
+//! files may also be held in memory ([`Checkpoint::from_memory`]).
 //!
 //! [`Checkpoint`] knows files, names, shapes and dtypes; which names a model expects is the
 //! business of the per-model maps ([`florence2`], [`llama`], [`florence_vl`]).
@@ -38,10 +39,26 @@ fn packed_suffix(name: &str) -> Option<DType> {
     }
 }
 
-/// One mapped weights file (safetensors or torch.save).
+/// The bytes of one weights file: mapped from disk, or handed over in memory.
+enum Bytes {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+/// One weights file (safetensors or torch.save).
 struct Shard {
     path: PathBuf,
-    map: Mmap,
+    map: Bytes,
 }
 
 /// Where one tensor's bytes are: which shard, at which byte range of that shard's map.
@@ -59,6 +76,8 @@ struct Entry {
 /// converts one tensor at a time.
 pub struct Checkpoint {
     dir: PathBuf,
+    /// Files held in memory by name (for [`Checkpoint::from_memory`]); `None` reads `dir`.
+    memory: Option<BTreeMap<String, Vec<u8>>>,
     config: serde_json::Value,
     shards: Vec<Shard>,
     tensors: BTreeMap<String, Entry>,
@@ -75,28 +94,43 @@ impl Checkpoint {
     /// else every `*.safetensors` file in the folder, else the PyTorch files
     /// `pytorch_model.bin.index.json` or `pytorch_model.bin` (`torch.save` archives).
     pub fn open(dir: impl AsRef<Path>) -> Result<Checkpoint> {
-        let dir = dir.as_ref().to_path_buf();
-        let config = read_json(&dir.join("config.json"))?;
+        Checkpoint::open_files(dir.as_ref().to_path_buf(), None)
+    }
+
+    /// A checkpoint from files held in memory, by file name (`config.json`,
+    /// `model.safetensors` or shards with their index, `pytorch_model.bin`, …), opened by the
+    /// same rules as a folder: for weights that never touch the disk, and for fuzzing the
+    /// header and index parsers without files. Errors name the files as given.
+    pub fn from_memory(files: impl IntoIterator<Item = (String, Vec<u8>)>) -> Result<Checkpoint> {
+        Checkpoint::open_files(PathBuf::new(), Some(files.into_iter().collect()))
+    }
+
+    fn open_files(
+        dir: PathBuf,
+        memory: Option<BTreeMap<String, Vec<u8>>>,
+    ) -> Result<Checkpoint> {
         let mut ckpt = Checkpoint {
             dir: dir.clone(),
-            config,
+            memory,
+            config: serde_json::Value::Null,
             shards: Vec::new(),
             tensors: BTreeMap::new(),
         };
-        if dir.join(INDEX).is_file() {
+        ckpt.config = ckpt.read_json("config.json")?;
+        if ckpt.is_file(INDEX) {
             ckpt.open_indexed(INDEX)?;
-        } else if dir.join(SINGLE).is_file() {
-            ckpt.add_shard(&dir.join(SINGLE), None)?;
+        } else if ckpt.is_file(SINGLE) {
+            ckpt.add_shard(SINGLE, None)?;
         } else {
-            let files = safetensors_files(&dir)?;
+            let files = ckpt.safetensors_files()?;
             if !files.is_empty() {
                 for f in files {
                     ckpt.add_shard(&f, None)?;
                 }
-            } else if dir.join(TORCH_INDEX).is_file() {
+            } else if ckpt.is_file(TORCH_INDEX) {
                 ckpt.open_indexed(TORCH_INDEX)?;
-            } else if dir.join(TORCH_SINGLE).is_file() {
-                ckpt.add_shard(&dir.join(TORCH_SINGLE), None)?;
+            } else if ckpt.is_file(TORCH_SINGLE) {
+                ckpt.add_shard(TORCH_SINGLE, None)?;
             } else {
                 return Err(Error::file(
                     &dir,
@@ -110,10 +144,63 @@ impl Checkpoint {
         Ok(ckpt)
     }
 
+    /// Whether the folder (or the in-memory files) holds the file `name`.
+    fn is_file(&self, name: &str) -> bool {
+        match &self.memory {
+            Some(files) => files.contains_key(name),
+            None => self.dir.join(name).is_file(),
+        }
+    }
+
+    /// Reads and parses the JSON file `name`; the error names the file.
+    fn read_json(&self, name: &str) -> Result<serde_json::Value> {
+        let path = self.dir.join(name);
+        match &self.memory {
+            Some(files) => match files.get(name) {
+                Some(bytes) => parse_json(&path, bytes),
+                None => Err(Error::file(&path, "no such file")),
+            },
+            None => read_json(&path),
+        }
+    }
+
+    /// The weights file `name`: mapped from the folder, or taken from the in-memory files.
+    fn take_bytes(&mut self, name: &str) -> Result<Bytes> {
+        let path = self.dir.join(name);
+        if let Some(files) = &mut self.memory {
+            return files
+                .remove(name)
+                .map(Bytes::Owned)
+                .ok_or_else(|| Error::file(&path, "no such file"));
+        }
+        let file = File::open(&path).map_err(|e| Error::file(&path, e))?;
+        // SAFETY: the map is read-only; a checkpoint modified by another process while we run
+        // is outside what any loader can defend against (every mmap-based loader shares this).
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::file(&path, e))?;
+        Ok(Bytes::Mapped(map))
+    }
+
+    /// `*.safetensors` files directly in the folder (or in memory), sorted by name.
+    fn safetensors_files(&self) -> Result<Vec<String>> {
+        let is_weights = |name: &str| Path::new(name).extension().is_some_and(|x| x == "safetensors");
+        let mut files: Vec<String> = match &self.memory {
+            Some(files) => files.keys().filter(|n| is_weights(n)).cloned().collect(),
+            None => std::fs::read_dir(&self.dir)
+                .map_err(|e| Error::file(&self.dir, e))?
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().is_file())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| is_weights(n))
+                .collect(),
+        };
+        files.sort();
+        Ok(files)
+    }
+
     /// Opens the shards a `weight_map` index (`index`, a file name in the folder) lists.
     fn open_indexed(&mut self, index: &str) -> Result<()> {
         let index_path = self.dir.join(index);
-        let json = read_json(&index_path)?;
+        let json = self.read_json(index)?;
         let map = json
             .get("weight_map")
             .and_then(|m| m.as_object())
@@ -144,7 +231,7 @@ impl Checkpoint {
         let missing: Vec<&str> = by_file
             .keys()
             .copied()
-            .filter(|f| !self.dir.join(f).is_file())
+            .filter(|f| !self.is_file(f))
             .collect();
         if !missing.is_empty() {
             return Err(Error::file(
@@ -153,18 +240,16 @@ impl Checkpoint {
             ));
         }
         for (file, names) in by_file {
-            self.add_shard(&self.dir.join(file), Some((&names, index)))?;
+            self.add_shard(file, Some((&names, index)))?;
         }
         Ok(())
     }
 
-    /// Maps one file and records its tensors: all of them, or only `wanted` (the names an
-    /// index maps to this shard, each of which must be there, and the index's file name).
-    fn add_shard(&mut self, path: &Path, wanted: Option<(&[&str], &str)>) -> Result<()> {
-        let file = File::open(path).map_err(|e| Error::file(path, e))?;
-        // SAFETY: the map is read-only; a checkpoint modified by another process while we run
-        // is outside what any loader can defend against (every mmap-based loader shares this).
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::file(path, e))?;
+    /// Maps the file `name` and records its tensors: all of them, or only `wanted` (the names
+    /// an index maps to this shard, each of which must be there, and the index's file name).
+    fn add_shard(&mut self, name: &str, wanted: Option<(&[&str], &str)>) -> Result<()> {
+        let map = self.take_bytes(name)?;
+        let path = &self.dir.join(name);
         let shard = self.shards.len();
         let torch = path.extension().is_some_and(|x| x == "bin");
         let mut found = file_entries(path, &map, shard, torch)?;
@@ -430,19 +515,12 @@ fn inside_folder(file: &str) -> bool {
 
 /// Reads and parses a JSON file; the error names the file.
 fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::file(path, format!("invalid JSON: {e}")))
+    let text = std::fs::read(path).map_err(|e| Error::file(path, e))?;
+    parse_json(path, &text)
 }
 
-/// `*.safetensors` files directly in `dir`, sorted by name.
-fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::file(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "safetensors"))
-        .collect();
-    files.sort();
-    Ok(files)
+fn parse_json(path: &Path, bytes: &[u8]) -> Result<serde_json::Value> {
+    serde_json::from_slice(bytes).map_err(|e| Error::file(path, format!("invalid JSON: {e}")))
 }
 
 /// A safetensors parse error in words, with the sizes involved where they explain it.
