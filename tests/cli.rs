@@ -38,6 +38,27 @@ fn every_command_has_help() {
 }
 
 #[test]
+fn usage_errors_are_one_line_naming_the_commands_help() {
+    for (args, says) in [
+        (&["infer", "-i", "x.png"][..], "not provided: --model"),
+        (&["bench", "decode", "--quant", "q9"], "'q9' for '--precision"),
+        (&["florence2", "--modle", "x"], "similar argument exists: '--model'"),
+    ] {
+        let (code, out, err) = fvl(args, &[]);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        let sub: Vec<&str> = args.iter().take_while(|a| !a.starts_with('-')).copied().collect();
+        let help = format!("(see 'fvl-wgpu {} --help')", sub.join(" "));
+        assert!(err.starts_with("error: ") && err.contains(says) && err.trim_end().ends_with(&help), "{err}");
+    }
+    // Help is not an error: stdout, status 0, clap's layout.
+    let (code, out, _) = fvl(&["infer", "-h"], &[]);
+    assert_eq!(code, 0);
+    assert!(out.contains("-m, --model") && out.contains("--quant"), "{out}");
+}
+
+#[test]
 fn devices_json_lists_adapters_with_limits() {
     let (code, out, _) = fvl(&["devices", "--json"], &[]);
     assert_eq!(code, 0);

@@ -1,5 +1,5 @@
 //! `fvl-wgpu generate` on the tiny Llama fixtures: JSON output, greedy ids as HF, sampling
-//! reproducible by seed, and one-line errors for a prompt over the context and a bad --quant.
+//! reproducible by seed (a drawn one when none is given), and one-line errors for a prompt over the context and a bad --quant.
 
 mod common;
 
@@ -86,6 +86,34 @@ fn sampling_is_reproducible_by_seed_and_chat_streams_text() {
     assert_eq!(code, 0, "{err}");
     assert!(!out.trim().is_empty(), "streamed text on stdout");
     assert!(err.contains("4 tokens"), "{err}");
+}
+
+#[test]
+fn sampling_without_seed_draws_one_and_says_it() {
+    let dir = model("llama-b");
+    // The short flags, as a newcomer types them.
+    let run = |seed: Option<&str>| {
+        let mut args = vec!["-m", &dir, "-p", "Hello world!", "-n", "12", "--temperature", "0.9", "--json"];
+        if let Some(s) = seed {
+            args.extend(["--seed", s]);
+        }
+        let (code, out, err) = generate(&args);
+        assert_eq!(code, 0, "{err}");
+        (json(&out), err)
+    };
+    let (first, err) = run(None);
+    let seed = first["seed"].as_u64().expect("a drawn seed in --json") as u32;
+    assert!(err.contains(&format!("seed: {seed} (--seed {seed} repeats this run)")), "{err}");
+    let (again, err) = run(Some(&seed.to_string()));
+    assert_eq!(again["token_ids"], first["token_ids"], "--seed {seed} repeats the run");
+    assert_eq!(again["seed"], seed);
+    assert!(!err.contains("seed:"), "a given seed is not announced: {err}");
+    let (other, _) = run(None);
+    assert_ne!(other["seed"], first["seed"], "each unseeded run draws its own seed");
+    // Greedy decoding draws nothing.
+    let (code, out, err) = generate(&["-m", &dir, "-p", "Hi", "-n", "2", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(json(&out)["seed"].is_null() && !err.contains("seed:"), "{out} {err}");
 }
 
 #[test]

@@ -10,15 +10,15 @@ use fvl_wgpu::pipeline::features::FeaturesFolder;
 use fvl_wgpu::weights::{save_safetensors, Dtype, TensorBytes};
 use fvl_wgpu::Result;
 
-use super::ModelArgs;
+use super::{ModelArgs, Precision};
 
 /// Arguments of `features`.
 #[derive(clap::Args)]
 pub struct FeaturesArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: ModelArgs<Precision>,
     /// Image file (PNG, JPEG, WebP or BMP).
-    #[arg(long, value_name = "FILE")]
+    #[arg(short = 'i', long, value_name = "FILE")]
     pub image: PathBuf,
     /// Output safetensors file.
     #[arg(long, value_name = "FILE.safetensors")]

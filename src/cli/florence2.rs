@@ -10,22 +10,15 @@ use fvl_wgpu::pipeline::florence2::Florence2Folder;
 use fvl_wgpu::pipeline::{Answer, ImageInput, Task, TaskOptions};
 use fvl_wgpu::Result;
 
-use super::{annotate, batch, ModelArgs};
+use super::{annotate, batch, ImagesArgs, ModelArgs, Precision};
 
 /// Arguments of `florence2`.
 #[derive(clap::Args)]
 pub struct Florence2Args {
     #[command(flatten)]
-    pub model: ModelArgs,
-    /// Image file (PNG, JPEG, WebP or BMP).
-    #[arg(long, value_name = "FILE", required_unless_present = "images")]
-    pub image: Option<PathBuf>,
-    /// Many images: folders, globs (`photos/*.jpg`) or files; one JSON line per image.
-    #[arg(long, value_name = "DIR|GLOB|FILE", num_args = 1.., conflicts_with_all = ["image", "annotate"])]
-    pub images: Vec<PathBuf>,
-    /// With --images: write the JSON lines to this file instead of stdout.
-    #[arg(long, value_name = "FILE.jsonl", requires = "images")]
-    pub out: Option<PathBuf>,
+    pub model: ModelArgs<Precision>,
+    #[command(flatten)]
+    pub input: ImagesArgs,
     /// Task token, e.g. `<CAPTION>`, `<OD>`, `<OCR_WITH_REGION>`,
     /// `<CAPTION_TO_PHRASE_GROUNDING>` (which takes --text).
     #[arg(long, value_name = "TASK")]
@@ -34,7 +27,7 @@ pub struct Florence2Args {
     #[arg(long, value_name = "STR")]
     pub text: Option<String>,
     /// Most tokens to generate (default: 1024, or the model's position table if smaller).
-    #[arg(long, value_name = "N")]
+    #[arg(short = 'n', long, value_name = "N")]
     pub max_new_tokens: Option<usize>,
     /// Beams of the beam search (1 with --no-repeat-ngram-size 0: greedy, argmax on the GPU).
     /// Default: the model's generation_config.json, else its text_config (Florence-2's: 3).
@@ -45,7 +38,7 @@ pub struct Florence2Args {
     #[arg(long, value_name = "N")]
     pub no_repeat_ngram_size: Option<usize>,
     /// Draw the boxes, quads and polygons with their labels on the image and save it as PNG.
-    #[arg(long, value_name = "OUT.png")]
+    #[arg(long, value_name = "OUT.png", conflicts_with = "images")]
     pub annotate: Option<PathBuf>,
 }
 
@@ -112,7 +105,7 @@ fn describe(answer: &Answer) -> String {
 /// or length over the position table) come before any GPU work.
 pub fn run(args: &Florence2Args) -> Result<()> {
     let dir = &args.model.resolve()?;
-    if let (Some(path), Some(image)) = (&args.annotate, &args.image) {
+    if let (Some(path), Some(image)) = (&args.annotate, &args.input.image) {
         // Checked before the work, so a bad --annotate fails in a moment.
         fvl_wgpu::output::check_target(path, &[dir, image])?;
     }
@@ -140,10 +133,10 @@ pub fn run(args: &Florence2Args) -> Result<()> {
             })?;
     let t_load = t0.elapsed();
 
-    let Some(image_path) = &args.image else {
+    let Some(image_path) = &args.input.image else {
         let cfg = model.preprocess_config().clone();
         let prepare = |p: &Path| load_image(p).map(|i| preprocess_image(&i, &cfg, false));
-        return batch::run(&args.images, args.out.as_deref(), prepare, |image| {
+        return batch::run(&args.input.images, args.input.out.as_deref(), prepare, |image| {
             let out = model.run_plan(&image, &plan, &mut |_| true)?;
             Ok(serde_json::json!({"task": out.task, "text": out.text, "result": out.result}))
         });

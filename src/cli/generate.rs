@@ -2,7 +2,6 @@
 //! as it decodes, or one JSON object with `--json`.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use fvl_wgpu::gpu::{DType, Gpu};
@@ -10,23 +9,20 @@ use fvl_wgpu::model::generate::{Limits, Prompt, Session};
 use fvl_wgpu::model::llama::{Llama, LlamaConfig};
 use fvl_wgpu::pipeline::{AskOptions, TextChat};
 use fvl_wgpu::text::llama::{LlamaTokenizer, Message, TextStream};
-use fvl_wgpu::weights::hub::{resolve, Needs};
 use fvl_wgpu::weights::Checkpoint;
 use fvl_wgpu::{Error, Result};
 
 use super::chat::{read_question, report_turn};
-use super::{llm_dtype, progress, DecodeArgs, DeviceArgs, Quant};
+use super::{progress, DecodeArgs, ModelArgs, Quant};
 
 /// Arguments of `generate`.
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("input").args(["prompt", "prompt_ids"])))]
 pub struct GenerateArgs {
-    /// Model folder (config.json, safetensors single or sharded, tokenizer.json), or a hub id owner/name[@revision]
-    /// (from the Hugging Face cache, downloading what is missing).
-    #[arg(long, value_name = "DIR|OWNER/NAME")]
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs<Quant>,
     /// Prompt text (tokenised with the tokenizer's leading BOS, if it adds one).
-    #[arg(long, value_name = "TEXT", required_unless_present_any = ["prompt_ids", "chat"])]
+    #[arg(short = 'p', long, value_name = "TEXT", required_unless_present_any = ["prompt_ids", "chat"])]
     pub prompt: Option<String>,
     /// Prompt as token ids, comma-separated (used as given).
     #[arg(long, value_name = "ID,ID,...", value_delimiter = ',')]
@@ -39,19 +35,14 @@ pub struct GenerateArgs {
     pub chat: bool,
     #[command(flatten)]
     pub decode: DecodeArgs,
-    /// Weight storage (default: f16 where the adapter has SHADER_F16, else f32).
-    #[arg(long, value_enum)]
-    pub quant: Option<Quant>,
     /// Context length in positions, prompt included (default: max_position_embeddings; an
     /// interactive chat: at most 4096).
     #[arg(long, value_name = "N")]
     pub context: Option<usize>,
-    #[command(flatten)]
-    pub device: DeviceArgs,
 }
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
-    let model = resolve(&args.model, Needs::Model)?;
+    let model = args.model.resolve()?;
     let ck = Checkpoint::open(&model)?;
     let cfg = LlamaConfig::from_checkpoint(&ck)?;
     let tok_path = model.join("tokenizer.json");
@@ -61,7 +52,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         None
     };
     if let (true, None, Some(tok)) = (args.chat, &args.prompt, &tok) {
-        if args.device.json {
+        if args.model.device.json {
             return Err(Error::input(
                 "--json needs --prompt (the interactive chat prints text)",
             ));
@@ -98,7 +89,8 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
 
     let (gpu, llama, quant) = load(args, &ck, &cfg, tok.as_ref())?;
     let cache_len = context.min(prompt.len().saturating_add(args.decode.max_new_tokens));
-    let mut session = Session::new(&gpu, &llama, cache_len, pick, args.decode.seed)?;
+    let seed = args.decode.seed();
+    let mut session = Session::new(&gpu, &llama, cache_len, pick, seed.unwrap_or(0))?;
 
     let t0 = Instant::now();
     let first = session.prefill(Prompt::Ids(&prompt), false)?;
@@ -117,7 +109,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             Some(tok) => stream.push(tok, id)?,
             None => None,
         } {
-            if !args.device.json {
+            if !args.model.device.json {
                 print!("{piece}");
                 stdout.flush().ok();
             }
@@ -127,13 +119,14 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     })?;
     let (ids, stopped, decode_tps) = (gen.ids, gen.stopped.name(), gen.decode_tokens_per_s);
     let prefill_tps = prompt.len() as f64 / prefill_s;
-    if args.device.json {
+    if args.model.device.json {
         let summary = serde_json::json!({
             "token_ids": ids,
             "text": text,
             "prompt_tokens": prompt.len(),
             "stopped": stopped,
             "quant": quant.name(),
+            "seed": seed,
             "prefill_tokens_per_s": prefill_tps,
             "decode_tokens_per_s": decode_tps,
         });
@@ -165,9 +158,9 @@ fn load(
     cfg: &LlamaConfig,
     tok: Option<&LlamaTokenizer>,
 ) -> Result<(Gpu, Llama, DType)> {
-    let gpu = args.device.open()?;
+    let gpu = args.model.device.open()?;
     // A checkpoint written by `quantize` loads in its own format unless told otherwise.
-    let quant = llm_dtype(args.quant, ck.stored_quant(), &gpu);
+    let quant = args.model.dtype(&gpu, ck.stored_quant());
     let bar = progress(Llama::tensor_count(cfg), "loading weights");
     let mut llama = Llama::from_checkpoint(&gpu, ck, quant, &|| bar.inc(1))?;
     if let Some(tok) = tok {
@@ -197,7 +190,7 @@ fn interactive(
     let opts = AskOptions {
         max_new_tokens: args.decode.max_new_tokens,
         pick: args.decode.pick(),
-        seed: args.decode.seed,
+        seed: args.decode.seed().unwrap_or(0),
     };
     let mut chat = TextChat::new(gpu, llama, tok, None, context, &opts)?;
     let print = &mut |piece: &str| {

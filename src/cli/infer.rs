@@ -3,90 +3,71 @@
 //! stdout until `<|eot_id|>` (or one JSON object with `--json`).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use fvl_wgpu::image::{load_image, preprocess_image, Preprocessed};
 use fvl_wgpu::pipeline::{AskOptions, FlorenceVl};
-use fvl_wgpu::weights::hub::{resolve, Needs};
 use fvl_wgpu::weights::Checkpoint;
 use fvl_wgpu::{Error, Result};
 
 use super::chat::{read_question, report_turn};
-use super::{batch, DeviceArgs};
-use super::{llm_dtype, DecodeArgs, Quant};
+use super::{batch, DecodeArgs, ImagesArgs, ModelArgs, Quant, TowerTokenizerArgs};
 
 /// Arguments of `infer`.
 #[derive(clap::Args)]
+// --images asks every image the --prompt question.
+#[command(group(clap::ArgGroup::new("many").args(["images"]).requires("prompt")))]
 pub struct InferArgs {
-    /// Florence-VL folder (LLaVA layout: Llama, projector and Florence-2 tower in its shards), or a hub id owner/name[@revision]
-    /// (from the Hugging Face cache, downloading what is missing).
-    #[arg(long, value_name = "DIR|OWNER/NAME")]
-    pub model: PathBuf,
-    /// Image file (PNG, JPEG, WebP or BMP).
-    #[arg(long, value_name = "FILE", required_unless_present = "images")]
-    pub image: Option<PathBuf>,
-    /// Many images: folders, globs (`photos/*.jpg`) or files; the --prompt question about
-    /// each, one JSON line per image.
-    #[arg(long, value_name = "DIR|GLOB|FILE", num_args = 1.., conflicts_with = "image", requires = "prompt")]
-    pub images: Vec<PathBuf>,
-    /// With --images: write the JSON lines to this file instead of stdout.
-    #[arg(long, value_name = "FILE.jsonl", requires = "images")]
-    pub out: Option<PathBuf>,
+    // The Florence-VL checkpoint (LLaVA layout: Llama or Phi-3, projector, Florence-2 tower).
+    #[command(flatten)]
+    pub model: ModelArgs<Quant>,
+    #[command(flatten)]
+    pub input: ImagesArgs,
     /// The question about the image. Without it: an interactive chat about the image (one
     /// question a line on stdin; follow-ups reuse the cache; an empty line or EOF ends).
-    #[arg(long, value_name = "TEXT")]
+    #[arg(short = 'p', long, value_name = "TEXT")]
     pub prompt: Option<String>,
     #[command(flatten)]
     pub decode: DecodeArgs,
-    /// Llama weight storage (default: f16 where the adapter has SHADER_F16, else f32); the
-    /// vision path is f32 with f32, else f16 where available.
-    #[arg(long, value_enum)]
-    pub quant: Option<Quant>,
-    /// Folder or hub id with the Florence-2 (BART) tokenizer.json for the three encoder
-    /// prompts (default: the tower's folder, else Florence-VL's hard-coded ids).
-    #[arg(long, value_name = "DIR|OWNER/NAME")]
-    pub florence_tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    pub tokenizer: TowerTokenizerArgs,
     /// Drop the mean token: 576 image rows instead of 577.
     #[arg(long)]
     pub drop_mean_token: bool,
-    #[command(flatten)]
-    pub device: DeviceArgs,
 }
 
 pub fn run(args: &InferArgs) -> Result<()> {
     // The image is read, decoded and size-checked before the model loads.
-    let image = args.image.as_deref().map(load_image).transpose()?;
-    let gpu = args.device.open()?;
+    let image = args.input.image.as_deref().map(load_image).transpose()?;
+    let gpu = args.model.device.open()?;
     let t0 = Instant::now();
-    let model = resolve(&args.model, Needs::Model)?;
+    let model = args.model.resolve()?;
     // A folder written by `quantize` loads in its own format unless told otherwise.
     let stored = Checkpoint::open(&model)?.stored_quant();
-    let quant = llm_dtype(args.quant, stored, &gpu);
-    let tokenizer = args
-        .florence_tokenizer
-        .as_ref()
-        .map(|t| resolve(t, Needs::Configs))
-        .transpose()?;
+    let quant = args.model.dtype(&gpu, stored);
+    let tokenizer = args.tokenizer.resolve()?;
     let mut m = FlorenceVl::load(gpu, &model, quant, tokenizer.as_deref())?;
     m.model.keep_mean_token = !args.drop_mean_token;
     let load_s = t0.elapsed().as_secs_f64();
+    let seed = args.decode.seed();
     let opts = AskOptions {
         max_new_tokens: args.decode.max_new_tokens,
         pick: args.decode.pick(),
-        seed: args.decode.seed,
+        seed: seed.unwrap_or(0),
     };
-    let json = args.device.json;
+    let json = args.model.device.json;
     let Some(image) = image else {
         let question = args.prompt.as_deref().unwrap_or_default();
         let (cfg, pad) = (m.model.preprocess.clone(), m.model.config.pad_to_square);
         let prepare = |p: &Path| load_image(p).map(|i| preprocess_image(&i, &cfg, pad));
-        return batch::run(&args.images, args.out.as_deref(), prepare, |image| {
+        return batch::run(&args.input.images, args.input.out.as_deref(), prepare, |image| {
             let (_, reply) = m.chat_preprocessed(&image, question, &opts, &mut |_| true)?;
             Ok(serde_json::json!({
                 "answer": reply.text,
                 "token_ids": reply.token_ids,
                 "stopped": reply.stopped.name(),
+                "seed": seed,
             }))
         });
     };
@@ -114,13 +95,14 @@ pub fn run(args: &InferArgs) -> Result<()> {
     );
     let (vision_s, prefill_s) = (answer.vision_ms / 1e3, answer.prefill_ms / 1e3);
     let (answer, ids_out) = (answer.text, answer.token_ids);
-    if args.device.json {
+    if json {
         let summary = serde_json::json!({
             "answer": answer,
             "token_ids": ids_out,
             "stopped": stopped,
             "prompt_positions": prompt_len,
             "quant": quant.name(),
+            "seed": seed,
             "timings": {
                 "load_ms": load_s * 1e3,
                 "vision_ms": vision_s * 1e3,

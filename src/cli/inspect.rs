@@ -16,7 +16,7 @@ use fvl_wgpu::Result;
 pub struct InspectArgs {
     /// Model folder (config.json and safetensors, single or sharded), or a hub id owner/name[@revision]
     /// (from the Hugging Face cache, downloading what is missing).
-    #[arg(long, value_name = "DIR|OWNER/NAME")]
+    #[arg(short = 'm', long, value_name = "DIR|OWNER/NAME")]
     pub model: PathBuf,
     /// Print one JSON object on stdout.
     #[arg(long)]

@@ -98,8 +98,8 @@ enum BenchWhat {
         /// Model size: base or large.
         #[arg(long, default_value = "large")]
         config: String,
-        /// Weight precision (default: f16 where the adapter has SHADER_F16, else f32).
-        #[arg(long, value_enum)]
+        /// Weight storage (default: f16 where the adapter has SHADER_F16, else f32).
+        #[arg(long, visible_alias = "quant", value_enum, value_name = "FORMAT")]
         precision: Option<Precision>,
     },
     /// Llama prefill and decode at the real sizes, random weights: tokens/s and GB/s against
@@ -110,11 +110,11 @@ enum BenchWhat {
         /// Model: llama-1b, llama-8b or phi3.5-mini (Florence-VL 3B's LLM).
         #[arg(long, default_value = "llama-1b")]
         config: String,
-        /// Linear weight format.
-        #[arg(long, value_enum, default_value = "q4")]
-        quant: Quant,
+        /// Weight storage of the linear layers.
+        #[arg(long, visible_alias = "quant", value_enum, default_value = "q4", value_name = "FORMAT")]
+        precision: Quant,
         /// Prompt tokens for the prefill.
-        #[arg(long, default_value_t = 64)]
+        #[arg(short = 'p', long, default_value_t = 64)]
         prompt: usize,
         /// Decode steps to time.
         #[arg(long, default_value_t = 16)]
@@ -132,9 +132,9 @@ enum BenchWhat {
         /// (fits small machines).
         #[arg(long, default_value = "llama-8b")]
         llm: String,
-        /// Llama weight format.
-        #[arg(long, value_enum, default_value = "q4")]
-        quant: Quant,
+        /// Weight storage of the linear layers.
+        #[arg(long, visible_alias = "quant", value_enum, default_value = "q4", value_name = "FORMAT")]
+        precision: Quant,
         /// Square input image side in pixels.
         #[arg(long, default_value_t = 768)]
         size: usize,
@@ -161,7 +161,7 @@ enum BenchWhat {
         #[command(flatten)]
         device: DeviceArgs,
         /// Florence-2 model folder.
-        #[arg(long, value_name = "DIR")]
+        #[arg(short = 'm', long, value_name = "DIR")]
         model: PathBuf,
         /// Images: folders, globs or files (cycled to --count).
         #[arg(long, value_name = "DIR|GLOB|FILE", num_args = 1.., required = true)]
@@ -169,8 +169,8 @@ enum BenchWhat {
         /// Images to run.
         #[arg(long, default_value_t = 8)]
         count: usize,
-        /// Weight precision (default: f16 where the adapter has SHADER_F16, else f32).
-        #[arg(long, value_enum)]
+        /// Weight storage (default: f16 where the adapter has SHADER_F16, else f32).
+        #[arg(long, visible_alias = "quant", value_enum, value_name = "FORMAT")]
         precision: Option<Precision>,
     },
     /// Florence-2 vision path (DaViT + image head) at the real sizes, random weights.
@@ -183,8 +183,8 @@ enum BenchWhat {
         /// Square input image side in pixels.
         #[arg(long, default_value_t = 768)]
         size: usize,
-        /// Weight precision (default: f16 where the adapter has SHADER_F16, else f32).
-        #[arg(long, value_enum)]
+        /// Weight storage (default: f16 where the adapter has SHADER_F16, else f32).
+        #[arg(long, visible_alias = "quant", value_enum, value_name = "FORMAT")]
         precision: Option<Precision>,
     },
 }
@@ -214,21 +214,36 @@ impl DeviceArgs {
     }
 }
 
-/// Weight precision on the GPU.
+/// A set of weight storage formats a command accepts for `--precision`.
+pub trait Storage: ValueEnum + Clone + Copy + Send + Sync + 'static {
+    /// The tensor dtype.
+    fn dtype(self) -> DType;
+}
+
+/// Weight precision of the Florence-2 commands (their weights are f32 or f16 on the GPU).
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Precision {
-    /// f32 weights: the exact path the parity tests use.
+    /// The exact path the parity tests use.
     F32,
-    /// f16 weights (accumulation stays f32).
+    /// Half the memory; accumulation stays f32.
     F16,
 }
 
-/// Weight storage of the Llama linear layers and the embedding table.
+impl Storage for Precision {
+    fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::F16 => DType::F16,
+        }
+    }
+}
+
+/// Weight storage of the language models' linear layers and embedding table.
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Quant {
-    /// f32: the exact path the parity tests use.
+    /// The exact path the parity tests use.
     F32,
-    /// f16 (accumulation stays f32).
+    /// Half the memory; accumulation stays f32.
     F16,
     /// 8-bit blocks of 32 with an f16 scale (8.5 bits a weight).
     Q8,
@@ -236,9 +251,8 @@ pub enum Quant {
     Q4,
 }
 
-impl Quant {
-    /// The tensor dtype.
-    pub fn dtype(self) -> DType {
+impl Storage for Quant {
+    fn dtype(self) -> DType {
         match self {
             Quant::F32 => DType::F32,
             Quant::F16 => DType::F16,
@@ -248,18 +262,13 @@ impl Quant {
     }
 }
 
-/// f16 where the adapter has SHADER_F16, else f32.
-pub fn default_dtype(gpu: &Gpu) -> DType {
-    gpu.default_dtype()
-}
-
-/// The LLM weight storage: `--quant` if given, else the format a folder written by
-/// `quantize` stores, else [`default_dtype`].
-pub fn llm_dtype(flag: Option<Quant>, stored: Option<DType>, gpu: &Gpu) -> DType {
+/// The weight storage: the flag if given, else the format a folder written by `quantize`
+/// stores, else the adapter's default (f16 where it has SHADER_F16, else f32).
+pub fn storage_dtype<P: Storage>(flag: Option<P>, stored: Option<DType>, gpu: &Gpu) -> DType {
     match (flag, stored) {
-        (Some(q), _) => q.dtype(),
+        (Some(p), _) => p.dtype(),
         (None, Some(stored)) => stored,
-        (None, None) => default_dtype(gpu),
+        (None, None) => gpu.default_dtype(),
     }
 }
 
@@ -268,7 +277,7 @@ pub fn llm_dtype(flag: Option<Quant>, stored: Option<DType>, gpu: &Gpu) -> DType
 pub struct DecodeArgs {
     /// Most tokens to generate, at least 1 (stops earlier at an end-of-sequence id or the
     /// end of the context).
-    #[arg(long, default_value_t = 128, value_parser = max_new_tokens)]
+    #[arg(short = 'n', long, default_value_t = 128, value_parser = max_new_tokens)]
     pub max_new_tokens: usize,
     /// Sampling temperature; 0 (the default) is greedy decoding.
     #[arg(long, default_value_t = 0.0, value_parser = temperature)]
@@ -279,12 +288,29 @@ pub struct DecodeArgs {
     /// Sample from the smallest set of tokens holding this much probability (0 < P ≤ 1).
     #[arg(long, default_value_t = 1.0, value_parser = top_p)]
     pub top_p: f32,
-    /// Sampling seed: the same seed and settings give the same tokens.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u32,
+    /// Sampling seed: the same seed and settings give the same tokens (default: a random
+    /// one, printed on stderr and in --json output so the run can be repeated).
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u32>,
 }
 
 impl DecodeArgs {
+    /// The seed of this run: `None` for greedy decoding (no randomness), else --seed, else a
+    /// fresh random one, said on stderr with the flag that repeats the run.
+    pub fn seed(&self) -> Option<u32> {
+        use std::hash::BuildHasher;
+        if self.temperature == 0.0 {
+            return None;
+        }
+        Some(self.seed.unwrap_or_else(|| {
+            // RandomState is seeded from the OS's randomness: no extra crate for one number.
+            let seed = std::collections::hash_map::RandomState::new()
+                .hash_one(std::time::SystemTime::now()) as u32;
+            eprintln!("seed: {seed} (--seed {seed} repeats this run)");
+            seed
+        }))
+    }
+
     /// Greedy at temperature 0, else sampling with the given filters.
     pub fn pick(&self) -> fvl_wgpu::model::generate::Pick {
         use fvl_wgpu::model::generate::Pick;
@@ -326,38 +352,33 @@ fn top_p(s: &str) -> Result<f32, String> {
     }
 }
 
-/// Options every model command takes.
+/// The model, its weight storage and the device: what every model command takes. `P` is the
+/// set of storage formats the command can load ([`Precision`] or [`Quant`]).
 #[derive(Args, Clone)]
-pub struct ModelArgs {
-    /// Model folder (config.json and safetensors, single or sharded), or a hub id owner/name[@revision]
-    /// (from the Hugging Face cache, downloading what is missing).
-    #[arg(long, value_name = "DIR|OWNER/NAME")]
+pub struct ModelArgs<P: Storage> {
+    /// Model folder (config.json and safetensors or pytorch_model.bin, single or sharded), or
+    /// a hub id owner/name[@revision] (from the Hugging Face cache, downloading what is
+    /// missing).
+    #[arg(short = 'm', long, value_name = "DIR|OWNER/NAME")]
     pub model: PathBuf,
-    /// Weight precision (default: f16 where the adapter has SHADER_F16, else f32).
-    #[arg(long, value_enum)]
-    pub precision: Option<Precision>,
+    /// Weight storage (default: the format of a folder packed by `quantize`, else f16 where
+    /// the adapter has SHADER_F16, else f32).
+    #[arg(long, visible_alias = "quant", value_enum, value_name = "FORMAT")]
+    pub precision: Option<P>,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
 
-impl ModelArgs {
+impl<P: Storage> ModelArgs<P> {
     /// The model folder `--model` names (a hub id resolves through the cache).
     pub fn resolve(&self) -> Result<PathBuf> {
         fvl_wgpu::weights::hub::resolve(&self.model, fvl_wgpu::weights::hub::Needs::Model)
     }
 
-    /// The weight dtype for `gpu`.
-    pub fn dtype(&self, gpu: &Gpu) -> DType {
-        Self::dtype_for(self.precision, gpu)
-    }
-
-    /// The weight dtype `precision` asks for on `gpu`.
-    pub fn dtype_for(precision: Option<Precision>, gpu: &Gpu) -> DType {
-        match precision {
-            Some(Precision::F32) => DType::F32,
-            Some(Precision::F16) => DType::F16,
-            None => default_dtype(gpu),
-        }
+    /// The weight dtype on `gpu`: `--precision` if given, else the format a folder written by
+    /// `quantize` stores (`stored`), else f16 where the adapter has SHADER_F16, else f32.
+    pub fn dtype(&self, gpu: &Gpu, stored: Option<DType>) -> DType {
+        storage_dtype(self.precision, stored, gpu)
     }
 
     /// Opens the device and loads a model on it with a progress bar of `tensors` ticks
@@ -369,12 +390,46 @@ impl ModelArgs {
         load: impl FnOnce(Gpu, DType, &dyn Fn()) -> Result<T>,
     ) -> Result<(T, DType)> {
         let gpu = self.device.open()?;
-        let dtype = self.dtype(&gpu);
+        let dtype = self.dtype(&gpu, None);
         let bar = progress(tensors, what);
         let model = load(gpu, dtype, &|| bar.inc(1))?;
         bar.finish_and_clear();
         Ok((model, dtype))
     }
+}
+
+/// `--florence-tokenizer`, for the commands that load a Florence-VL folder.
+#[derive(Args, Clone)]
+pub struct TowerTokenizerArgs {
+    /// Folder or hub id with the Florence-2 (BART) tokenizer.json for Florence-VL's three
+    /// encoder prompts (default: the tower's folder, else Florence-VL's hard-coded ids).
+    #[arg(long, value_name = "DIR|OWNER/NAME")]
+    pub florence_tokenizer: Option<PathBuf>,
+}
+
+impl TowerTokenizerArgs {
+    /// The tokenizer folder, a hub id resolved through the cache; `None` when not given.
+    pub fn resolve(&self) -> Result<Option<PathBuf>> {
+        use fvl_wgpu::weights::hub::{resolve, Needs};
+        self.florence_tokenizer
+            .as_ref()
+            .map(|t| resolve(t, Needs::Configs))
+            .transpose()
+    }
+}
+
+/// One image, or many through the batch path.
+#[derive(Args, Clone)]
+pub struct ImagesArgs {
+    /// Image file (PNG, JPEG, WebP or BMP).
+    #[arg(short = 'i', long, value_name = "FILE", required_unless_present = "images")]
+    pub image: Option<PathBuf>,
+    /// Many images: folders, globs (`photos/*.jpg`) or files; one JSON line per image.
+    #[arg(long, value_name = "DIR|GLOB|FILE", num_args = 1.., conflicts_with = "image")]
+    pub images: Vec<PathBuf>,
+    /// With --images: write the JSON lines to this file instead of stdout.
+    #[arg(long, value_name = "FILE.jsonl", requires = "images")]
+    pub out: Option<PathBuf>,
 }
 
 /// A progress bar on stderr for `len` steps (hidden when stderr is not a terminal).
@@ -389,9 +444,45 @@ pub fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
+/// Help and version go to stdout (exit 0); a usage error is printed as one line — clap's
+/// message, its list and tip folded in, and the command's `--help` named — with exit status 2.
+fn usage_error(e: clap::Error) -> ! {
+    if !e.use_stderr() {
+        e.exit();
+    }
+    eprintln!("{}", one_line(&e.render().to_string()));
+    std::process::exit(2);
+}
+
+/// clap's multi-line usage error folded into one line: the message up to its "Usage:" block,
+/// lines joined, then the `--help` of the (sub)command the arguments name.
+fn one_line(rendered: &str) -> String {
+    let message = rendered.split_once("\nUsage:").map_or(rendered, |(m, _)| m);
+    let mut line = String::new();
+    for part in message.lines().map(str::trim) {
+        if part.is_empty() || part.starts_with("For more information") {
+            continue;
+        }
+        if !line.is_empty() {
+            line += if line.ends_with(':') { " " } else { "; " };
+        }
+        line += part;
+    }
+    let mut command = <Cli as clap::CommandFactory>::command();
+    let mut path = vec!["fvl-wgpu".to_string()];
+    for arg in std::env::args().skip(1) {
+        let Some(sub) = command.find_subcommand(&arg).cloned() else {
+            break;
+        };
+        path.push(arg);
+        command = sub;
+    }
+    format!("{line} (see '{} --help')", path.join(" "))
+}
+
 /// Parses the command line and runs the command.
 pub fn run() -> Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| usage_error(e));
     // The server writes to sockets and must see a closed one as an error; every other
     // command writes to stdout, where a reader that went away (`| head`) ends it quietly.
     if !matches!(cli.command, Command::Serve(_)) {
@@ -424,21 +515,21 @@ pub fn run() -> Result<()> {
                     device,
                     vision,
                     llm,
-                    quant,
+                    precision,
                     size,
                     tokens,
                 },
-        } => bench::e2e(&device, &vision, &llm, quant.dtype(), size, tokens),
+        } => bench::e2e(&device, &vision, &llm, precision.dtype(), size, tokens),
         Command::Bench {
             what:
                 BenchWhat::Decode {
                     device,
                     config,
-                    quant,
+                    precision,
                     prompt,
                     tokens,
                 },
-        } => bench::decode(&device, &config, quant.dtype(), prompt, tokens),
+        } => bench::decode(&device, &config, precision.dtype(), prompt, tokens),
         Command::Bench {
             what:
                 BenchWhat::Florence2 {
@@ -474,5 +565,90 @@ pub fn run() -> Result<()> {
                     dir,
                 },
         } => bench::load(&device, size_mb, dir.as_deref()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every (sub)command with the path that reaches it.
+    fn commands() -> Vec<(String, clap::Command)> {
+        let mut out = vec![];
+        let mut todo = vec![("fvl-wgpu".to_string(), Cli::command())];
+        while let Some((path, cmd)) = todo.pop() {
+            for sub in cmd.get_subcommands() {
+                todo.push((format!("{path} {}", sub.get_name()), sub.clone()));
+            }
+            out.push((path, cmd));
+        }
+        out
+    }
+
+    #[test]
+    fn every_command_and_flag_has_help() {
+        Cli::command().debug_assert();
+        let mut missing = vec![];
+        for (path, cmd) in commands() {
+            if path != "fvl-wgpu" && cmd.get_about().is_none() {
+                missing.push(path.clone());
+            }
+            for arg in cmd.get_arguments() {
+                if arg.get_help().is_none() && !matches!(arg.get_id().as_str(), "help" | "version") {
+                    missing.push(format!("{path} --{}", arg.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
+
+    #[test]
+    fn shared_flags_have_one_name_and_short_form_everywhere() {
+        let mut seen = 0;
+        for (path, cmd) in commands() {
+            for arg in cmd.get_arguments() {
+                let short = match arg.get_long() {
+                    Some("model") => Some('m'),
+                    Some("image") => Some('i'),
+                    Some("prompt") => Some('p'),
+                    Some("max-new-tokens") => Some('n'),
+                    Some("precision") => {
+                        let aliases = arg.get_visible_aliases().unwrap_or_default();
+                        assert_eq!(aliases, ["quant"], "{path} --precision");
+                        None
+                    }
+                    Some(long) => {
+                        assert_ne!(long, "quant", "{path}: --quant is --precision's alias");
+                        continue;
+                    }
+                    None => continue,
+                };
+                seen += 1;
+                assert_eq!(arg.get_short(), short, "{path} --{}", arg.get_id());
+            }
+        }
+        // generate, infer, florence2, features, serve, mcp, quantize, inspect, bench …
+        assert!(seen >= 25, "only {seen} shared flags found");
+    }
+
+    #[test]
+    fn usage_errors_fold_into_one_line_naming_the_help() {
+        for args in [
+            &["fvl-wgpu", "infer", "--image", "x.png"][..],
+            &["fvl-wgpu", "infer", "-m", "x", "--precision", "q5"],
+            &["fvl-wgpu", "florence2", "--modle", "x"],
+            &["fvl-wgpu", "nope"],
+        ] {
+            let e = Cli::try_parse_from(args).err().expect("a usage error");
+            let rendered = e.render().to_string();
+            assert!(rendered.trim().lines().count() > 1, "clap's own is multi-line: {rendered}");
+            let line = one_line(&rendered);
+            assert_eq!(line.lines().count(), 1, "{args:?}: {line}");
+            assert!(line.starts_with("error: ") && line.ends_with("--help')"), "{line}");
+            assert!(!line.contains("Usage:"), "{line}");
+        }
+        let e = Cli::try_parse_from(["fvl-wgpu", "infer", "-i", "x.png"]).err().unwrap();
+        assert!(one_line(&e.render().to_string()).contains("not provided: --model"));
     }
 }

@@ -26,15 +26,15 @@ pub enum Packed {
 pub struct QuantizeArgs {
     /// Llama model folder (config.json, safetensors single or sharded, tokenizer), or a hub id owner/name[@revision]
     /// (from the Hugging Face cache, downloading what is missing).
-    #[arg(long, value_name = "DIR|OWNER/NAME")]
+    #[arg(short = 'm', long, value_name = "DIR|OWNER/NAME")]
     pub model: PathBuf,
     /// Output folder outside --model (created; its model.safetensors and copies of the other
     /// files are replaced).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
-    /// Packed format: q8 or q4.
-    #[arg(long, value_enum)]
-    pub quant: Packed,
+    /// Packed format: q8 or q4 (the flag the model commands load with).
+    #[arg(long, visible_alias = "quant", value_enum, value_name = "FORMAT")]
+    pub precision: Packed,
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -42,7 +42,7 @@ pub struct QuantizeArgs {
 
 pub fn run(args: &QuantizeArgs) -> Result<()> {
     let model = resolve(&args.model, Needs::Model)?;
-    let dtype = match args.quant {
+    let dtype = match args.precision {
         Packed::Q8 => DType::Q8,
         Packed::Q4 => DType::Q4,
     };

@@ -7,50 +7,41 @@ use fvl_wgpu::pipeline::florence2::Florence2Folder;
 use fvl_wgpu::pipeline::FlorenceVl;
 use fvl_wgpu::server::worker::Loaded;
 use fvl_wgpu::server::{self, ServeOptions};
-use fvl_wgpu::weights::hub::{resolve, Needs};
 use fvl_wgpu::{Error, Result};
 
-use super::{default_dtype, DeviceArgs, Quant};
+use super::{ModelArgs, Quant, TowerTokenizerArgs};
 
 /// The model options `serve` and `mcp` share.
 #[derive(clap::Args)]
 pub struct ServedModel {
-    /// Model folder or hub id owner/name[@revision]: Florence-2 (tasks) or Florence-VL
-    /// (LLaVA layout, questions).
-    #[arg(long, value_name = "DIR|OWNER/NAME")]
-    pub model: PathBuf,
-    /// Weight storage (default: f16 where the adapter has SHADER_F16, else f32); q8/q4 apply
-    /// to Florence-VL's language model.
-    #[arg(long, value_enum)]
-    pub quant: Option<Quant>,
-    /// Folder with the Florence-2 (BART) tokenizer.json for Florence-VL's encoder prompts.
-    #[arg(long, value_name = "DIR")]
-    pub florence_tokenizer: Option<PathBuf>,
+    // A Florence-2 folder (tasks) or a Florence-VL one (LLaVA layout, questions); q8/q4
+    // apply to Florence-VL's language model.
     #[command(flatten)]
-    pub device: DeviceArgs,
+    pub model: ModelArgs<Quant>,
+    #[command(flatten)]
+    pub tokenizer: TowerTokenizerArgs,
 }
 
 impl ServedModel {
     /// Loads the model on the chosen device.
     pub fn load(&self) -> Result<Loaded> {
-        let dir = &resolve(&self.model, Needs::Model)?;
-        let tokenizer = self
-            .florence_tokenizer
-            .as_ref()
-            .map(|t| resolve(t, Needs::Configs))
-            .transpose()?;
+        let dir = &self.model.resolve()?;
+        let tokenizer = self.tokenizer.resolve()?;
         let config = dir.join("config.json");
         let text = std::fs::read_to_string(&config).map_err(|e| Error::File {
             path: config.display().to_string(),
             msg: format!("cannot read: {e}"),
         })?;
         let is_vl = text.contains("\"mm_projector_type\"");
-        let gpu = self.device.open()?;
-        let dtype = self.quant.map_or_else(|| default_dtype(&gpu), Quant::dtype);
+        let gpu = self.model.device.open()?;
         if is_vl {
+            // A folder written by `quantize` loads in its own format unless told otherwise.
+            let stored = fvl_wgpu::weights::Checkpoint::open(dir)?.stored_quant();
+            let dtype = self.model.dtype(&gpu, stored);
             let m = FlorenceVl::load(gpu, dir, dtype, tokenizer.as_deref())?;
             Ok(Loaded::FlorenceVl(m))
         } else {
+            let dtype = self.model.dtype(&gpu, None);
             let m = Florence2Folder::open(dir)?.load(gpu, dtype, &|| {})?;
             Ok(Loaded::Florence2(m))
         }
@@ -100,7 +91,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         max_body_bytes: args.max_body_bytes,
         max_image_pixels: args.max_image_pixels,
         default_max_tokens: args.max_tokens,
-        model_name: server::model_name(&args.model.model),
+        model_name: server::model_name(&args.model.model.model),
     };
     server::serve(model, opts, &mut |addr| {
         eprintln!("listening on http://{addr}");

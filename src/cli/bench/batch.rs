@@ -12,7 +12,7 @@ use fvl_wgpu::pipeline::florence2::Florence2Folder;
 use fvl_wgpu::pipeline::{ImageInput, Task, TaskOptions};
 use fvl_wgpu::Result;
 
-use crate::cli::{DeviceArgs, ModelArgs, Precision};
+use crate::cli::{storage_dtype, DeviceArgs, Precision};
 
 /// Times `<CAPTION>` on `count` images cycled from `images`.
 pub fn batch(
@@ -30,7 +30,7 @@ pub fn batch(
     let folder = Florence2Folder::open(model)?;
     let plan = folder.plan(&Task::new("<CAPTION>", None)?, &TaskOptions::default())?;
     let gpu = args.open()?;
-    let dtype = ModelArgs::dtype_for(precision, &gpu);
+    let dtype = storage_dtype(precision, None, &gpu);
     let t = Instant::now();
     let m = folder.load(gpu, dtype, &|| {})?;
     let load_s = t.elapsed().as_secs_f64();

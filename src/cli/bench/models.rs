@@ -14,7 +14,7 @@ use fvl_wgpu::weights::florence2::{TextConfig, VisionConfig};
 use fvl_wgpu::{Error, Result};
 
 use super::{copy_bandwidth, input, linear_row, noise};
-use crate::cli::{progress, DeviceArgs, ModelArgs, Precision};
+use crate::cli::{progress, storage_dtype, DeviceArgs, Precision};
 
 /// Florence-2 vision configs at the real sizes (spec §3.1): `base` or `large`.
 fn florence2_vision_config(name: &str) -> Result<VisionConfig> {
@@ -62,7 +62,7 @@ pub fn vision(
 ) -> Result<()> {
     let cfg = florence2_vision_config(config)?;
     let gpu = args.open()?;
-    let dtype = ModelArgs::dtype_for(precision, &gpu);
+    let dtype = storage_dtype(precision, None, &gpu);
     let (copy, best_matmul) = ceilings(&gpu)?;
 
     let bar = progress(
@@ -157,7 +157,7 @@ fn florence2_text_config(name: &str) -> Result<TextConfig> {
 pub fn florence2(args: &DeviceArgs, config: &str, precision: Option<Precision>) -> Result<()> {
     let cfg = florence2_text_config(config)?;
     let gpu = args.open()?;
-    let dtype = ModelArgs::dtype_for(precision, &gpu);
+    let dtype = storage_dtype(precision, None, &gpu);
     let (copy, best_matmul) = ceilings(&gpu)?;
 
     let src = |_: &str, shape: &[usize]| Ok(random_weights(shape.iter().product()));
@@ -386,7 +386,7 @@ pub fn e2e(
         llama_config(llm)?,
     );
     let gpu = args.open()?;
-    let side = super::super::default_dtype(&gpu);
+    let side = gpu.default_dtype();
     let bytes = std::cell::Cell::new(0u64);
     let src = |_: &str, shape: &[usize]| {
         let n: usize = shape.iter().product();
