@@ -247,6 +247,52 @@ fn hw(v: &Value) -> Option<(usize, usize)> {
     Some((dim("height")?, dim("width")?))
 }
 
+/// The file formats [`encode_image`] writes, chosen by a file name's extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaveFormat {
+    /// PNG (lossless).
+    Png,
+    /// JPEG, quality 95, no chroma subsampling (thin coloured lines stay sharp).
+    Jpeg,
+    /// Lossless WebP.
+    WebP,
+    /// Uncompressed BMP.
+    Bmp,
+}
+
+impl SaveFormat {
+    /// The format `path`'s extension names: `png`, `jpg`/`jpeg`, `webp` or `bmp` (any case).
+    pub fn from_path(path: &Path) -> Result<SaveFormat> {
+        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        match ext.as_deref() {
+            Some("png") => Ok(SaveFormat::Png),
+            Some("jpg" | "jpeg") => Ok(SaveFormat::Jpeg),
+            Some("webp") => Ok(SaveFormat::WebP),
+            Some("bmp") => Ok(SaveFormat::Bmp),
+            _ => Err(Error::file(
+                path,
+                "names no image format that can be written; end it in .png, .jpg, .jpeg, .webp or .bmp",
+            )),
+        }
+    }
+}
+
+/// Encodes `img` as a `format` file.
+pub fn encode_image(img: &RgbImage, format: SaveFormat) -> Result<Vec<u8>> {
+    let fail = |e: String| Error::input(format!("{format:?} encoding failed: {e}"));
+    let as_image_crate = match format {
+        SaveFormat::Jpeg => return jpeg::encode(img).map_err(fail),
+        SaveFormat::Png => ImageFormat::Png,
+        SaveFormat::WebP => ImageFormat::WebP,
+        SaveFormat::Bmp => ImageFormat::Bmp,
+    };
+    let buf = ::image::RgbImage::from_raw(img.width as u32, img.height as u32, img.data.clone())
+        .ok_or_else(|| fail(format!("{} bytes for {}×{} RGB", img.data.len(), img.width, img.height)))?;
+    let mut out = Cursor::new(Vec::new());
+    buf.write_to(&mut out, as_image_crate).map_err(|e| fail(e.to_string()))?;
+    Ok(out.into_inner())
+}
+
 /// Decodes an image file to 8-bit RGB; see [`decode_image`] (this reads the file and names it
 /// in errors).
 pub fn load_image(path: impl AsRef<Path>) -> Result<RgbImage> {

@@ -120,13 +120,7 @@ pub fn write_file(
     write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<u64> {
     check_target(target, inputs)?;
-    let name = target
-        .file_name()
-        .ok_or_else(|| err(target, "is not a file name"))?;
-    let dir = match target.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let (dir, name) = folder_and_name(target)?;
     let (tmp, file) = create_temp(dir, name)?;
     let result = (|| {
         let mut w = BufWriter::with_capacity(1 << 20, file);
@@ -141,6 +135,27 @@ pub fn write_file(
         std::fs::remove_file(&tmp).ok();
         err(target, e)
     })
+}
+
+/// [`check_target`], and that a file can be created in the target's folder now (it exists
+/// and is writable): for an output written after a long run, so a bad path fails first.
+pub fn check_writable(target: &Path, inputs: &[&Path]) -> Result<()> {
+    check_target(target, inputs)?;
+    let (dir, name) = folder_and_name(target)?;
+    let (tmp, _file) = create_temp(dir, name)?;
+    std::fs::remove_file(&tmp).map_err(|e| err(&tmp, e))
+}
+
+/// The folder a file is written in (`.` for a bare name) and its file name.
+fn folder_and_name(target: &Path) -> Result<(&Path, &std::ffi::OsStr)> {
+    let name = target
+        .file_name()
+        .ok_or_else(|| err(target, "is not a file name"))?;
+    let dir = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Ok((dir, name))
 }
 
 /// A new file `.NAME.PID.N.tmp` next to the target, created exclusively (never following or

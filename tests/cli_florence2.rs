@@ -51,6 +51,37 @@ fn bad_input_gives_one_line_errors() {
 }
 
 #[test]
+fn annotate_is_checked_before_the_run_and_written_as_its_extension_says() {
+    let dir = std::env::temp_dir().join(format!("fvl-annotate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let at = |name: &str| dir.join(name).display().to_string();
+    // One line each, before the model loads (no "device:" line, no run).
+    let e = error(&["--task", "<OD>", "--annotate", &at("boxes.gif")]);
+    assert!(e.contains("boxes.gif") && e.contains(".png, .jpg"), "{e}");
+    let e = error(&["--task", "<OD>", "--annotate", &at("no-such-folder/boxes.png")]);
+    assert!(e.contains("no-such-folder") && e.contains("cannot create a file"), "{e}");
+    let e = error(&["--task", "<OD>", "--annotate", IMAGE]);
+    assert!(e.contains("is an input"), "{e}");
+    // The extension picks the encoder.
+    for (name, magic) in [
+        ("boxes.jpg", &b"\xFF\xD8\xFF"[..]),
+        ("boxes.WEBP", b"RIFF"),
+        ("boxes.bmp", b"BM"),
+    ] {
+        let (code, _, err) = fvl(&[
+            "--task", "<OD>", "-n", "8", "--num-beams", "1", "--no-repeat-ngram-size", "0",
+            "--annotate", &at(name),
+        ]);
+        assert_eq!(code, 0, "{name}: {err}");
+        let bytes = std::fs::read(dir.join(name)).unwrap();
+        assert!(bytes.starts_with(magic), "{name}: {:?}", &bytes[..4]);
+        let img = fvl_wgpu::image::decode_image(&bytes, name).unwrap();
+        assert_eq!((img.width, img.height), (72, 52), "{name}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn greedy_ids_match_transformers() {
     let gen: Value =
         serde_json::from_str(&std::fs::read_to_string(format!("{MODEL}/generate.json")).unwrap())

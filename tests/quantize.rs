@@ -84,3 +84,21 @@ fn packed_checkpoint_generates_like_load_time_quantization() {
     assert!(err.contains("already quantized as q4"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn nothing_to_pack_is_refused_saying_why() {
+    let out = std::env::temp_dir().join(format!("fvl-q-none-{}", std::process::id()));
+    for (model, why) in [
+        ("llama-b", "rows of 48, 80 values"),
+        ("florence2-a", "no language-model matrices"),
+    ] {
+        let src = common::fixture_path(model);
+        let (code, stdout, err) = fvl(&[
+            "quantize", "-m", src.to_str().unwrap(), "--out", out.to_str().unwrap(), "--precision", "q4",
+        ]);
+        assert_eq!(code, 1, "{model}: {err}");
+        assert!(stdout.is_empty() && err.lines().count() == 1, "{model}: {err}");
+        assert!(err.contains("nothing to pack as q4") && err.contains(why), "{model}: {err}");
+        assert!(!out.exists(), "{model}: nothing is written");
+    }
+}

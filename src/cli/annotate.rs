@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use fvl_wgpu::image::RgbImage;
-use fvl_wgpu::output::write_file;
+use fvl_wgpu::image::{encode_image, SaveFormat};
+use fvl_wgpu::output::{check_writable, write_file};
 use fvl_wgpu::postprocess::Answer;
 use fvl_wgpu::{Error, Result};
 
@@ -196,9 +197,22 @@ fn points(flat: &[i32]) -> Vec<(i64, i64)> {
         .collect()
 }
 
-/// Draws `answer` on `image` and writes the PNG `path` (never over one of `inputs`). A plain-text answer leaves the
-/// image as it is.
-pub fn draw(image: &RgbImage, answer: &Answer, path: &Path, inputs: &[&Path]) -> Result<()> {
+/// Checks `--annotate` before the run: a writable new or regular file, none of `inputs`, with
+/// an extension naming the format to write.
+pub fn check(path: &Path, inputs: &[&Path]) -> Result<SaveFormat> {
+    let format = SaveFormat::from_path(path)?;
+    check_writable(path, inputs)?;
+    Ok(format)
+}
+
+/// Draws `answer` on `image` and writes it to `path` as `format` (never over one of
+/// `inputs`). A plain-text answer leaves the image as it is.
+pub fn draw(
+    image: &RgbImage,
+    answer: &Answer,
+    (path, format): (&Path, SaveFormat),
+    inputs: &[&Path],
+) -> Result<()> {
     let canvas =
         image::RgbImage::from_raw(image.width as u32, image.height as u32, image.data.clone())
             .ok_or_else(|| Error::input("decoded image has the wrong size"))?;
@@ -252,9 +266,12 @@ pub fn draw(image: &RgbImage, answer: &Answer, path: &Path, inputs: &[&Path]) ->
             c.label(label, (x, y), rgb);
         }
     }
-    let mut png = std::io::Cursor::new(Vec::new());
-    c.0.write_to(&mut png, image::ImageFormat::Png)
-        .map_err(|e| Error::input(format!("PNG encoding failed: {e}")))?;
-    write_file(path, inputs, |w| w.write_all(png.get_ref()))?;
+    let drawn = RgbImage {
+        width: image.width,
+        height: image.height,
+        data: c.0.into_raw(),
+    };
+    let bytes = encode_image(&drawn, format)?;
+    write_file(path, inputs, |w| w.write_all(&bytes))?;
     Ok(())
 }

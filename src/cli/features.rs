@@ -31,7 +31,7 @@ pub struct FeaturesArgs {
 pub fn run(args: &FeaturesArgs) -> Result<()> {
     let dir = &args.model.resolve()?;
     // Checked before the work, so a bad --out fails in a moment, not after the model ran.
-    fvl_wgpu::output::check_target(&args.out, &[dir, &args.image])?;
+    fvl_wgpu::output::check_writable(&args.out, &[dir, &args.image])?;
     let folder = FeaturesFolder::open(dir)?;
     let layout = folder.layout();
     let t0 = Instant::now();

@@ -37,7 +37,8 @@ pub struct Florence2Args {
     /// generation settings, as --num-beams (Florence-2's: 3).
     #[arg(long, value_name = "N")]
     pub no_repeat_ngram_size: Option<usize>,
-    /// Draw the boxes, quads and polygons with their labels on the image and save it as PNG.
+    /// Draw the boxes, quads and polygons with their labels on the image and save it; the
+    /// extension picks the format (.png, .jpg/.jpeg, .webp, .bmp). Checked before the run.
     #[arg(long, value_name = "OUT.png", conflicts_with = "images")]
     pub annotate: Option<PathBuf>,
 }
@@ -105,10 +106,11 @@ fn describe(answer: &Answer) -> String {
 /// or length over the position table) come before any GPU work.
 pub fn run(args: &Florence2Args) -> Result<()> {
     let dir = &args.model.resolve()?;
-    if let (Some(path), Some(image)) = (&args.annotate, &args.input.image) {
-        // Checked before the work, so a bad --annotate fails in a moment.
-        fvl_wgpu::output::check_target(path, &[dir, image])?;
-    }
+    // Checked before the work, so a bad --annotate fails in a moment.
+    let annotate = match (&args.annotate, &args.input.image) {
+        (Some(path), Some(image)) => Some((path.as_path(), annotate::check(path, &[dir, image])?)),
+        _ => None,
+    };
     if fvl_wgpu::text::bart::takes_text(&args.task) == Some(true) && args.text.is_none() {
         return Err(fvl_wgpu::Error::input(format!(
             "task {} needs --text, e.g. --text \"a red car\"",
@@ -143,9 +145,9 @@ pub fn run(args: &Florence2Args) -> Result<()> {
     };
     let image = model.preprocess(ImageInput::Path(image_path))?;
     let out = model.run_plan(&image, &plan, &mut |_| true)?;
-    if let Some(path) = &args.annotate {
+    if let Some(target) = annotate {
         let original = load_image(image_path)?;
-        annotate::draw(&original, &out.answer, path, &[image_path, dir])?;
+        annotate::draw(&original, &out.answer, target, &[image_path, dir])?;
     }
     if args.model.device.json {
         let summary = serde_json::json!({

@@ -23,6 +23,19 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
+/// `[rows, cols]` of a matrix `quantize` packed (`NAME.q4`, `[rows, row words]`).
+fn packed_cols(name: &str, shape: &[usize]) -> Option<(usize, usize)> {
+    let dtype = match name.rsplit('.').next()? {
+        "q8" => DType::Q8,
+        "q4" => DType::Q4,
+        _ => return None,
+    };
+    let &[rows, words] = shape else { return None };
+    // Packed rows are whole blocks of 32; the first length with this many words.
+    let cols = (1..=words).map(|b| b * 32).find(|&c| dtype.row_words(c) == words)?;
+    Some((rows, cols))
+}
+
 /// What kind of checkpoint the tensor names and config say this is.
 fn describe_layout(ck: &Checkpoint) -> String {
     let llm = ck.contains("model.embed_tokens.weight") || ck.stored_quant().is_some();
@@ -33,7 +46,10 @@ fn describe_layout(ck: &Checkpoint) -> String {
         (Ok(Florence2Layout::FlorenceVl), _, _) | (_, true, true) => {
             format!("Florence-VL (LLaVA layout: projector + Florence-2 tower + {decoder})")
         }
-        (Ok(layout), _, _) => format!("Florence-2 ({layout:?} names)"),
+        (Ok(Florence2Layout::Original), _, _) => {
+            "Florence-2 (Microsoft's original remote-code names)".into()
+        }
+        (Ok(_), _, _) => "Florence-2 (transformers' native names)".into(),
         (Err(_), true, _) => match ck.stored_quant() {
             Some(q) => format!("{decoder}, packed {} by fvl-wgpu quantize", q.name()),
             None => decoder,
@@ -49,14 +65,20 @@ pub fn run(args: &InspectArgs) -> Result<()> {
     // Matrices a load could quantize (rows whole blocks of 32), other matrices (f16 at most,
     // as loads fall back), and vectors (norms, biases: f32).
     let (mut blockable, mut matrices, mut vectors) = (0u64, 0u64, 0u64);
+    let stored = ck.stored_quant();
     for name in ck.names() {
         let (shape, dtype) = ck.info(name)?;
+        let (shape, dtype) = match (packed_cols(name, shape), stored) {
+            // A matrix packed by `quantize`: its parameters, not its storage words.
+            (Some((rows, cols)), Some(q)) => (vec![rows, cols], q.name().to_string()),
+            _ => (shape.to_vec(), format!("{dtype:?}").to_lowercase()),
+        };
         let n: u64 = shape.iter().map(|&d| d as u64).product();
-        let e = by_dtype.entry(format!("{dtype:?}")).or_default();
+        let e = by_dtype.entry(dtype).or_default();
         e.0 += 1;
         e.1 += n;
         params += n;
-        match shape {
+        match shape[..] {
             [_, cols] if cols % 32 == 0 => blockable += n,
             [_, _] => matrices += n,
             _ => vectors += n,
@@ -73,7 +95,15 @@ pub fn run(args: &InspectArgs) -> Result<()> {
         (blockable as f64 * per_block + matrices as f64 * per_matrix) as u64 + vectors * 4
     };
     let layout = describe_layout(&ck);
-    let formats = [DType::F32, DType::F16, DType::Q8, DType::Q4];
+    // The formats this folder can load as: a packed folder only its own; Florence-2's weights
+    // (tower and BART) are f32 or f16.
+    let formats = match (stored, Florence2Layout::detect(&ck)) {
+        (Some(q), _) => vec![q],
+        (None, Ok(Florence2Layout::HfNative | Florence2Layout::Original)) => {
+            vec![DType::F32, DType::F16]
+        }
+        _ => vec![DType::F32, DType::F16, DType::Q8, DType::Q4],
+    };
     if args.json {
         let dtypes: serde_json::Map<_, _> = by_dtype
             .iter()
@@ -105,7 +135,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
         );
     }
     println!("GPU memory for the weights (matrices in each format, vectors f32; KV cache and activations extra):");
-    for d in formats {
+    for &d in &formats {
         println!("  {:<4} {:>10.1} MB", d.name(), estimate(d) as f64 / 1e6);
     }
     Ok(())

@@ -67,6 +67,20 @@ pub(super) fn decode(data: &[u8]) -> Result<(RgbImage, Orientation), String> {
     Ok((img, orientation))
 }
 
+/// Encodes RGB bytes as a JPEG: quality 95, no chroma subsampling. Errors are one phrase.
+pub(super) fn encode(img: &RgbImage) -> Result<Vec<u8>, String> {
+    let image = Image {
+        pixels: &img.data[..],
+        width: img.width,
+        pitch: img.width * 3,
+        height: img.height,
+        format: PixelFormat::RGB,
+    };
+    turbojpeg::compress(image, 95, turbojpeg::Subsamp::None)
+        .map(|buf| buf.to_vec())
+        .map_err(|e| libjpeg_message(&e))
+}
+
 /// What PIL calls "image file is truncated": the data ends before the decoder is done.
 const TRUNCATED: &str = "truncated JPEG data (the file ends before the image does)";
 

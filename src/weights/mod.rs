@@ -614,7 +614,7 @@ pub fn write_quantized(
 ) -> Result<(usize, u64)> {
     if !dtype.is_quantized() {
         return Err(Error::input(format!(
-            "--quant {}: expected q8 or q4",
+            "{} is not a packed format: expected q8 or q4",
             dtype.name()
         )));
     }
@@ -628,24 +628,7 @@ pub fn write_quantized(
     // Refused before anything is created: an output folder that resolves to the model folder
     // (or inside it) would replace the files being read.
     crate::output::check_out_dir(out, ck.dir(), "--out")?;
-    std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;
     let inputs = [ck.dir()];
-    for entry in std::fs::read_dir(ck.dir()).map_err(|e| Error::file(ck.dir(), e))? {
-        let path = entry.map_err(|e| Error::file(ck.dir(), e))?.path();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        // Everything but the weights (config, tokenizer) is copied; the packed
-        // model.safetensors replaces safetensors and PyTorch files alike.
-        let weights = name.ends_with(".safetensors")
-            || (name.starts_with("pytorch_model") && name.ends_with(".bin"))
-            || name == INDEX
-            || name == TORCH_INDEX;
-        if path.is_file() && !weights {
-            crate::output::copy_file(&path, &out.join(&name), &inputs)?;
-        }
-    }
     let mut tensors: Vec<(String, Dtype, Vec<usize>, std::borrow::Cow<[u8]>)> = Vec::new();
     let mut quantized = 0;
     for name in ck.names() {
@@ -679,10 +662,59 @@ pub fn write_quantized(
         }
         tensors.push((name.to_string(), dt, shape.to_vec(), bytes.into()));
     }
+    if quantized == 0 {
+        return Err(nothing_to_pack(ck, dtype, quantize));
+    }
+    // Only now, with every tensor read and checked, is anything created.
+    std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;
+    for entry in std::fs::read_dir(ck.dir()).map_err(|e| Error::file(ck.dir(), e))? {
+        let path = entry.map_err(|e| Error::file(ck.dir(), e))?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        // Everything but the weights (config, tokenizer) is copied; the packed
+        // model.safetensors replaces safetensors and PyTorch files alike.
+        let weights = name.ends_with(".safetensors")
+            || (name.starts_with("pytorch_model") && name.ends_with(".bin"))
+            || name == INDEX
+            || name == TORCH_INDEX;
+        if path.is_file() && !weights {
+            crate::output::copy_file(&path, &out.join(&name), &inputs)?;
+        }
+    }
     let path = out.join(SINGLE);
     let meta = BTreeMap::from([("fvl_wgpu_quant".to_string(), dtype.name().to_string())]);
     let written = save_safetensors(&path, &tensors, Some(&meta), &inputs)?;
     Ok((quantized, written))
+}
+
+/// Why [`write_quantized`] packed no matrix (a copy would only be a slower copy): no
+/// language-model matrices, or none with rows of whole blocks of 32.
+fn nothing_to_pack(ck: &Checkpoint, dtype: DType, quantize: &dyn Fn(&str) -> bool) -> Error {
+    let mut widths = std::collections::BTreeSet::new();
+    for name in ck.names().filter(|n| quantize(n)) {
+        if let Ok((&[_, cols], _)) = ck.info(name) {
+            widths.insert(cols);
+        }
+    }
+    let why = if widths.is_empty() {
+        "it has no language-model matrices (packing is for Llama, Phi-3 and Florence-VL; \
+         Florence-2 weights load as f32 or f16)"
+            .to_string()
+    } else {
+        let widths: Vec<String> = widths.iter().map(usize::to_string).collect();
+        format!(
+            "its language-model matrices have rows of {} values, and {} packs whole blocks of 32",
+            widths.join(", "),
+            dtype.name()
+        )
+    };
+    Error::input(format!(
+        "{}: nothing to pack as {}: {why}",
+        ck.dir().display(),
+        dtype.name()
+    ))
 }
 
 /// One tensor to write: name, dtype, shape and its little-endian bytes.
