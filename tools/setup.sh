@@ -15,7 +15,9 @@ has_vulkan_driver() {
   done
   return 1
 }
-has_lib() { ldconfig -p 2>/dev/null | grep -q "$1"; }
+# Not `grep -q`: it stops reading at the first match, ldconfig then dies of SIGPIPE, and under
+# pipefail a library that is there reads as missing (it did, at random, on an idle machine).
+has_lib() { ldconfig -p 2>/dev/null | grep "$1" >/dev/null; }
 
 missing=()
 has_lib 'libvulkan\.so\.1 ' || missing+=(libvulkan1)
