@@ -4,9 +4,11 @@
 
 mod common;
 
+use common::{copy_fixture, edit_json, scratch};
+
 use std::io::{Read, Write};
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// Runs the binary with `stdin` as its input: (exit code, stdout, stderr).
@@ -46,32 +48,6 @@ fn one_line_error(code: i32, err: &str) {
     assert_eq!(errors, 1, "{err}");
     assert!(err.trim_end().lines().last().unwrap().starts_with("error:"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
-}
-
-/// A fresh empty folder for one test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fvl-bad-input-{name}-{}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Copies the fixture folder `name` to `to` (files only).
-fn copy_fixture(name: &str, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(common::fixture_path(name)).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_file() {
-            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
-        }
-    }
-}
-
-fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    edit(&mut v);
-    std::fs::write(path, serde_json::to_string(&v).unwrap()).unwrap();
 }
 
 /// Adds the token `content` with id `id` to a `tokenizer.json`.

@@ -3,8 +3,10 @@
 
 mod common;
 
+use common::{copy_fixture, edit_json, scratch};
+
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 fn fvl_in(dir: Option<&Path>, args: &[&str]) -> (i32, String, String) {
@@ -23,25 +25,6 @@ fn fvl_in(dir: Option<&Path>, args: &[&str]) -> (i32, String, String) {
 
 fn fvl(args: &[&str]) -> (i32, String, String) {
     fvl_in(None, args)
-}
-
-/// A fresh empty folder for one test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fvl-safety-{name}-{}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Copies the fixture folder `name` into `to` (files only).
-fn copy_fixture(name: &str, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(common::fixture_path(name)).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_file() {
-            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
-        }
-    }
 }
 
 /// Every file of a folder with its bytes, to show nothing changed.
@@ -239,12 +222,6 @@ fn quantize_refuses_non_finite_weights() {
 }
 
 /// Rewrites the JSON file `path` with `edit`.
-fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    edit(&mut v);
-    std::fs::write(path, v.to_string()).unwrap();
-}
 
 /// The error of `open` with `name` (the offending string) replaced by `X`, so messages for
 /// different names compare equal exactly when they reveal nothing more.

@@ -118,3 +118,31 @@ pub fn fixture_tensor(rel: &str, name: &str) -> (Vec<usize>, Vec<f32>) {
         .collect();
     (t.shape().to_vec(), data)
 }
+
+/// A fresh empty folder for one test, named after the test binary and `name`.
+pub fn scratch(name: &str) -> std::path::PathBuf {
+    let crate_name = env!("CARGO_CRATE_NAME");
+    let dir = std::env::temp_dir().join(format!("fvl-{crate_name}-{name}-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Copies the fixture folder `name` into `to` (files only).
+pub fn copy_fixture(name: &str, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(fixture_path(name)).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+/// Rewrites the JSON file at `path` through `edit`.
+pub fn edit_json(path: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(path, v.to_string()).unwrap();
+}
