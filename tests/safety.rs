@@ -48,6 +48,15 @@ fn one_line_error(code: i32, err: &str) {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// `stderr` without the lines every run may print before an error: the device line and the
+/// kernel-compile notes a cold shader cache adds.
+fn without_run_notes(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| !l.starts_with("device:") && !l.contains("GPU kernels"))
+        .collect()
+}
+
 /// Item 1: `quantize --out` naming the model folder in any spelling (relative, absolute,
 /// through a symlink, `..`, a subfolder) is refused and every source file is left intact.
 #[test]
@@ -386,7 +395,7 @@ fn non_finite_weights_are_refused_at_load() {
         "--quant",
         "f32",
     ]);
-    one_line_error(code, &err.lines().filter(|l| !l.starts_with("device:")).collect::<Vec<_>>().join("\n"));
+    one_line_error(code, &without_run_notes(&err).join("\n"));
     assert!(err.contains("model.layers.0.self_attn.q_proj.weight"), "{err}");
 }
 
@@ -487,10 +496,7 @@ fn tensors_beyond_their_dtype_range_upload_as_f32() {
 /// logits.
 fn fails_with_non_finite_logits(args: &[&str]) {
     let (code, out, err) = fvl(args);
-    let err: Vec<_> = err
-        .lines()
-        .filter(|l| !l.starts_with("device:") && !l.contains("GPU kernels"))
-        .collect();
+    let err = without_run_notes(&err);
     one_line_error(code, &err.join("\n"));
     let line = err[0];
     assert!(
