@@ -39,6 +39,57 @@ pub enum Error {
     /// A hub id, the Hugging Face cache or a download: what failed and how to fix it.
     #[error("{0}")]
     Hub(String),
+    /// A value the caller chose for one of the library's settings cannot work. The message
+    /// names the setting as [`Setting::name`] does, so a front end can put its own word for
+    /// it there ([`Error::naming`]; the CLI names its flag).
+    #[error("{msg}")]
+    Setting {
+        /// The setting at fault.
+        setting: Setting,
+        /// What is wrong, naming the setting once as [`Setting::name`] says.
+        msg: String,
+    },
+}
+
+/// A setting of the library's API that an [`Error::Setting`] names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Setting {
+    /// Beams of a Florence-2 beam search (`TaskOptions::num_beams`).
+    NumBeams,
+    /// Most tokens to generate (`TaskOptions::max_new_tokens`).
+    MaxNewTokens,
+    /// The text input of a Florence-2 task (`Task::new`'s `text`).
+    TaskText,
+    /// The weight storage a model is loaded as (the `DType` given to a load).
+    WeightStorage,
+    /// The folder with Florence-2's `tokenizer.json` for Florence-VL's encoder prompts.
+    TowerTokenizer,
+    /// The adapter to open (`GpuOptions::adapter`).
+    Adapter,
+    /// The folder a command writes into (`weights::write_quantized`'s `out`).
+    OutputFolder,
+    /// The images of a batch (`pipeline::batch::expand_inputs`).
+    Images,
+    /// The folders whose images a server may read (`ServeOptions::allow_paths`).
+    AllowedFolders,
+}
+
+impl Setting {
+    /// How the library's messages name the setting, in plain words.
+    pub fn name(self) -> &'static str {
+        match self {
+            Setting::NumBeams => "num_beams",
+            Setting::MaxNewTokens => "max_new_tokens",
+            Setting::TaskText => "the task text",
+            Setting::WeightStorage => "weight storage",
+            Setting::TowerTokenizer => "the Florence-2 tokenizer folder",
+            Setting::Adapter => "adapter",
+            Setting::OutputFolder => "the output folder",
+            Setting::Images => "the image list",
+            Setting::AllowedFolders => "allowed folder",
+        }
+    }
 }
 
 impl Error {
@@ -55,6 +106,23 @@ impl Error {
         Error::NonFinite(format!(
             "step {step}: the model produced non-finite logits (NaN/Inf); the weights or inputs overflow"
         ))
+    }
+    /// A bad value for `setting`; `msg` names it once as [`Setting::name`] says.
+    pub fn setting(setting: Setting, msg: impl fmt::Display) -> Self {
+        let msg = msg.to_string();
+        debug_assert!(msg.contains(setting.name()), "{msg:?} does not name {setting:?}");
+        Error::Setting { setting, msg }
+    }
+    /// The message with the setting of an [`Error::Setting`] named as `word` says (a CLI's
+    /// flag), where `word` has one; any other error as [`Display`](fmt::Display) shows it.
+    pub fn naming(&self, word: impl Fn(Setting) -> Option<&'static str>) -> String {
+        match self {
+            Error::Setting { setting, msg } => match word(*setting) {
+                Some(w) => msg.replacen(setting.name(), w, 1),
+                None => msg.clone(),
+            },
+            other => other.to_string(),
+        }
     }
     /// A problem with the file at `path`.
     pub fn file(path: impl AsRef<std::path::Path>, msg: impl fmt::Display) -> Self {

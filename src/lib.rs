@@ -28,4 +28,4 @@ pub mod server;
 pub mod text;
 pub mod weights;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, Setting};

@@ -5,7 +5,7 @@ mod cli;
 fn main() {
     quiet_headless_vulkan();
     if let Err(e) = cli::run() {
-        eprintln!("error: {e}");
+        eprintln!("error: {}", e.naming(cli::flag));
         std::process::exit(1);
     }
 }

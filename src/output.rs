@@ -11,7 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Component, Path, PathBuf};
 
-use crate::{Error, Result};
+use crate::{Error, Result, Setting};
 
 fn err(path: &Path, msg: impl std::fmt::Display) -> Error {
     Error::File {
@@ -61,13 +61,14 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
 
 /// Refuses an output folder that is, or lies inside, the input folder `input`
 /// (after resolving `.`, `..` and symlinks): writing there would replace the files being read.
-pub fn check_out_dir(out: &Path, input: &Path, flag: &str) -> Result<()> {
+pub fn check_out_dir(out: &Path, input: &Path) -> Result<()> {
     let (o, i) = (resolve(out)?, resolve(input)?);
     if o.starts_with(&i) {
-        return Err(err(
-            out,
+        return Err(Error::setting(
+            Setting::OutputFolder,
             format!(
-                "{flag} is {} the input folder {}; choose a folder outside it",
+                "{}: the output folder is {} the input folder {}; choose a folder outside it",
+                out.display(),
                 if o == i { "the same folder as" } else { "inside" },
                 input.display()
             ),

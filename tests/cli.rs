@@ -292,3 +292,78 @@ fn inspect_names_the_layout_and_memory_per_format() {
     assert_ne!(code, 0);
     assert!(err.contains("/no/such/model"), "{err}");
 }
+
+/// The stderr lines `fvl-wgpu ARGS` prints up to the first that starts with `until`; the
+/// process is then stopped (a bench says its sizes before the long work starts).
+fn stderr_until(args: &[&str], until: &str) -> Vec<String> {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fvl-wgpu"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = vec![];
+    for line in std::io::BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let done = line.starts_with(until);
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    child.kill().ok();
+    child.wait().ok();
+    lines
+}
+
+/// Issue 15: on a CPU adapter (lavapipe) the benches' size flags that are not given take light
+/// values, said on stderr with the flags for the full sizes and recorded in --json; the flags
+/// given are kept. On a GPU the full sizes stay the defaults.
+#[test]
+fn benches_pick_light_sizes_on_a_cpu_adapter_unless_told() {
+    let software = fvl_wgpu::gpu::Gpu::new(&Default::default()).unwrap().is_software();
+    let run = |args: &[&str]| {
+        let (code, out, err) = fvl(args, &[]);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect(&out);
+        (v, err)
+    };
+    let (v, err) = run(&["bench", "kernels", "--only", "gelu", "--json"]);
+    assert_eq!((v["quick"].as_bool(), v["light_defaults"].as_bool()), (Some(software), Some(software)));
+    assert_eq!(err.contains("CPU adapter: light sizes --quick"), software, "{err}");
+    let (v, err) = run(&["bench", "kernels", "--full", "--only", "gelu", "--json"]);
+    assert_eq!(v["quick"], false, "--full is kept");
+    assert!(!err.contains("light sizes"), "{err}");
+
+    // The whole vision bench at a small given size: the config not given is the light one.
+    let (v, err) = run(&["bench", "vision", "--size", "64", "--json"]);
+    let config = if software { "base" } else { "large" };
+    assert_eq!((v["config"].as_str(), v["image_size"].as_u64()), (Some(config), Some(64)), "{err}");
+    assert_eq!(v["light_defaults"], software);
+
+    // No size flags: light sizes on a CPU adapter, said before any work (then stopped).
+    let said = stderr_until(&["bench", "vision", "--json"], "DaViT-");
+    let (note, sizes) = if software {
+        (
+            Some("CPU adapter: light sizes --config base --size 384 ("),
+            "DaViT-base + image head at 384²",
+        )
+    } else {
+        (None, "DaViT-large + image head at 768²")
+    };
+    assert!(said.last().unwrap().starts_with(sizes), "{said:?}");
+    let noted = said.iter().find(|l| l.starts_with("CPU adapter"));
+    match note {
+        Some(n) => assert!(
+            noted.is_some_and(|l| l.starts_with(n) && l.contains("--config large --size 768")),
+            "{said:?}"
+        ),
+        None => assert!(noted.is_none(), "{said:?}"),
+    }
+    // An explicit --config large is kept; only the size not given is light.
+    let said = stderr_until(&["bench", "vision", "--config", "large", "--json"], "DaViT-");
+    let size = if software { 384 } else { 768 };
+    assert!(said.last().unwrap().starts_with(&format!("DaViT-large + image head at {size}²")), "{said:?}");
+    assert!(said.iter().all(|l| !l.contains("--config base")), "{said:?}");
+}

@@ -79,3 +79,31 @@ fn help_texts_say_what_the_commands_do() {
     assert!(!help.contains("(or, later, whole models)"), "{help}");
     assert!(!help.contains("every kernel family"), "{help}");
 }
+
+/// Issue 15: every phase of a run says itself on stderr, one line `phase…` each when stderr is
+/// not a terminal (as here), in order: what a log of a minutes-long run on a CPU adapter shows.
+#[test]
+fn florence2_and_infer_say_each_phase_on_stderr() {
+    let phases = |args: &[&str], want: &[&str]| {
+        let (code, _, err) = stderr_of(&mut fvl(args));
+        assert_eq!(code, 0, "{err}");
+        // Kernel compilation says itself too, on a cold cache only.
+        let said: Vec<&str> = err
+            .lines()
+            .filter(|l| l.ends_with('…') && !l.contains("GPU kernels"))
+            .collect();
+        assert_eq!(said, want, "{err}");
+    };
+    let image = "tests/fixtures/images/photo.png";
+    phases(
+        &["florence2", "-m", "tests/fixtures/florence2-a", "-i", image, "--task", "<OD>", "-n", "6", "--json"],
+        &["loading the model…", "vision and encoder…", "decoding…"],
+    );
+    phases(
+        &[
+            "infer", "-m", "tests/fixtures/florence-vl-tiny", "-i", image,
+            "--florence-tokenizer", "tests/fixtures/florence2-a", "-p", "What is shown?", "-n", "4", "--json",
+        ],
+        &["loading the model…", "vision (tower, encoder, projector)…", "prefill…", "decoding…"],
+    );
+}

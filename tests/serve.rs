@@ -283,7 +283,8 @@ fn answers_equal_infer_plain_streamed_and_concurrent() {
         .as_u64()
         .is_some());
 
-    // The same image as a file under --allow-path; outside it, a 400.
+    // The same image as a file under an allowed folder; outside them, a 400 that names the
+    // server's setting (not the CLI's flag: the server is the library's).
     let file = format!(
         "file://{}",
         fixture_path("images/photo.png")
@@ -305,7 +306,7 @@ fn answers_equal_infer_plain_streamed_and_concurrent() {
         v["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("--allow-path"),
+            .contains("allowed folders (allow_paths)"),
         "{v}"
     );
 

@@ -52,14 +52,14 @@ if [ $quick = 1 ]; then
 else
   cargo test --release --locked --test conformance -q >&2
   printf '%s"conformance": "passed"\n' "$sep" >> "$tmp"
-  run kernels bench kernels
+  run kernels bench kernels --full
   for cfg in llama-1b llama-8b; do
     for q in q4 q8 f16; do
-      run "decode_${cfg}_$q" bench decode --config "$cfg" --quant "$q"
+      run "decode_${cfg}_$q" bench decode --config "$cfg" --quant "$q" --prompt 64 --tokens 16
     done
   done
   run vision_large_768 bench vision --config large --size 768
-  run e2e_large_llama-8b_q4 bench e2e
+  run e2e_large_llama-8b_q4 bench e2e --vision large --llm llama-8b --size 768 --tokens 8
 fi
 echo "}" >> "$tmp"
 mv "$tmp" "$out"

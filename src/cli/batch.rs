@@ -73,7 +73,7 @@ fn lines<T: Send>(
             }
             Err(e) => {
                 errors += 1;
-                json!({"image": path.display().to_string(), "error": e.to_string()})
+                json!({"image": path.display().to_string(), "error": e.naming(super::flag)})
             }
         };
         writeln!(sink, "{line}")

@@ -10,7 +10,7 @@ use fvl_wgpu::pipeline::features::FeaturesFolder;
 use fvl_wgpu::weights::{save_safetensors, Dtype, TensorBytes};
 use fvl_wgpu::Result;
 
-use super::{ModelArgs, Precision};
+use super::{phase, ModelArgs, Precision};
 
 /// Arguments of `features`.
 #[derive(clap::Args)]
@@ -39,11 +39,14 @@ pub fn run(args: &FeaturesArgs) -> Result<()> {
     let tensors = folder.tower_tensor_count();
     let (model, dtype) =
         args.model
-            .load_with_progress(tensors, "loading vision tower", |gpu, dtype, tick| {
+            .load_with_progress(tensors, "loading the model", |gpu, dtype, tick| {
                 folder.load(gpu, dtype, tick)
             })?;
     let t_load = t0.elapsed();
-    let out = model.run(&image)?;
+    let out = {
+        let _vision = phase("vision and encoder");
+        model.run(&image)?
+    };
 
     let (rows, d) = out.shape;
     let batched = vec![1, rows, d];
@@ -62,7 +65,9 @@ pub fn run(args: &FeaturesArgs) -> Result<()> {
             (n.to_string(), Dtype::F32, s.clone(), bytes.into())
         })
         .collect();
+    let writing = phase(format!("writing {}", args.out.display()));
     save_safetensors(&args.out, &views, None, &[dir, &args.image])?;
+    drop(writing);
     let summary = serde_json::json!({
         "model": dir.display().to_string(),
         "layout": format!("{layout:?}"),

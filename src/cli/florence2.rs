@@ -10,7 +10,7 @@ use fvl_wgpu::pipeline::florence2::Florence2Folder;
 use fvl_wgpu::pipeline::{Answer, ImageInput, Task, TaskOptions};
 use fvl_wgpu::Result;
 
-use super::{annotate, batch, ImagesArgs, ModelArgs, Precision};
+use super::{annotate, batch, phase, ImagesArgs, ModelArgs, Precision};
 
 /// Arguments of `florence2`.
 #[derive(clap::Args)]
@@ -130,7 +130,7 @@ pub fn run(args: &Florence2Args) -> Result<()> {
     let tensors = folder.tower_tensor_count();
     let (model, dtype) =
         args.model
-            .load_with_progress(tensors, "loading vision tower", |gpu, dtype, tick| {
+            .load_with_progress(tensors, "loading the model", |gpu, dtype, tick| {
                 folder.load(gpu, dtype, tick)
             })?;
     let t_load = t0.elapsed();
@@ -144,8 +144,18 @@ pub fn run(args: &Florence2Args) -> Result<()> {
         });
     };
     let image = model.preprocess(ImageInput::Path(image_path))?;
-    let out = model.run_plan(&image, &plan, &mut |_| true)?;
+    // The first step's callback ends the vision pass and the encoder.
+    let mut vision = Some(phase("vision and encoder"));
+    let mut decoding = None;
+    let out = model.run_plan(&image, &plan, &mut |_| {
+        if vision.take().is_some() {
+            decoding = Some(phase("decoding"));
+        }
+        true
+    })?;
+    drop((vision, decoding));
     if let Some(target) = annotate {
+        let _writing = phase(format!("drawing the answer on {}", target.0.display()));
         let original = load_image(image_path)?;
         annotate::draw(&original, &out.answer, target, &[image_path, dir])?;
     }

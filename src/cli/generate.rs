@@ -13,7 +13,7 @@ use fvl_wgpu::weights::Checkpoint;
 use fvl_wgpu::{Error, Result};
 
 use super::chat::{read_question, report_turn};
-use super::{progress, DecodeArgs, ModelArgs, Quant};
+use super::{progress, AnswerPhases, DecodeArgs, ModelArgs, Quant};
 
 /// Arguments of `generate`.
 #[derive(clap::Args)]
@@ -92,9 +92,11 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let seed = args.decode.seed();
     let mut session = Session::new(&gpu, &llama, cache_len, pick, seed.unwrap_or(0))?;
 
+    let mut phases = AnswerPhases::start("prefill", args.model.device.json);
     let t0 = Instant::now();
     let first = session.prefill(Prompt::Ids(&prompt), false)?;
     let prefill_s = t0.elapsed().as_secs_f64();
+    phases.piece();
     let mut stream = TextStream::default();
     let mut text = String::new();
     let mut stdout = std::io::stdout();
@@ -117,6 +119,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         }
         Ok(true)
     })?;
+    drop(phases);
     let (ids, stopped, decode_tps) = (gen.ids, gen.stopped.name(), gen.decode_tokens_per_s);
     let prefill_tps = prompt.len() as f64 / prefill_s;
     if args.model.device.json {

@@ -12,7 +12,7 @@ use fvl_wgpu::weights::Checkpoint;
 use fvl_wgpu::{Error, Result};
 
 use super::chat::{read_question, report_turn};
-use super::{batch, DecodeArgs, ImagesArgs, ModelArgs, Quant, TowerTokenizerArgs};
+use super::{batch, phase, AnswerPhases, DecodeArgs, ImagesArgs, ModelArgs, Quant, TowerTokenizerArgs};
 
 /// Arguments of `infer`.
 #[derive(clap::Args)]
@@ -47,7 +47,9 @@ pub fn run(args: &InferArgs) -> Result<()> {
     let stored = Checkpoint::open(&model)?.stored_quant();
     let quant = args.model.dtype(&gpu, stored);
     let tokenizer = args.tokenizer.resolve()?;
+    let loading = phase("loading the model");
     let mut m = FlorenceVl::load(gpu, &model, quant, tokenizer.as_deref())?;
+    drop(loading);
     m.model.keep_mean_token = !args.drop_mean_token;
     let load_s = t0.elapsed().as_secs_f64();
     let seed = args.decode.seed();
@@ -80,14 +82,22 @@ pub fn run(args: &InferArgs) -> Result<()> {
         }
         return interactive(&m, &image, &opts);
     };
+    let seen = {
+        let _vision = phase("vision (tower, encoder, projector)");
+        m.see(&image)?
+    };
+    let mut chat = m.open_chat(&seen, &opts)?;
+    let mut phases = AnswerPhases::start("prefill", json);
     let mut stdout = std::io::stdout();
-    let (_, answer) = m.chat_preprocessed(&image, question, &opts, &mut |piece| {
+    let answer = chat.ask(question, &opts, &mut |piece| {
+        phases.piece();
         if !json {
             print!("{piece}");
             stdout.flush().ok();
         }
         true
     })?;
+    drop(phases);
     let (stopped, prompt_len, decode_tps) = (
         answer.stopped.name(),
         answer.prompt_positions,
@@ -129,7 +139,10 @@ pub fn run(args: &InferArgs) -> Result<()> {
 /// outside the vocabulary) or a line that is not text gets one line on stderr and the chat
 /// goes on; so does a full context, which the chat handles by dropping its oldest turns.
 fn interactive(m: &FlorenceVl, image: &Preprocessed, opts: &AskOptions) -> Result<()> {
-    let seen = m.see(image)?;
+    let seen = {
+        let _vision = phase("vision (tower, encoder, projector)");
+        m.see(image)?
+    };
     let mut chat = m.open_chat(&seen, opts)?;
     let print = &mut |piece: &str| {
         print!("{piece}");

@@ -83,9 +83,12 @@ enum BenchWhat {
     Kernels {
         #[command(flatten)]
         device: DeviceArgs,
-        /// Smaller sizes, for a quick look on slow (software) devices.
+        /// Smaller sizes, for a quick look on slow devices (the default on a CPU adapter).
         #[arg(long)]
         quick: bool,
+        /// The full sizes, also on a CPU adapter.
+        #[arg(long, conflicts_with = "quick")]
+        full: bool,
         /// Only kernels whose name contains this text (e.g. `matvec`).
         #[arg(long, value_name = "TEXT")]
         only: Option<String>,
@@ -95,9 +98,13 @@ enum BenchWhat {
     Florence2 {
         #[command(flatten)]
         device: DeviceArgs,
-        /// Model size: base or large.
-        #[arg(long, default_value = "large")]
-        config: String,
+        /// Model size: base or large (default: large, or base on a CPU adapter).
+        #[arg(long, value_name = "SIZE")]
+        config: Option<String>,
+        /// Square image side in pixels the encoder's image rows come from (default: 768, or
+        /// 384 on a CPU adapter).
+        #[arg(long, value_name = "PIXELS")]
+        size: Option<usize>,
         /// Weight storage (default: f16 where the adapter has SHADER_F16, else f32).
         #[arg(long, visible_alias = "quant", value_enum, value_name = "FORMAT")]
         precision: Option<Precision>,
@@ -113,34 +120,35 @@ enum BenchWhat {
         /// Weight storage of the linear layers.
         #[arg(long, visible_alias = "quant", value_enum, default_value = "q4", value_name = "FORMAT")]
         precision: Quant,
-        /// Prompt tokens for the prefill.
-        #[arg(short = 'p', long, default_value_t = 64)]
-        prompt: usize,
-        /// Decode steps to time.
-        #[arg(long, default_value_t = 16)]
-        tokens: usize,
+        /// Prompt tokens for the prefill (default: 64, or 16 on a CPU adapter).
+        #[arg(short = 'p', long, value_name = "N")]
+        prompt: Option<usize>,
+        /// Decode steps to time (default: 16, or 4 on a CPU adapter).
+        #[arg(long, value_name = "N")]
+        tokens: Option<usize>,
     },
     /// Florence-VL end to end at the real sizes, random weights: time to first token split
     /// into vision + fusion and prefill, decode tokens/s, memory.
     E2e {
         #[command(flatten)]
         device: DeviceArgs,
-        /// Florence-2 tower and encoder size: base or large (Florence-VL uses large).
-        #[arg(long, default_value = "large")]
-        vision: String,
-        /// Language model: llama-8b (Florence-VL 8B), phi3.5-mini (Florence-VL 3B) or llama-1b
-        /// (fits small machines).
-        #[arg(long, default_value = "llama-8b")]
-        llm: String,
+        /// Florence-2 tower and encoder size: base or large (Florence-VL uses large; the
+        /// default, or base on a CPU adapter).
+        #[arg(long, value_name = "SIZE")]
+        vision: Option<String>,
+        /// Language model: llama-8b (Florence-VL 8B; the default, or llama-1b on a CPU
+        /// adapter), phi3.5-mini (Florence-VL 3B) or llama-1b (fits small machines).
+        #[arg(long, value_name = "MODEL")]
+        llm: Option<String>,
         /// Weight storage of the linear layers.
         #[arg(long, visible_alias = "quant", value_enum, default_value = "q4", value_name = "FORMAT")]
         precision: Quant,
-        /// Square input image side in pixels.
-        #[arg(long, default_value_t = 768)]
-        size: usize,
-        /// Decode steps to time.
-        #[arg(long, default_value_t = 8)]
-        tokens: usize,
+        /// Square input image side in pixels (default: 768, or 384 on a CPU adapter).
+        #[arg(long, value_name = "PIXELS")]
+        size: Option<usize>,
+        /// Decode steps to time (default: 8, or 4 on a CPU adapter).
+        #[arg(long, value_name = "N")]
+        tokens: Option<usize>,
     },
     /// Checkpoint load speed: `Checkpoint::open` plus reading every tensor, for a
     /// safetensors and a PyTorch `.bin` file of random tensors (or a given model folder),
@@ -166,9 +174,9 @@ enum BenchWhat {
         /// Images: folders, globs or files (cycled to --count).
         #[arg(long, value_name = "DIR|GLOB|FILE", num_args = 1.., required = true)]
         images: Vec<PathBuf>,
-        /// Images to run.
-        #[arg(long, default_value_t = 8)]
-        count: usize,
+        /// Images to run (default: 8, or 3 on a CPU adapter).
+        #[arg(long, value_name = "N")]
+        count: Option<usize>,
         /// Weight storage (default: f16 where the adapter has SHADER_F16, else f32).
         #[arg(long, visible_alias = "quant", value_enum, value_name = "FORMAT")]
         precision: Option<Precision>,
@@ -177,12 +185,12 @@ enum BenchWhat {
     Vision {
         #[command(flatten)]
         device: DeviceArgs,
-        /// Model size: base or large.
-        #[arg(long, default_value = "large")]
-        config: String,
-        /// Square input image side in pixels.
-        #[arg(long, default_value_t = 768)]
-        size: usize,
+        /// Model size: base or large (default: large, or base on a CPU adapter).
+        #[arg(long, value_name = "SIZE")]
+        config: Option<String>,
+        /// Square input image side in pixels (default: 768, or 384 on a CPU adapter).
+        #[arg(long, value_name = "PIXELS")]
+        size: Option<usize>,
         /// Weight storage (default: f16 where the adapter has SHADER_F16, else f32).
         #[arg(long, visible_alias = "quant", value_enum, value_name = "FORMAT")]
         precision: Option<Precision>,
@@ -432,9 +440,31 @@ pub struct ImagesArgs {
     pub out: Option<PathBuf>,
 }
 
-/// A progress bar on stderr for `len` steps (hidden when stderr is not a terminal).
+/// The flag that sets a library setting, so that an error names what the user typed (the
+/// library's messages name the setting itself: "num_beams 0" is "--num-beams 0" here).
+pub fn flag(setting: fvl_wgpu::Setting) -> Option<&'static str> {
+    use fvl_wgpu::Setting;
+    Some(match setting {
+        Setting::NumBeams => "--num-beams",
+        Setting::MaxNewTokens => "--max-new-tokens",
+        Setting::TaskText => "--text",
+        Setting::WeightStorage => "--precision",
+        Setting::TowerTokenizer => "--florence-tokenizer DIR",
+        Setting::Adapter => "--device",
+        Setting::OutputFolder => "--out",
+        Setting::Images => "--images",
+        Setting::AllowedFolders => "--allow-path",
+        _ => return None,
+    })
+}
+
+/// A progress bar on stderr for `len` steps of `what`: drawn on a terminal, else one line
+/// `what…` as it starts (logs show every phase without a bar's redraws).
 pub fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len as u64);
+    if bar.is_hidden() {
+        eprintln!("{what}…");
+    }
     bar.set_style(
         indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len}")
             .expect("valid template")
@@ -442,6 +472,64 @@ pub fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
     );
     bar.set_message(what.to_string());
     bar
+}
+
+/// A phase of a command that may take a while, on stderr until dropped: a spinner with the
+/// time so far on a terminal (cleared at the end), else one line `what…` as it starts.
+pub struct Phase(indicatif::ProgressBar);
+
+/// Starts a [`Phase`].
+pub fn phase(what: impl Into<String>) -> Phase {
+    let what = what.into();
+    let bar = indicatif::ProgressBar::new_spinner();
+    if bar.is_hidden() {
+        eprintln!("{what}…");
+    } else {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg}… {elapsed}")
+                .expect("valid template"),
+        );
+        bar.set_message(what);
+        bar.enable_steady_tick(std::time::Duration::from_millis(100));
+    }
+    Phase(bar)
+}
+
+impl Drop for Phase {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+/// The phases of an answer streamed through a callback: "prefill" until the first piece of
+/// text, then "decoding" until dropped. Without `--json` the answer streams to stdout and is
+/// its own progress, so only the prefill is said.
+pub struct AnswerPhases {
+    json: bool,
+    now: Option<Phase>,
+    started: bool,
+}
+
+impl AnswerPhases {
+    /// The prefill of `what` (e.g. "prefill 90 positions") begins.
+    pub fn start(what: impl Into<String>, json: bool) -> AnswerPhases {
+        AnswerPhases {
+            json,
+            now: Some(phase(what)),
+            started: false,
+        }
+    }
+
+    /// A piece of the answer arrived: the first ends the prefill.
+    pub fn piece(&mut self) {
+        if !self.started {
+            self.started = true;
+            self.now = None;
+            if self.json {
+                self.now = Some(phase("decoding"));
+            }
+        }
+    }
 }
 
 /// Help and version go to stdout (exit 0); a usage error is printed as one line — clap's
@@ -506,9 +594,10 @@ pub fn run() -> Result<()> {
                 BenchWhat::Kernels {
                     device,
                     quick,
+                    full,
                     only,
                 },
-        } => bench::kernels(&device, quick, only.as_deref()),
+        } => bench::kernels(&device, quick, full, only.as_deref()),
         Command::Bench {
             what:
                 BenchWhat::E2e {
@@ -519,7 +608,7 @@ pub fn run() -> Result<()> {
                     size,
                     tokens,
                 },
-        } => bench::e2e(&device, &vision, &llm, precision.dtype(), size, tokens),
+        } => bench::e2e(&device, bench::E2e { vision, llm, size, tokens }, precision.dtype()),
         Command::Bench {
             what:
                 BenchWhat::Decode {
@@ -535,9 +624,10 @@ pub fn run() -> Result<()> {
                 BenchWhat::Florence2 {
                     device,
                     config,
+                    size,
                     precision,
                 },
-        } => bench::florence2(&device, &config, precision),
+        } => bench::florence2(&device, config, size, precision),
         Command::Bench {
             what:
                 BenchWhat::Batch {
@@ -556,7 +646,7 @@ pub fn run() -> Result<()> {
                     size,
                     precision,
                 },
-        } => bench::vision(&device, &config, size, precision),
+        } => bench::vision(&device, config, size, precision),
         Command::Bench {
             what:
                 BenchWhat::Load {

@@ -10,6 +10,8 @@ use fvl_wgpu::weights::llama::quantizable;
 use fvl_wgpu::weights::{write_quantized, Checkpoint};
 use fvl_wgpu::Result;
 
+use super::progress;
+
 use fvl_wgpu::gpu::DType;
 
 /// The formats `quantize` writes (f32/f16 are what a checkpoint already holds).
@@ -48,9 +50,18 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
     };
     let ck = Checkpoint::open(&model)?;
     let t = Instant::now();
-    let (count, bytes) = write_quantized(&ck, &args.out, dtype, &quantizable)?;
+    // Shown once the checks pass and the first tensor is read; it stays while the files are
+    // written and a tower folder copied.
+    let what = format!("packing as {} into {}", dtype.name(), args.out.display());
+    let bar = std::cell::OnceCell::new();
+    let tick = || bar.get_or_init(|| progress(ck.names().count(), &what)).inc(1);
+    let (count, bytes) = write_quantized(&ck, &args.out, dtype, &quantizable, &tick)?;
     // A Florence-VL folder's tower beside it must stay reachable from the copy.
-    if let Some(tower) = copy_tower_folder(&model, &args.out)? {
+    let tower = copy_tower_folder(&model, &args.out)?;
+    if let Some(bar) = bar.get() {
+        bar.finish_and_clear();
+    }
+    if let Some(tower) = tower {
         eprintln!("copied the Florence-2 tower folder to {}", tower.display());
     }
     let secs = t.elapsed().as_secs_f64();

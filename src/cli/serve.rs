@@ -34,6 +34,7 @@ impl ServedModel {
         })?;
         let is_vl = text.contains("\"mm_projector_type\"");
         let gpu = self.model.device.open()?;
+        let _loading = super::phase("loading the model");
         if is_vl {
             // A folder written by `quantize` loads in its own format unless told otherwise.
             let stored = fvl_wgpu::weights::Checkpoint::open(dir)?.stored_quant();

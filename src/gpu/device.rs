@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::pipelines::PipelineCache;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 
 /// Environment variable naming the adapter (name substring or index), like `--device`.
 pub const ENV_ADAPTER: &str = "FVL_ADAPTER";
@@ -179,8 +179,8 @@ fn type_rank(t: wgpu::DeviceType) -> u32 {
     }
 }
 
-/// `want`: what the user named and where (`--device` or `FVL_ADAPTER`), so an error names
-/// the setting they actually used.
+/// `want`: what the user named and where ([`GpuOptions::adapter`] or `FVL_ADAPTER`), so an
+/// error names the setting they actually used.
 fn pick_adapter(list: Vec<wgpu::Adapter>, want: Option<(&str, &str)>) -> Result<wgpu::Adapter> {
     if list.is_empty() {
         return Err(Error::NoAdapter(NO_ADAPTER_HELP.into()));
@@ -193,17 +193,25 @@ fn pick_adapter(list: Vec<wgpu::Adapter>, want: Option<(&str, &str)>) -> Result<
     match want {
         Some((source, w)) => {
             let choices = format!("the adapters are {}", names.join(", "));
+            // The caller's option is a setting a front end names its own way; the
+            // environment variable is named as it is.
+            let fail = |msg: String| {
+                if source == Setting::Adapter.name() {
+                    Error::setting(Setting::Adapter, msg)
+                } else {
+                    Error::NoAdapter(msg)
+                }
+            };
             if let Ok(i) = w.parse::<usize>() {
-                return list.into_iter().nth(i).ok_or_else(|| {
-                    Error::NoAdapter(format!("{source} {i}: no adapter {i}; {choices}"))
-                });
+                return list
+                    .into_iter()
+                    .nth(i)
+                    .ok_or_else(|| fail(format!("{source} {i}: there is no adapter {i}; {choices}")));
             }
             let lw = w.to_lowercase();
             list.into_iter()
                 .find(|a| a.get_info().name.to_lowercase().contains(&lw))
-                .ok_or_else(|| {
-                    Error::NoAdapter(format!("{source} {w:?} matches no adapter; {choices}"))
-                })
+                .ok_or_else(|| fail(format!("{source} {w:?} matches no adapter; {choices}")))
         }
         None => {
             // Prefer real GPUs, and among equals a backend with compute shaders that we test (Vulkan).
@@ -257,7 +265,7 @@ impl Gpu {
         let instance = instance();
         let env_adapter = std::env::var(ENV_ADAPTER).ok();
         let want = match (&opts.adapter, &env_adapter) {
-            (Some(a), _) => Some(("--device", a.as_str())),
+            (Some(a), _) => Some((Setting::Adapter.name(), a.as_str())),
             (None, Some(e)) => Some((ENV_ADAPTER, e.as_str())),
             (None, None) => None,
         };
@@ -358,6 +366,12 @@ impl Gpu {
             && self.subgroups
             && self.info.subgroup_min_size == 8
             && self.info.subgroup_max_size == 8
+    }
+
+    /// The adapter is a CPU (software) device such as lavapipe, where work sized for a GPU
+    /// takes minutes.
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
     }
 
     /// Seconds this device has spent compiling kernels (first runs; report it apart from

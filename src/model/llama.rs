@@ -19,7 +19,7 @@ use crate::weights::llama::EMBED;
 use crate::weights::Checkpoint;
 
 pub use crate::weights::llama::{Arch, LlamaConfig};
-use crate::{Error, Result};
+use crate::{Error, Result, Setting};
 
 use super::generate::{self, Decoder, Pick, Session, KV_LEN_SLOT, PAST_SLOT};
 use super::layers::{param, Linear, Source};
@@ -90,8 +90,8 @@ impl Llama {
         let cfg = LlamaConfig::from_checkpoint(ck)?;
         if let Some(stored) = ck.stored_quant() {
             if stored != quant {
-                return Err(Error::input(format!(
-                    "{} is quantized as {}; --quant {} mismatches (re-quantizing loses precision: use the original checkpoint)",
+                return Err(Error::setting(Setting::WeightStorage, format!(
+                    "{} is quantized as {}; weight storage {} mismatches (re-quantizing loses precision: use the original checkpoint)",
                     ck.dir().display(),
                     stored.name(),
                     quant.name()

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use crate::{Error, Result};
+use crate::{Error, Result, Setting};
 
 /// File extensions a folder or glob contributes (any file named explicitly is tried).
 const IMAGE_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "webp", "bmp"];
@@ -79,7 +79,7 @@ pub fn expand_inputs(specs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         }
     }
     if out.is_empty() {
-        return Err(Error::input("--images: no image files found"));
+        return Err(Error::setting(Setting::Images, "the image list: no image files found"));
     }
     Ok(out)
 }

@@ -70,8 +70,8 @@ impl ApiError {
 pub enum ImageRef {
     /// Bytes decoded from a `data:` URI (or plain base64).
     Data(Vec<u8>),
-    /// A local file named by `file://` or a plain path; the server checks it against
-    /// `--allow-path`.
+    /// A local file named by `file://` or a plain path; the server checks it against its
+    /// allowed folders (`ServeOptions::allow_paths`).
     File(PathBuf),
 }
 

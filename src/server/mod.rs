@@ -27,7 +27,7 @@ use tiny_http::{Header, Method, Request, Response};
 use crate::image::{decode_image, preprocess_image, PreprocessConfig, Preprocessed};
 use crate::model::generate::Pick;
 use crate::pipeline::{AskOptions, Task, TaskOptions};
-use crate::{Error, Result};
+use crate::{Error, Result, Setting};
 
 use api::{ApiError, ChatRequest, ImageRef};
 use worker::{Event, Job, Loaded, Outcome, Work};
@@ -107,7 +107,12 @@ pub fn serve(
         .iter()
         .map(|p| {
             p.canonicalize()
-                .map_err(|e| Error::input(format!("--allow-path {}: {e}", p.display())))
+                .map_err(|e| {
+                    Error::setting(
+                        Setting::AllowedFolders,
+                        format!("allowed folder {}: {e}", p.display()),
+                    )
+                })
         })
         .collect::<Result<Vec<_>>>()?;
     let prep = match &model {
@@ -299,7 +304,8 @@ fn read_body(req: &mut Request, shared: &Shared) -> std::result::Result<Vec<u8>,
     Ok(body)
 }
 
-/// Reads an image reference: bytes as sent, or a file under `--allow-path`.
+/// Reads an image reference: bytes as sent, or a file under one of
+/// [`ServeOptions::allow_paths`].
 fn image_bytes(r: ImageRef, shared: &Shared) -> std::result::Result<Vec<u8>, ApiError> {
     match r {
         ImageRef::Data(b) => Ok(b),
@@ -312,7 +318,7 @@ fn image_bytes(r: ImageRef, shared: &Shared) -> std::result::Result<Vec<u8>, Api
             if !inside {
                 return Err(ApiError::bad(
                     "image",
-                    format!("{shown}: not a file under an --allow-path folder"),
+                    format!("{shown}: not a file under one of the server's allowed folders (allow_paths)"),
                 ));
             }
             let max = shared.opts.max_body_bytes as u64;

@@ -171,7 +171,9 @@ pub fn run(model: &Loaded, jobs: Receiver<Job>, pending: &AtomicUsize) {
 
 fn internal(e: crate::Error) -> ApiError {
     match e {
-        crate::Error::Input(m) => ApiError::status(400, m),
+        e @ (crate::Error::Input(_) | crate::Error::Setting { .. }) => {
+            ApiError::status(400, e.to_string())
+        }
         other => ApiError::status(500, other.to_string()),
     }
 }

@@ -18,7 +18,7 @@ use super::hub::{Hub, Needs, RepoId};
 use super::{read_json, Checkpoint};
 use crate::image::PreprocessConfig;
 use crate::text::bart::BartTokenizer;
-use crate::{Error, Result};
+use crate::{Error, Result, Setting};
 
 /// Prefix of the tower's tensors in the main shards.
 const TOWER_PREFIX: &str = "model.vision_tower.vision_tower.";
@@ -196,8 +196,8 @@ impl FlorenceVlFolder {
             let ids = HARD_CODED_PROMPTS.iter().flatten().copied().collect();
             return Ok((ids, HARD_CODED_PROMPTS[0].len()));
         }
-        Err(Error::input(format!(
-            "{}: no Florence-2 tokenizer.json for the encoder prompts in the tower's folder {} and the tower's vocabulary ({}) is not Florence-2's; give a folder with the Florence-2 tokenizer.json (infer --florence-tokenizer DIR)",
+        Err(Error::setting(Setting::TowerTokenizer, format!(
+            "{}: no Florence-2 tokenizer.json for the encoder prompts in the tower's folder {} and the tower's vocabulary ({}) is not Florence-2's; give the Florence-2 tokenizer folder (one with Florence-2's tokenizer.json)",
             self.dir.display(),
             self.tower_dir.display(),
             text.vocab_size

@@ -24,7 +24,7 @@ use half::slice::HalfFloatSliceExt;
 use memmap2::Mmap;
 use safetensors::{SafeTensorError, SafeTensors};
 
-use crate::{Error, Result};
+use crate::{Error, Result, Setting};
 
 pub use safetensors::Dtype;
 
@@ -407,8 +407,8 @@ impl Checkpoint {
                 .into_iter()
                 .find(|d| self.contains(&format!("{name}.{}", d.name())))
             {
-                return Err(Error::input(format!(
-                    "{}: {name} is stored quantized as {} (written by fvl-wgpu quantize); it cannot be loaded as {} — use --quant {} or the original checkpoint",
+                return Err(Error::setting(Setting::WeightStorage, format!(
+                    "{}: {name} is stored quantized as {} (a packed checkpoint); it cannot be loaded as {} — use weight storage {} or the original checkpoint",
                     self.dir.display(),
                     other.name(),
                     dtype.name(),
@@ -604,13 +604,15 @@ fn header_entry_problem(bytes: &[u8]) -> Option<String> {
 /// Writes `ck` to `out` with every 2-D tensor that `quantize(name)` selects (and whose rows
 /// are whole blocks) stored packed as `NAME.q8`/`NAME.q4` u32 words, the rest unchanged, plus
 /// the folder's other files (config, tokenizer). A later load copies the words straight to the
-/// GPU. Host memory: the packed result plus one tensor being quantized. Returns
-/// `(quantized tensors, bytes written)`.
+/// GPU. Host memory: the packed result plus one tensor being quantized. `on_tensor` is called
+/// after each tensor is read (for progress; the checks that need no tensor come first).
+/// Returns `(quantized tensors, bytes written)`.
 pub fn write_quantized(
     ck: &Checkpoint,
     out: &Path,
     dtype: DType,
     quantize: &dyn Fn(&str) -> bool,
+    on_tensor: &dyn Fn(),
 ) -> Result<(usize, u64)> {
     if !dtype.is_quantized() {
         return Err(Error::input(format!(
@@ -627,12 +629,20 @@ pub fn write_quantized(
     }
     // Refused before anything is created: an output folder that resolves to the model folder
     // (or inside it) would replace the files being read.
-    crate::output::check_out_dir(out, ck.dir(), "--out")?;
+    crate::output::check_out_dir(out, ck.dir())?;
+    // From the headers alone, before any tensor is read: a copy would only be a slower copy.
+    let packable = |name: &str| {
+        quantize(name) && matches!(ck.info(name), Ok((&[_, cols], _)) if dtype.check_cols(cols).is_ok())
+    };
+    if !ck.names().any(packable) {
+        return Err(nothing_to_pack(ck, dtype, quantize));
+    }
     let inputs = [ck.dir()];
     let mut tensors: Vec<(String, Dtype, Vec<usize>, std::borrow::Cow<[u8]>)> = Vec::new();
     let mut quantized = 0;
     for name in ck.names() {
         let (bytes, dt, shape) = ck.raw(name)?;
+        on_tensor();
         if let [rows, cols] = *shape {
             if quantize(name) && dtype.check_cols(cols).is_ok() {
                 let values = ck.load_f32(name, shape)?;
@@ -661,9 +671,6 @@ pub fn write_quantized(
             ck.load_f32(name, shape)?;
         }
         tensors.push((name.to_string(), dt, shape.to_vec(), bytes.into()));
-    }
-    if quantized == 0 {
-        return Err(nothing_to_pack(ck, dtype, quantize));
     }
     // Only now, with every tensor read and checked, is anything created.
     std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;

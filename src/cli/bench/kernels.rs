@@ -10,9 +10,15 @@ use fvl_wgpu::Result;
 use super::{copy_bandwidth, input, linear_row, time, Row};
 use crate::cli::DeviceArgs;
 
-pub fn kernels(args: &DeviceArgs, quick: bool, only: Option<&str>) -> Result<()> {
+pub fn kernels(args: &DeviceArgs, quick: bool, full: bool, only: Option<&str>) -> Result<()> {
     let wanted = |name: &str| only.is_none_or(|o| name.contains(o));
     let gpu = args.open()?;
+    // The full sizes take many minutes on a CPU adapter: quick ones unless asked.
+    let light = gpu.is_software() && !quick && !full;
+    if light {
+        eprintln!("CPU adapter: light sizes --quick (the full sizes take many minutes here; ask for them with --full)");
+    }
+    let quick = quick || light;
     let copy_bytes = (if quick { 32u64 } else { 128 } << 20).min(gpu.limits.max_buffer_size / 2);
     eprintln!("measuring copy bandwidth ({} MiB)…", copy_bytes >> 20);
     let copy = copy_bandwidth(&gpu, copy_bytes)?;
@@ -299,7 +305,7 @@ pub fn kernels(args: &DeviceArgs, quick: bool, only: Option<&str>) -> Result<()>
         println!(
             "{}",
             serde_json::json!({
-                "device": gpu.describe(),
+                "device": gpu.describe(), "quick": quick, "light_defaults": light,
                 "ceilings": {"copy_gb_per_s": copy / 1e9, "best_matmul_gflops": best_matmul / 1e9},
                 "kernels": json_rows,
             })

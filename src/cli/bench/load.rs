@@ -44,7 +44,9 @@ pub fn load(args: &DeviceArgs, size_mb: Option<usize>, dir: Option<&Path>) -> Re
         None => {
             // Only the default size depends on the adapter: small where it is the CPU.
             let gpu = args.open()?;
-            let mb = size_mb.unwrap_or(if gpu.cpu_style_kernels { 64 } else { 1024 });
+            let mut sizes = super::Sizes::new(&gpu);
+            let mb = sizes.pick("--size-mb", size_mb, 1024, 64);
+            sizes.announce();
             let root = std::env::temp_dir().join(format!("fvl-bench-load-{}", std::process::id()));
             _tmp = TempDir(root.clone());
             let folders = write_random(&root, mb)?;

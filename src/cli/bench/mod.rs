@@ -20,7 +20,55 @@ mod models;
 pub use batch::batch;
 pub use kernels::kernels;
 pub use load::load;
-pub use models::{decode, e2e, florence2, vision};
+pub use models::{decode, e2e, florence2, vision, E2e};
+
+/// The size flags of one bench run on one adapter: the flags given win; the others take the
+/// full sizes, or on a CPU (software) adapter, where those take many minutes, light ones.
+pub(super) struct Sizes {
+    software: bool,
+    light: Vec<String>,
+    full: Vec<String>,
+}
+
+impl Sizes {
+    /// Sizes for a run on `gpu`.
+    pub fn new(gpu: &Gpu) -> Sizes {
+        Sizes {
+            software: gpu.is_software(),
+            light: vec![],
+            full: vec![],
+        }
+    }
+
+    /// `given`, else `full`, or `light` on a CPU adapter (kept for [`Sizes::announce`]).
+    pub fn pick<T: std::fmt::Display>(&mut self, flag: &str, given: Option<T>, full: T, light: T) -> T {
+        match given {
+            Some(v) => v,
+            None if self.software && light.to_string() != full.to_string() => {
+                self.light.push(format!("{flag} {light}"));
+                self.full.push(format!("{flag} {full}"));
+                light
+            }
+            None => full,
+        }
+    }
+
+    /// Whether light sizes were picked.
+    pub fn light(&self) -> bool {
+        !self.light.is_empty()
+    }
+
+    /// Says on stderr which light sizes a CPU adapter got and the flags for the full ones.
+    pub fn announce(&self) {
+        if self.light() {
+            eprintln!(
+                "CPU adapter: light sizes {} (the full sizes take many minutes here; ask for them with {})",
+                self.light.join(" "),
+                self.full.join(" ")
+            );
+        }
+    }
+}
 
 pub(super) const REPS: usize = 4;
 pub(super) const TRIALS: usize = 3;

@@ -13,8 +13,8 @@ use fvl_wgpu::model::llama::{Llama, LlamaConfig};
 use fvl_wgpu::weights::florence2::{TextConfig, VisionConfig};
 use fvl_wgpu::{Error, Result};
 
-use super::{copy_bandwidth, input, linear_row, noise};
-use crate::cli::{progress, storage_dtype, DeviceArgs, Precision};
+use super::{copy_bandwidth, input, linear_row, noise, Sizes};
+use crate::cli::{phase, progress, storage_dtype, DeviceArgs, Precision};
 
 /// Florence-2 vision configs at the real sizes (spec §3.1): `base` or `large`.
 fn florence2_vision_config(name: &str) -> Result<VisionConfig> {
@@ -56,13 +56,18 @@ fn vision_flops(cfg: &VisionConfig, size: usize) -> f64 {
 /// `fvl-wgpu bench vision`: DaViT + image head at the real sizes with random weights.
 pub fn vision(
     args: &DeviceArgs,
-    config: &str,
-    size: usize,
+    config: Option<String>,
+    size: Option<usize>,
     precision: Option<Precision>,
 ) -> Result<()> {
-    let cfg = florence2_vision_config(config)?;
     let gpu = args.open()?;
+    let mut sizes = Sizes::new(&gpu);
+    let config = sizes.pick("--config", config, "large".into(), "base".into());
+    let size = sizes.pick("--size", size, 768, 384);
+    sizes.announce();
+    let cfg = florence2_vision_config(&config)?;
     let dtype = storage_dtype(precision, None, &gpu);
+    eprintln!("DaViT-{config} + image head at {size}², {} weights", dtype.name());
     let (copy, best_matmul) = ceilings(&gpu)?;
 
     let bar = progress(
@@ -93,18 +98,22 @@ pub fn vision(
         exe.arena_bytes >> 20
     );
     exe.run(&gpu, &[])?;
+    let timing = phase("two timed runs and a profiled one");
     let mut best = f64::INFINITY;
     for _ in 0..2 {
         let t = Instant::now();
         exe.run(&gpu, &[])?;
         best = best.min(t.elapsed().as_secs_f64());
     }
-    print_profile(exe.profile(&gpu, &[])?);
+    let profile = exe.profile(&gpu, &[])?;
+    drop(timing);
+    print_profile(profile);
     let flops = vision_flops(&cfg, size);
     let gflops = flops / best / 1e9;
     let peak = weight_bytes + exe.arena_bytes + pixels.layout.bytes();
     let summary = serde_json::json!({
         "device": gpu.describe(), "config": config, "image_size": size, "precision": dtype.name(),
+        "light_defaults": sizes.light(),
         "ms_per_image": best * 1e3, "gflop": flops / 1e9, "gflops": gflops,
         "best_matmul_gflops": best_matmul / 1e9, "fraction_of_best_matmul": gflops * 1e9 / best_matmul,
         "copy_gb_per_s": copy / 1e9, "dispatches": exe.dispatches(), "submits_per_image": 1,
@@ -153,16 +162,33 @@ fn florence2_text_config(name: &str) -> Result<TextConfig> {
 }
 
 /// `fvl-wgpu bench florence2`: the BART encoder on Florence-VL's three prompts as one batch
-/// over 577 image rows (a 768² image), and greedy decoder tokens/s, random weights.
-pub fn florence2(args: &DeviceArgs, config: &str, precision: Option<Precision>) -> Result<()> {
-    let cfg = florence2_text_config(config)?;
+/// over the image rows of a `size`² image (577 for 768²), and greedy decoder tokens/s, random
+/// weights.
+pub fn florence2(
+    args: &DeviceArgs,
+    config: Option<String>,
+    size: Option<usize>,
+    precision: Option<Precision>,
+) -> Result<()> {
     let gpu = args.open()?;
+    let mut sizes = Sizes::new(&gpu);
+    let config = sizes.pick("--config", config, "large".into(), "base".into());
+    let size = sizes.pick("--size", size, 768, 384);
+    sizes.announce();
+    let cfg = florence2_text_config(&config)?;
     let dtype = storage_dtype(precision, None, &gpu);
+    // DaViT's grid is the image side / 32, plus the mean token.
+    let (d, n, len) = (cfg.d_model, (size / 32).pow(2) + 1, 14);
+    eprintln!(
+        "Florence-2-{config} language model, {n} image rows ({size}²), {} weights",
+        dtype.name()
+    );
     let (copy, best_matmul) = ceilings(&gpu)?;
 
     let src = |_: &str, shape: &[usize]| Ok(random_weights(shape.iter().product()));
+    let loading = phase(format!("random {config} weights"));
     let bart = Bart::load(&gpu, &src, &cfg, dtype, true)?;
-    let (d, n, len) = (cfg.d_model, 577, 14);
+    drop(loading);
     let v = input(&gpu, &[n, d], DType::F32)?;
     let prompts: Vec<u32> = (0..3 * len as u32).map(|i| 3 + i * 7919 % 50000).collect();
     let ids = fvl_wgpu::gpu::Tensor::from_u32(&gpu, &[3, len], &prompts, "prompts")?;
@@ -172,6 +198,7 @@ pub fn florence2(args: &DeviceArgs, config: &str, precision: Option<Precision>) 
     let (vi, ii) = (g.external(&v), g.external(&ids));
     let enc = bart.encode(&mut g, vi, ii)?;
     g.keep(enc);
+    let encoding = phase(format!("encoder, 3 prompts × {} tokens, 3 runs", n + len));
     let exe = g.build()?;
     exe.run(&gpu, &[])?;
     let mut enc_s = f64::INFINITY;
@@ -180,6 +207,7 @@ pub fn florence2(args: &DeviceArgs, config: &str, precision: Option<Precision>) 
         exe.run(&gpu, &[])?;
         enc_s = enc_s.min(t.elapsed().as_secs_f64());
     }
+    drop(encoding);
     let l = (n + len) as f64;
     let (df, ff) = (d as f64, cfg.encoder_ffn_dim as f64);
     let enc_flops = 3.0
@@ -188,12 +216,14 @@ pub fn florence2(args: &DeviceArgs, config: &str, precision: Option<Precision>) 
 
     // Decoder: greedy steps after one prompt's prefill; the prefill is timed apart.
     let steps = 32;
+    let decoding = phase(format!("decoder, {steps} greedy steps"));
     let t = Instant::now();
     bart.prefill(&gpu, &v, &prompts[..len], steps)?;
     let prefill_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let seq = bart.greedy(&gpu, &v, &prompts[..len], steps)?;
     let decode_s = (t.elapsed().as_secs_f64() - prefill_s).max(1e-9);
+    drop(decoding);
     let tokens = seq.len() - 1;
     let wbytes = if dtype == DType::F32 { 4.0 } else { 2.0 };
     // Per token: self-attention q,k,v,o and cross q,o (cross k,v are cached), FFN, LM head.
@@ -222,7 +252,8 @@ pub fn florence2(args: &DeviceArgs, config: &str, precision: Option<Precision>) 
         println!(
             "{}",
             serde_json::json!({
-                "device": gpu.describe(), "config": config, "precision": dtype.name(),
+                "device": gpu.describe(), "config": config, "image_size": size, "image_rows": n,
+                "precision": dtype.name(), "light_defaults": sizes.light(),
                 "encoder_ms": enc_s * 1e3, "encoder_gflop": enc_flops / 1e9, "encoder_gflops": gflops,
                 "best_matmul_gflops": best_matmul / 1e9, "fraction_of_best_matmul": gflops * 1e9 / best_matmul,
                 "decoder_tokens": tokens, "decoder_tokens_per_s": tok_s,
@@ -280,11 +311,15 @@ pub fn decode(
     args: &DeviceArgs,
     config: &str,
     quant: DType,
-    prompt: usize,
-    tokens: usize,
+    prompt: Option<usize>,
+    tokens: Option<usize>,
 ) -> Result<()> {
     let cfg = llama_config(config)?;
     let gpu = args.open()?;
+    let mut sizes = Sizes::new(&gpu);
+    let prompt = sizes.pick("--prompt", prompt, 64, 16);
+    let tokens = sizes.pick("--tokens", tokens, 16, 4);
+    sizes.announce();
     eprintln!("measuring copy bandwidth…");
     let copy = copy_ceiling(&gpu)?;
     let bar = progress(
@@ -304,9 +339,14 @@ pub fn decode(
 
     let mut session = Session::new(&gpu, &llama, prompt + 2 * tokens + 2, Pick::Greedy, 0)?;
     let ids: Vec<u32> = (0..prompt as u32).map(|i| 1000 + i * 37 % 100000).collect();
+    let prefilling = phase(format!("prefill {prompt} tokens"));
     let t = Instant::now();
     session.prefill(Prompt::Ids(&ids), false)?;
     let prefill_s = t.elapsed().as_secs_f64();
+    drop(prefilling);
+    let decoding = phase(format!(
+        "decoding {tokens} tokens one step at a time, then {tokens} queued ahead"
+    ));
     // The prefill's graph stays alive until the first decode: the peak of the session.
     let (kv_bytes, arena_bytes) = session.gpu_bytes();
     // Warm-up, then one step at a time (submit, wait, read back), then each step queued
@@ -326,6 +366,7 @@ pub fn decode(
     } else {
         unqueued_s
     };
+    drop(decoding);
     print_profile(session.profile_decode()?);
     // Per token: every weight once (one embedding row aside) and the KV cache so far.
     let kv = (2 * llama.cfg.layers * llama.cfg.kv_dim() * 4 * (prompt + tokens / 2)) as f64;
@@ -357,6 +398,7 @@ pub fn decode(
             "{}",
             serde_json::json!({
                 "device": gpu.describe(), "config": config, "quant": quant.name(),
+                "light_defaults": sizes.light(), "decode_tokens": tokens,
                 "prefill_tokens": prompt, "prefill_tokens_per_s": prompt as f64 / prefill_s,
                 "decode_tokens_per_s": 1.0 / decode_s, "decode_tokens_per_s_one_step_at_a_time": 1.0 / unqueued_s, "decode_tokens_per_s_queued_ahead": 1.0 / queued_s, "bytes_per_token": bytes,
                 "gb_per_s": gbs, "copy_gb_per_s": copy / 1e9, "fraction_of_copy_bandwidth": gbs * 1e9 / copy,
@@ -369,23 +411,34 @@ pub fn decode(
     Ok(())
 }
 
+/// The size flags of `bench e2e` as given (`None`: the default for the adapter).
+pub struct E2e {
+    /// Florence-2 tower and encoder: base or large.
+    pub vision: Option<String>,
+    /// Language model: llama-1b, llama-8b or phi3.5-mini.
+    pub llm: Option<String>,
+    /// Square image side in pixels.
+    pub size: Option<usize>,
+    /// Decode steps to time.
+    pub tokens: Option<usize>,
+}
+
 /// `fvl-wgpu bench e2e`: Florence-VL at real sizes with random weights — vision + fusion (one
 /// submit), prefill of the spliced prompt from embeddings, decode — time to first token split
 /// into its parts, decode tokens/s, memory against weights + KV cache.
-pub fn e2e(
-    args: &DeviceArgs,
-    vision: &str,
-    llm: &str,
-    quant: DType,
-    size: usize,
-    tokens: usize,
-) -> Result<()> {
-    let (vcfg, tcfg, lcfg) = (
-        florence2_vision_config(vision)?,
-        florence2_text_config(vision)?,
-        llama_config(llm)?,
-    );
+pub fn e2e(args: &DeviceArgs, given: E2e, quant: DType) -> Result<()> {
     let gpu = args.open()?;
+    let mut sizes = Sizes::new(&gpu);
+    let vision = sizes.pick("--vision", given.vision, "large".into(), "base".into());
+    let llm = sizes.pick("--llm", given.llm, "llama-8b".into(), "llama-1b".into());
+    let size = sizes.pick("--size", given.size, 768, 384);
+    let tokens = sizes.pick("--tokens", given.tokens, 8, 4);
+    sizes.announce();
+    let (vcfg, tcfg, lcfg) = (
+        florence2_vision_config(&vision)?,
+        florence2_text_config(&vision)?,
+        llama_config(&llm)?,
+    );
     let side = gpu.default_dtype();
     let bytes = std::cell::Cell::new(0u64);
     let src = |_: &str, shape: &[usize]| {
@@ -393,10 +446,10 @@ pub fn e2e(
         bytes.set(bytes.get() + n as u64);
         Ok(random_weights(n))
     };
-    eprintln!(
-        "random weights: DaViT-{vision}, Florence-2-{vision} encoder, projector, {llm} as {}…",
+    let loading = phase(format!(
+        "random weights: DaViT-{vision}, Florence-2-{vision} encoder, projector, {llm} as {}",
         quant.name()
-    );
+    ));
     let tower = VisionTower::load(&gpu, &src, &vcfg, side)?;
     let bart = Bart::load(&gpu, &src, &tcfg, side, false)?;
     let (d, h) = (tcfg.d_model, lcfg.hidden);
@@ -419,6 +472,7 @@ pub fn e2e(
     let llama = Llama::load(&gpu, &src, &|_: &str, _, _| Ok(None), lcfg, quant)?;
     let prompts: Vec<u32> = (0..42u32).map(|i| 3 + i * 7919 % 50000).collect();
     let prompts = fvl_wgpu::gpu::Tensor::from_u32(&gpu, &[3, 14], &prompts, "prompts")?;
+    drop(loading);
 
     // Vision, then fusion, each its own graph here so the two can be timed apart (`infer`
     // records them as one).
@@ -449,8 +503,10 @@ pub fn e2e(
             .map_or(f64::NAN, |p| p.iter().map(|k| k.1).sum());
         Ok((wall, busy))
     };
+    let seeing = phase(format!("vision and fusion at {size}², warm-up and timed runs"));
     let (vision_s, vision_busy) = timed(&vision_exe)?;
     let (fusion_s, fusion_busy) = timed(&fusion_exe)?;
+    drop(seeing);
     let busy = vision_busy + fusion_busy;
     let rows = fusion_exe.tensor(features.projected).shape()[0];
 
@@ -458,10 +514,14 @@ pub fn e2e(
     let positions = rows + 60;
     let embeds = input(&gpu, &[positions, h], DType::F32)?;
     let mut session = Session::new(&gpu, &llama, positions + tokens + 1, Pick::Greedy, 0)?;
+    let prefilling = phase(format!("prefill {positions} positions"));
     let t = Instant::now();
     let first = session.prefill(Prompt::Embeddings(&embeds), false)?;
     let prefill_s = t.elapsed().as_secs_f64();
+    drop(prefilling);
+    let decoding = phase(format!("decoding {tokens} tokens"));
     let decode_tps = generate_tokens_per_s(&mut session, first, tokens + 1)?;
+    drop(decoding);
     let kv = (2 * llama.cfg.layers * llama.cfg.kv_dim() * 4 * (positions + tokens + 1)) as f64;
     let llm_weights = llama.cfg.layers as f64
         * ((h * (llama.cfg.heads * llama.cfg.head_dim) * 2
@@ -494,6 +554,7 @@ pub fn e2e(
             "{}",
             serde_json::json!({
                 "device": gpu.describe(), "vision": vision, "llm": llm, "quant": quant.name(), "image_size": size,
+                "decode_tokens": tokens, "light_defaults": sizes.light(),
                 "image_rows": rows, "prompt_positions": positions,
                 "ttft_ms": (vision_s + fusion_s + prefill_s) * 1e3, "vision_ms": vision_s * 1e3,
                 "fusion_ms": fusion_s * 1e3, "gpu_busy_fraction": busy / (vision_s + fusion_s),
