@@ -4,7 +4,7 @@
 # 768), bench e2e. Writes one JSON object (OUT, default gpu-check.json) whose keys name the
 # runs; each value is that bench's own --json object.
 #   tools/gpu-check.sh [--quick] [--device NAME|INDEX] [OUT]
-# --quick: small shapes end to end, for CI on lavapipe (seconds, not minutes).
+# --quick: small shapes end to end, for CI on lavapipe (about 2 minutes on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=0
