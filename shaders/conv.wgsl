@@ -43,22 +43,17 @@ struct Params {
     residual: f32,    // dwconv: 1.0 adds the input back
 }
 
-fn thread_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.x + wg.y * nwg.x) * WG + lid;
-}
-
 #if conv2d conv2d_bias
 const TM: u32 = 4u;  // output positions per thread
 const TN: u32 = 8u;  // output channels per thread, held as two vec4 per position
 
 @compute @workgroup_size(WG)
 #if conv2d_bias
-fn conv2d_bias(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn conv2d_bias(id: Ids) {
 #else
-fn conv2d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn conv2d(id: Ids) {
 #endif
-          @builtin(local_invocation_index) lid: u32) {
-    let t = thread_index(wg, nwg, lid);
+    let t = thread_index(id);
     if (t >= p.threads) { return; }
     let nb = t % p.blocks_n;
     let mb = (t / p.blocks_n) % p.blocks_m;
@@ -127,9 +122,8 @@ fn conv2d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
 
 #if dwconv3x3
 @compute @workgroup_size(WG)
-fn dwconv3x3(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-             @builtin(local_invocation_index) lid: u32) {
-    let i = thread_index(wg, nwg, lid);
+fn dwconv3x3(id: Ids) {
+    let i = thread_index(id);
     if (i >= p.threads) { return; }
     let c = i % p.c_out;
     let pix = (i / p.c_out) % p.m;

@@ -23,9 +23,8 @@ struct Params {
 const NO_SLOT: u32 = 0xffffffffu;
 
 @compute @workgroup_size(WG)
-fn copy(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-    let i = (wg.x + wg.y * nwg.x) * WG + lid;
+fn copy(id: Ids) {
+    let i = thread_index(id);
     if (i >= p.rows * p.cols) { return; }
     let r = i / p.cols;
     let c = i % p.cols;

@@ -34,10 +34,6 @@ fn silu(x: f32) -> f32 {
     return x / (1.0 + exp(-x));
 }
 
-fn index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.x + wg.y * nwg.x) * WG + lid;
-}
-
 fn apply_unary(x: f32) -> f32 {
     switch p.op {
         case OP_GELU: { return gelu(x); }
@@ -48,27 +44,24 @@ fn apply_unary(x: f32) -> f32 {
 
 #if unary
 @compute @workgroup_size(WG)
-fn unary(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-         @builtin(local_invocation_index) lid: u32) {
-    let i = index(wg, nwg, lid);
+fn unary(id: Ids) {
+    let i = thread_index(id);
     if (i < p.n) { st_out(i, apply_unary(ld_x(i))); }
 }
 #endif
 
 #if unary_inplace
 @compute @workgroup_size(WG)
-fn unary_inplace(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                 @builtin(local_invocation_index) lid: u32) {
-    let i = index(wg, nwg, lid);
+fn unary_inplace(id: Ids) {
+    let i = thread_index(id);
     if (i < p.n) { st_out(i, apply_unary(ld_out(i))); }
 }
 #endif
 
 #if binary
 @compute @workgroup_size(WG)
-fn binary(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-          @builtin(local_invocation_index) lid: u32) {
-    let i = index(wg, nwg, lid);
+fn binary(id: Ids) {
+    let i = thread_index(id);
     if (i >= p.n) { return; }
     let a = ld_x(i);
     let b = ld_b(i % p.b_len);
@@ -80,9 +73,8 @@ fn binary(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
 // out[r, c] = silu(x[r, c]) * x[r, I + c] for x = [gate | up] rows of 2·I (I = b_len): the
 // output of one fused gate/up projection.
 @compute @workgroup_size(WG)
-fn swiglu_halves(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                 @builtin(local_invocation_index) lid: u32) {
-    let i = index(wg, nwg, lid);
+fn swiglu_halves(id: Ids) {
+    let i = thread_index(id);
     if (i >= p.n) { return; }
     let j = i + (i / p.b_len) * p.b_len;
     st_out(i, silu(ld_x(j)) * ld_x(j + p.b_len));
@@ -92,9 +84,8 @@ fn swiglu_halves(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
 #if swiglu
 // out = silu(gate) * up
 @compute @workgroup_size(WG)
-fn swiglu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-          @builtin(local_invocation_index) lid: u32) {
-    let i = index(wg, nwg, lid);
+fn swiglu(id: Ids) {
+    let i = thread_index(id);
     if (i >= p.n) { return; }
     st_out(i, silu(ld_x(i)) * ld_b(i));
 }

@@ -13,12 +13,11 @@ struct Params {
 }
 
 @compute @workgroup_size(WG)
-fn embed(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-         @builtin(local_invocation_index) lid: u32) {
-    let i = (wg.x + wg.y * nwg.x) * WG + lid;
+fn embed(id: Ids) {
+    let i = thread_index(id);
     if (i >= p.n) { return; }
-    let id = ldu_ids(i / p.d);
+    let tok = ldu_ids(i / p.d);
     var v = 0.0;
-    if (id < p.v) { v = ld_table(id * p.d + i % p.d) * p.scale; }
+    if (tok < p.v) { v = ld_table(tok * p.d + i % p.d) * p.scale; }
     st_out(i, v);
 }

@@ -17,18 +17,6 @@ struct Params {
     scale: f32,
 }
 
-#if VEC4
-const V: u32 = 4u;
-alias T = vec4<f32>;
-fn ldv_x(i: u32) -> T { return ld4_x(i); }
-fn stv_out(i: u32, v: T) { st4_out(i, v); }
-#else
-const V: u32 = 1u;
-alias T = f32;
-fn ldv_x(i: u32) -> T { return ld_x(i); }
-fn stv_out(i: u32, v: T) { st_out(i, v); }
-#endif
-
 @compute @workgroup_size(WG)
 fn sum_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let c = (wg.x * WG + lid) * V;

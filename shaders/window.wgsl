@@ -21,30 +21,6 @@ struct Params {
     c: u32,       // channels
 }
 
-#if VEC4
-const V: u32 = 4u;
-alias T = vec4<f32>;
-fn ldv_x(i: u32) -> T { return ld4_x(i); }
-fn stv_out(i: u32, v: T) { st4_out(i, v); }
-#if RESIDUAL
-fn ldv_r(i: u32) -> T { return ld4_r(i); }
-#endif
-#if RESIDUAL_OUT
-fn ldv_out(i: u32) -> T { return ld4_out(i); }
-#endif
-#else
-const V: u32 = 1u;
-alias T = f32;
-fn ldv_x(i: u32) -> T { return ld_x(i); }
-fn stv_out(i: u32, v: T) { st_out(i, v); }
-#if RESIDUAL
-fn ldv_r(i: u32) -> T { return ld_r(i); }
-#endif
-#if RESIDUAL_OUT
-fn ldv_out(i: u32) -> T { return ld_out(i); }
-#endif
-#endif
-
 // Row of the window tensor holding padded-image pixel (py, px) of batch item b.
 fn window_row(b: u32, py: u32, px: u32) -> u32 {
     let win = (b * p.nwy + py / p.ws) * p.nwx + px / p.ws;
@@ -78,10 +54,18 @@ fn window_partition(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
 // (RESIDUAL_OUT, in place), or none.
 fn residual(i: u32) -> T {
 #if RESIDUAL
-    return ldv_r(i);
+#if VEC4
+    return ld4_r(i);
+#else
+    return ld_r(i);
+#endif
 #else
 #if RESIDUAL_OUT
-    return ldv_out(i);
+#if VEC4
+    return ld4_out(i);
+#else
+    return ld_out(i);
+#endif
 #else
     return T(0.0);
 #endif

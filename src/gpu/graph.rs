@@ -41,6 +41,42 @@ pub struct Kernel<'a> {
     pub workgroups: [u32; 3],
 }
 
+impl<'a> Kernel<'a> {
+    /// A launch of `entry` from the shader `(name, source)` (what `ops::shader!` gives) with
+    /// its `Params`, tensors and grid; no constants or defines until [`Kernel::consts`] and
+    /// [`Kernel::defines`] add them.
+    pub fn new<P: bytemuck::Pod>(
+        (name, source): (&'static str, &'static str),
+        entry: &'static str,
+        params: &'a P,
+        tensors: Vec<(&'static str, TensorId, Access)>,
+        workgroups: [u32; 3],
+    ) -> Kernel<'a> {
+        Kernel {
+            name,
+            source,
+            entry,
+            consts: Vec::new(),
+            defines: Vec::new(),
+            params: bytemuck::bytes_of(params),
+            tensors,
+            workgroups,
+        }
+    }
+
+    /// Sets the compile-time constants.
+    pub fn consts(mut self, consts: &[(&'static str, u32)]) -> Kernel<'a> {
+        self.consts = consts.to_vec();
+        self
+    }
+
+    /// Sets the names true in the source's `#if` lines.
+    pub fn defines(mut self, defines: Vec<&'static str>) -> Kernel<'a> {
+        self.defines = defines;
+        self
+    }
+}
+
 /// Splits a workgroup count over x and y so that neither exceeds the 65535 per-dimension
 /// limit; kernels rebuild the linear index as `wg.x + wg.y * num_workgroups.x`.
 pub fn grid(groups: u32) -> [u32; 3] {

@@ -113,7 +113,7 @@ pub fn attention(
         )));
     }
     if g.gpu().cpu_style_kernels {
-        return attention_as_products(g, q, k, v, out, a);
+        return attention_as_products(g, [q, k, v], out, a);
     }
     let (len_slot, len_fixed) = a.kv_len.encode(op, "kv_len")?;
     let groups = u32::try_from(a.batch * a.tq * a.q_heads)
@@ -140,26 +140,25 @@ pub fn attention(
         v_off: v.col_offset as u32,
         v_stride: v.row_stride as u32,
     };
-    let (name, source) = shader!("attention", run);
-    g.dispatch(Kernel {
-        name,
-        source,
-        entry: "attention",
-        consts: vec![
+    g.dispatch(
+        Kernel::new(
+            shader!("attention", run),
+            "attention",
+            &p,
+            vec![
+                ("q", q.id, Access::Read),
+                ("k", k.id, Access::Read),
+                ("v", v.id, Access::Read),
+                ("out", out, Access::Write),
+            ],
+            grid(groups),
+        )
+        .consts(&[
             ("WG", WG),
             ("MAX_D", MAX_HEAD_DIM as u32),
             ("VEC4", aligned as u32),
-        ],
-        defines: vec![],
-        params: bytemuck::bytes_of(&p),
-        tensors: vec![
-            ("q", q.id, Access::Read),
-            ("k", k.id, Access::Read),
-            ("v", v.id, Access::Read),
-            ("out", out, Access::Write),
-        ],
-        workgroups: grid(groups),
-    })
+        ]),
+    )
 }
 
 /// A sliding window as its kernel parameter: 0 for none.
@@ -178,9 +177,7 @@ pub(crate) fn window_param(op: &str, window: Option<usize>) -> Result<u32> {
 /// streaming kernel, whose per-block barriers and per-thread exps cost most there.
 fn attention_as_products(
     g: &mut Graph,
-    q: View,
-    k: View,
-    v: View,
+    [q, k, v]: [View; 3],
     out: TensorId,
     a: &Attention,
 ) -> Result<()> {

@@ -178,20 +178,21 @@ pub fn bmm(g: &mut Graph, a: MatView, b: MatView, c: MatView, p: &Bmm) -> Result
             format!("{} rows are more than one dispatch covers", p.m),
         ));
     }
-    g.dispatch(Kernel {
-        name,
-        source,
-        entry: "bmm",
-        consts: vec![("WGX", WG_X), ("WGY", WG_Y)],
-        defines,
-        params: bytemuck::bytes_of(&prm),
-        tensors: vec![
-            ("a", a.id, Access::Read),
-            ("b", b.id, Access::Read),
-            ("c", c.id, Access::Write),
-        ],
-        workgroups: [(p.n as u32).div_ceil(TILE * WG_X), wy, z as u32],
-    })
+    g.dispatch(
+        Kernel::new(
+            (name, source),
+            "bmm",
+            &prm,
+            vec![
+                ("a", a.id, Access::Read),
+                ("b", b.id, Access::Read),
+                ("c", c.id, Access::Write),
+            ],
+            [(p.n as u32).div_ceil(TILE * WG_X), wy, z as u32],
+        )
+        .consts(&[("WGX", WG_X), ("WGY", WG_Y)])
+        .defines(defines),
+    )
 }
 
 /// The extent a kernel is built with for a dimension of `size` of which `len` takes part:

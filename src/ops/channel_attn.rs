@@ -88,16 +88,10 @@ pub fn channel_attention(
     ];
     let (name, source) = shader!("channel_attn");
     let mut launch = |entry, consts: &[(&'static str, u32)], tensors, workgroups| {
-        g.dispatch(Kernel {
-            name,
-            source,
-            entry,
-            consts: base.iter().chain(consts).copied().collect(),
-            defines: vec![],
-            params: bytemuck::bytes_of(&p),
-            tensors,
-            workgroups,
-        })
+        g.dispatch(
+            Kernel::new((name, source), entry, &p, tensors, workgroups)
+                .consts(&base.iter().chain(consts).copied().collect::<Vec<_>>()),
+        )
     };
     launch(
         "gram",

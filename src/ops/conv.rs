@@ -4,9 +4,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{expect_dtype, expect_f32, expect_shape, numel, shader, FLOATS, WG};
+use super::{expect_dtype, expect_f32, expect_shape, numel, per_element, shader, FLOATS, WG};
 use crate::error::{Error, Result};
-use crate::gpu::{grid, Access, DType, Graph, Kernel, TensorId};
+use crate::gpu::{Access, DType, Graph, TensorId};
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, Pod, Zeroable)]
@@ -36,6 +36,8 @@ const TM: u32 = 4;
 const TN: u32 = 8;
 /// Threads per workgroup of conv2d: few, since each holds TM·TN accumulators.
 const CONV_WG: u32 = 64;
+/// The kernel file.
+const CONV: (&str, &str) = shader!("conv", row_ids);
 
 /// Layout of a convolution's input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,26 +91,6 @@ impl Conv2d {
 
 fn u32_of(op: &str, what: &str, n: usize) -> Result<u32> {
     u32::try_from(n).map_err(|_| Error::shape(format!("{op}: {what} = {n} exceeds u32")))
-}
-
-fn launch(
-    g: &mut Graph,
-    entry: &'static str,
-    wg: u32,
-    p: Params,
-    tensors: Vec<(&'static str, TensorId, Access)>,
-) -> Result<()> {
-    let (name, source) = shader!("conv");
-    g.dispatch(Kernel {
-        name,
-        source,
-        entry,
-        consts: vec![("WG", wg)],
-        defines: vec![],
-        params: bytemuck::bytes_of(&p),
-        tensors,
-        workgroups: grid(p.threads.div_ceil(wg)),
-    })
 }
 
 /// `out = conv2d(x, w) + bias` with zero padding.
@@ -225,7 +207,7 @@ pub fn conv2d(
     } else {
         "conv2d"
     };
-    launch(g, entry, CONV_WG, p, tensors)
+    per_element(g, CONV, (entry, &p), tensors, (p.threads, CONV_WG))
 }
 
 /// Depthwise 3×3 convolution, stride 1, zero padding 1, over tokens:
@@ -274,16 +256,11 @@ pub fn dwconv3x3(
         residual: if residual { 1.0 } else { 0.0 },
         ..Default::default()
     };
-    launch(
-        g,
-        "dwconv3x3",
-        WG,
-        p,
-        vec![
-            ("x", x, Access::Read),
-            ("w", w, Access::Read),
-            ("b", bias, Access::Read),
-            ("out", out, Access::Write),
-        ],
-    )
+    let tensors = vec![
+        ("x", x, Access::Read),
+        ("w", w, Access::Read),
+        ("b", bias, Access::Read),
+        ("out", out, Access::Write),
+    ];
+    per_element(g, CONV, ("dwconv3x3", &p), tensors, (p.threads, WG))
 }

@@ -6,10 +6,10 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{expect_f32, numel, shader, WG};
+use super::{expect_f32, numel, per_element, shader, WG};
 use crate::error::{Error, Result};
 use crate::gpu::graph::RUN_SLOTS;
-use crate::gpu::{grid, Access, Graph, Kernel, TensorId};
+use crate::gpu::{Access, Graph, TensorId};
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -116,17 +116,15 @@ pub fn copy(g: &mut Graph, src: TensorId, dst: TensorId, b: &Block) -> Result<()
         dst_rows: dr as u32,
         row_slot: b.dst_row_slot.map_or(NO_SLOT, |s| s as u32),
     };
-    let (name, source) = shader!("copy");
-    g.dispatch(Kernel {
-        name,
-        source,
-        entry: "copy",
-        consts: vec![("WG", WG)],
-        defines: vec![],
-        params: bytemuck::bytes_of(&p),
-        tensors: vec![("src", src, Access::Read), ("dst", dst, Access::Write)],
-        workgroups: grid((b.rows * b.cols).div_ceil(WG as usize) as u32),
-    })
+    let tensors = vec![("src", src, Access::Read), ("dst", dst, Access::Write)];
+    let threads = (b.rows * b.cols) as u32;
+    per_element(
+        g,
+        shader!("copy", row_ids),
+        ("copy", &p),
+        tensors,
+        (threads, WG),
+    )
 }
 
 /// Concatenates `inputs` (same rows, any widths) along the last dimension into `out`:

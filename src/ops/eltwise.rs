@@ -3,9 +3,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{expect_dtype, expect_f32, expect_shape, numel, shader, FLOATS, WG};
+use super::{expect_dtype, expect_f32, expect_shape, numel, per_element, shader, Args, FLOATS, WG};
 use crate::error::{Error, Result};
-use crate::gpu::{grid, Access, Graph, Kernel, TensorId};
+use crate::gpu::{Access, Graph, TensorId};
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -42,23 +42,27 @@ pub enum Binary {
     Mul,
 }
 
-fn launch(
-    g: &mut Graph,
-    entry: &'static str,
-    p: Params,
-    tensors: Vec<(&'static str, TensorId, Access)>,
-) -> Result<()> {
-    let (name, source) = shader!("eltwise");
-    g.dispatch(Kernel {
-        name,
-        source,
-        entry,
-        consts: vec![("WG", WG)],
-        defines: vec![],
-        params: bytemuck::bytes_of(&p),
+impl Params {
+    /// `n` elements, `b`'s length and the op code, with no scale or shift.
+    fn plain(n: u32, b_len: u32, op: u32) -> Params {
+        Params {
+            n,
+            b_len,
+            op,
+            alpha: 1.0,
+            beta: 0.0,
+        }
+    }
+}
+
+fn launch(g: &mut Graph, entry: &'static str, p: Params, tensors: Args) -> Result<()> {
+    per_element(
+        g,
+        shader!("eltwise", row_ids),
+        (entry, &p),
         tensors,
-        workgroups: grid(p.n.div_ceil(WG)),
-    })
+        (p.n, WG),
+    )
 }
 
 /// `out = f(x)`, same shape; `out` may be `x` (in place).
@@ -108,13 +112,7 @@ pub fn binary(g: &mut Graph, f: Binary, a: TensorId, b: TensorId, out: TensorId)
         )));
     }
     let code = if f == Binary::Add { 3 } else { 4 };
-    let p = Params {
-        n: numel(g, op, out)?,
-        b_len: nb as u32,
-        op: code,
-        alpha: 1.0,
-        beta: 0.0,
-    };
+    let p = Params::plain(numel(g, op, out)?, nb as u32, code);
     launch(
         g,
         "binary",
@@ -134,19 +132,19 @@ pub fn swiglu_halves(g: &mut Graph, gate_up: TensorId, out: TensorId) -> Result<
     expect_f32(g, op, "gate_up", gate_up)?;
     expect_f32(g, op, "out", out)?;
     let mut shape = g.shape(gate_up).to_vec();
-    let last = shape.last_mut().filter(|w| **w % 2 == 0 && **w > 0).ok_or_else(|| {
-        Error::shape(format!("{op}: gate_up {:?} needs an even, non-zero last dimension", g.shape(gate_up)))
-    })?;
+    let last = shape
+        .last_mut()
+        .filter(|w| **w % 2 == 0 && **w > 0)
+        .ok_or_else(|| {
+            Error::shape(format!(
+                "{op}: gate_up {:?} needs an even, non-zero last dimension",
+                g.shape(gate_up)
+            ))
+        })?;
     *last /= 2;
     let half = *last;
     expect_shape(g, op, "out", out, &shape)?;
-    let p = Params {
-        n: numel(g, op, out)?,
-        b_len: half as u32,
-        op: 0,
-        alpha: 1.0,
-        beta: 0.0,
-    };
+    let p = Params::plain(numel(g, op, out)?, half as u32, 0);
     launch(
         g,
         "swiglu_halves",
@@ -162,13 +160,7 @@ pub fn swiglu(g: &mut Graph, gate: TensorId, up: TensorId, out: TensorId) -> Res
     let shape = g.shape(gate).to_vec();
     expect_shape(g, op, "up", up, &shape)?;
     expect_shape(g, op, "out", out, &shape)?;
-    let p = Params {
-        n: numel(g, op, out)?,
-        b_len: 1,
-        op: 0,
-        alpha: 1.0,
-        beta: 0.0,
-    };
+    let p = Params::plain(numel(g, op, out)?, 1, 0);
     launch(
         g,
         "swiglu",

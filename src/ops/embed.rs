@@ -2,9 +2,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{expect_dtype, expect_f32, expect_shape, numel, shader, FLOATS, WG};
+use super::{expect_dtype, expect_f32, expect_shape, numel, per_element, shader, FLOATS, WG};
 use crate::error::{Error, Result};
-use crate::gpu::{grid, Access, DType, Graph, Kernel, TensorId};
+use crate::gpu::{Access, DType, Graph, TensorId};
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -49,19 +49,16 @@ pub fn embed(
         scale: scale.unwrap_or(1.0),
     };
     numel(g, op, table)?;
-    let (name, source) = shader!("embed");
-    g.dispatch(Kernel {
-        name,
-        source,
-        entry: "embed",
-        consts: vec![("WG", WG)],
-        defines: vec![],
-        params: bytemuck::bytes_of(&p),
-        tensors: vec![
-            ("ids", ids, Access::Read),
-            ("table", table, Access::Read),
-            ("out", out, Access::Write),
-        ],
-        workgroups: grid(p.n.div_ceil(WG)),
-    })
+    let tensors = vec![
+        ("ids", ids, Access::Read),
+        ("table", table, Access::Read),
+        ("out", out, Access::Write),
+    ];
+    per_element(
+        g,
+        shader!("embed", row_ids),
+        ("embed", &p),
+        tensors,
+        (p.n, WG),
+    )
 }

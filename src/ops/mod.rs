@@ -9,7 +9,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::graph::RUN_SLOTS;
-use crate::gpu::{DType, Graph, TensorId};
+use crate::gpu::{grid, Access, DType, Graph, Kernel, TensorId};
 
 pub mod attention;
 pub mod bmm;
@@ -29,7 +29,9 @@ pub mod window;
 /// `include_str!` of a kernel family's WGSL, with its name. Shared snippets named after it
 /// are appended after the kernel (so the kernel's own line numbers stay as they are in
 /// naga's errors): `run` is `shaders/run.wgsl` (the [`RunValue`] reader), `row_ids`
-/// `shaders/row_ids.wgsl` (the builtins of a one-workgroup-per-row kernel).
+/// `shaders/row_ids.wgsl` (the builtins of a kernel with one workgroup per row or one
+/// invocation per element, and those indices), `vec_io` `shaders/vec_io.wgsl` (x and out
+/// read and written one or four values at a time).
 macro_rules! shader {
     ($name:literal $(, $snippet:ident)*) => {
         (
@@ -57,6 +59,23 @@ pub(crate) fn workgroups3(op: &str, dims: [usize; 3]) -> Result<[u32; 3]> {
         )));
     }
     Ok(dims.map(|d| d.max(1) as u32))
+}
+
+/// The tensors of a launch: accessor name, tensor, access.
+pub(crate) type Args = Vec<(&'static str, TensorId, Access)>;
+
+/// Dispatches `entry` of `shader` with one invocation per element: `threads` of them in
+/// workgroups of `wg`, the shader's `WG` (kernels index with `row_ids.wgsl`'s
+/// `thread_index`).
+pub(crate) fn per_element<P: bytemuck::Pod>(
+    g: &mut Graph,
+    shader: (&'static str, &'static str),
+    (entry, p): (&'static str, &P),
+    tensors: Args,
+    (threads, wg): (u32, u32),
+) -> Result<()> {
+    let kernel = Kernel::new(shader, entry, p, tensors, grid(threads.div_ceil(wg)));
+    g.dispatch(kernel.consts(&[("WG", wg)]))
 }
 
 /// Threads a workgroup gives to the `units` vec4 (or scalar) columns of one row: the next

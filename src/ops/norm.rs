@@ -49,17 +49,9 @@ fn launch(
     let mut tensors = vec![("x", x, Access::Read)];
     tensors.extend(params.iter().map(|&(name, t)| (name, t, Access::Read)));
     tensors.push(("out", out, Access::Write));
-    let (name, source) = shader!("norm", row_ids);
-    g.dispatch(Kernel {
-        name,
-        source,
-        entry,
-        consts: vec![("WG", WG)],
-        defines: vec![],
-        params: bytemuck::bytes_of(&p),
-        tensors,
-        workgroups: grid(rows),
-    })
+    g.dispatch(
+        Kernel::new(shader!("norm", row_ids), entry, &p, tensors, grid(rows)).consts(&[("WG", WG)]),
+    )
 }
 
 /// `out = (x − mean) / sqrt(var + eps) · gamma + beta` over the last dimension.

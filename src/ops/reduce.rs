@@ -46,17 +46,17 @@ fn sum_rows(
         nseg: nseg as u32,
         scale,
     };
-    let (name, source) = shader!("reduce");
-    g.dispatch(Kernel {
-        name,
-        source,
-        entry: "sum_rows",
-        consts: vec![("WG", wg)],
-        defines: if vec4 { vec!["VEC4"] } else { vec![] },
-        params: bytemuck::bytes_of(&p),
-        tensors: vec![("x", x, Access::Read), ("out", out, Access::Write)],
-        workgroups: workgroups3(op, [units.div_ceil(wg as usize), nseg, batch])?,
-    })
+    g.dispatch(
+        Kernel::new(
+            shader!("reduce", vec_io),
+            "sum_rows",
+            &p,
+            vec![("x", x, Access::Read), ("out", out, Access::Write)],
+            workgroups3(op, [units.div_ceil(wg as usize), nseg, batch])?,
+        )
+        .consts(&[("WG", wg)])
+        .defines(if vec4 { vec!["VEC4"] } else { vec![] }),
+    )
 }
 
 /// The mean over tokens: `out[b, 0, c] = (1/N) Σ_n x[b, n, c]` for f32 `x` `[N, C]` or

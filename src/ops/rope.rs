@@ -269,15 +269,7 @@ fn launch(
         tensors.push(("v_cache", w.v_cache, Access::Write));
         defines.push("KV");
     }
-    let (name, source) = shader!("rope", run);
-    g.dispatch(Kernel {
-        name,
-        source,
-        entry: "rope",
-        consts: vec![("WG", WG)],
-        defines,
-        params: bytemuck::bytes_of(&p),
-        tensors,
-        workgroups: grid(p.pairs.div_ceil(WG)),
-    })
+    let workgroups = grid(p.pairs.div_ceil(WG));
+    let kernel = Kernel::new(shader!("rope", run), "rope", &p, tensors, workgroups);
+    g.dispatch(kernel.consts(&[("WG", WG)]).defines(defines))
 }

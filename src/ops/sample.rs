@@ -152,18 +152,7 @@ fn launch(
         p.seed_slot = s.seed_slot;
         p.step_slot = s.step_slot;
     }
-    let (name, source) = shader!("sample", run);
-    g.dispatch(Kernel {
-        name,
-        source,
-        entry: op,
-        consts: vec![("WG", WG)],
-        defines: vec![],
-        params: bytemuck::bytes_of(&p),
-        tensors: vec![
-            ("logits", logits, Access::Read),
-            ("ids", ids, Access::Write),
-        ],
-        workgroups: [1, 1, 1],
-    })
+    let tensors = vec![("logits", logits, Access::Read), ("ids", ids, Access::Write)];
+    let kernel = Kernel::new(shader!("sample", run), op, &p, tensors, [1, 1, 1]);
+    g.dispatch(kernel.consts(&[("WG", WG)]))
 }

@@ -94,15 +94,14 @@ pub fn softmax_masked(g: &mut Graph, x: TensorId, out: TensorId, mask: &Mask) ->
             vec![("x", x, Access::Read), ("out", out, Access::Write)],
         )
     };
-    let (name, source) = shader!("softmax", run, row_ids);
-    g.dispatch(Kernel {
-        name,
-        source,
-        entry,
-        consts: vec![("WG", threads(n))],
-        defines: vec![],
-        params: bytemuck::bytes_of(&p),
-        tensors,
-        workgroups: grid(rows),
-    })
+    g.dispatch(
+        Kernel::new(
+            shader!("softmax", run, row_ids),
+            entry,
+            &p,
+            tensors,
+            grid(rows),
+        )
+        .consts(&[("WG", threads(n))]),
+    )
 }

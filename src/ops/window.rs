@@ -94,21 +94,14 @@ fn launch(
         rows: rows as u32,
         c: c as u32,
     };
-    let (name, source) = shader!("window");
-    g.dispatch(Kernel {
-        name,
-        source,
-        entry: if partition {
-            "window_partition"
-        } else {
-            "window_merge"
-        },
-        consts: vec![("WG", row_threads(if vec4 { c / 4 } else { c }))],
-        defines,
-        params: bytemuck::bytes_of(&p),
-        tensors,
-        workgroups,
-    })
+    let entry = if partition {
+        "window_partition"
+    } else {
+        "window_merge"
+    };
+    let wg = row_threads(if vec4 { c / 4 } else { c });
+    let kernel = Kernel::new(shader!("window", vec_io), entry, &p, tensors, workgroups);
+    g.dispatch(kernel.consts(&[("WG", wg)]).defines(defines))
 }
 
 /// Cuts tokens `x` (`[h·w, C]` or `[B, h·w, C]`) into `ws × ws` windows
