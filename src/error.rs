@@ -1,6 +1,10 @@
 //! One error type for the whole engine: every failure a user can cause or meet
 //! (bad files, bad shapes, a missing adapter, a lost device) ends up here with a
 //! message that names the thing at fault.
+//!
+//! Owns: the error kinds and their one-line wording. Must not touch: CLI flag names (an
+//! [`Error::Setting`] names the library's setting; a front end swaps in its own word through
+//! [`Error::naming`]), the graphics API's error types beyond wrapping them.
 
 use std::fmt;
 

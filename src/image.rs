@@ -9,6 +9,10 @@
 //! * [`resize_bicubic`]: bit-exact port of PIL's `Image.resize(size, BICUBIC)` for uint8 RGB.
 //! * [`pixel_values`]: `(u8 · rescale − mean) / std`, CHW.
 //! * [`preprocess`]: all of the above for one file.
+//!
+//! Owns: pixels from files or bytes up to the normalised tensor on the host. Must not touch:
+//! the GPU (the pipeline uploads the pixels), model folders (the pipeline passes the
+//! preprocessor config it resolved through `weights`).
 
 use std::io::Cursor;
 use std::path::Path;

@@ -1,4 +1,7 @@
 //! `fvl-wgpu`: the command-line front end. Errors print one line and exit non-zero.
+//!
+//! Owns: the process (exit codes, the headless `XDG_RUNTIME_DIR` fix before wgpu starts).
+//! Must not touch: anything past parsing and printing; `cli` dispatches to the library.
 
 mod cli;
 

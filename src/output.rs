@@ -6,6 +6,9 @@
 //! bytes. Targets are checked first: only a new name or an existing regular file is replaced
 //! (never a device node, FIFO, socket or symlink), never a file the command reads, and never
 //! a file inside an input folder. Files get the usual permissions (`0666` less the umask).
+//!
+//! Owns: every write to the user's disk and the checks before it. Must not touch: what is
+//! written (callers serialise; `weights` formats tensors) or the GPU.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};

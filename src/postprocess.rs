@@ -9,6 +9,9 @@
 //! (`<loc_N>` tokens, `<poly>`, `<sep>`, text runs), matching them position by position as
 //! Python's `re` does, with no regex engine. Digits in `<loc_N>` are ASCII only (Python's `\d`
 //! would also take other Unicode decimal digits).
+//!
+//! Owns: text → typed answer, and nothing upstream of the text. Must not touch: the GPU,
+//! tokenizers (it gets decoded text), images (it gets the original size only).
 
 use std::collections::HashSet;
 use std::path::Path;

@@ -58,3 +58,54 @@ fn only_gpu_and_ops_name_the_graphics_api() {
         offenders.join("\n")
     );
 }
+
+/// The README's "How it is built" map names every folder under `src/` and every file directly
+/// in it (a module added without a line in the map fails here), and each of those modules'
+/// top comment says what it owns and what it must not touch.
+#[test]
+fn readme_map_and_module_comments_cover_the_tree() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(manifest.join("README.md")).unwrap();
+    let start = readme.find("## How it is built").expect("README has its map");
+    let map = &readme[start..];
+    let map = &map[..map[3..].find("\n## ").map_or(map.len(), |i| i + 3)];
+    let mut missing = Vec::new();
+    let mut uncommented = Vec::new();
+    for e in std::fs::read_dir(manifest.join("src")).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let (shown, top) = if e.path().join("mod.rs").exists() {
+            (format!("src/{name}/"), e.path().join("mod.rs"))
+        } else if e.path().is_dir() {
+            // A module's own folder beside `src/NAME.rs` (image/jpeg.rs): each file is named.
+            for f in std::fs::read_dir(e.path()).unwrap().flatten() {
+                let shown = format!("{name}/{}", f.file_name().to_string_lossy());
+                if !map.contains(&shown) {
+                    missing.push(shown);
+                }
+            }
+            continue;
+        } else if name == "lib.rs" {
+            continue; // the crate root is the map's own summary
+        } else {
+            (format!("src/{name}"), e.path())
+        };
+        if !map.contains(&shown) {
+            missing.push(shown.clone());
+        }
+        let text = std::fs::read_to_string(&top).unwrap_or_default();
+        let head: Vec<&str> = text
+            .lines()
+            .map_while(|l| l.strip_prefix("//!"))
+            .flat_map(str::split_whitespace)
+            .collect();
+        let head = head.join(" ");
+        if !(head.contains("Owns:") && head.contains("Must not touch:")) {
+            uncommented.push(top.display().to_string());
+        }
+    }
+    assert!(missing.is_empty(), "README's map lacks {missing:?}");
+    assert!(
+        uncommented.is_empty(),
+        "no 'Owns: … Must not touch: …' in the top comment of {uncommented:?}"
+    );
+}

@@ -1,4 +1,4 @@
-//! Florence-2's vision path as tensors, for tools that want V itself (`fvl-wgpu features`):
+//! Florence-2's vision path as tensors, for tools that want V itself (the `features` command):
 //! preprocessing, the vision tower, and — where the folder has the BART tokenizer — the image
 //! rows of the encoder under Florence-VL's three prompts, recorded by the same
 //! [`fused_views`] that Florence-VL's fusion runs (so the three views are computed once, one

@@ -3,7 +3,7 @@
 //! with typed results; [`FlorenceVl`] answers questions about an image and keeps a
 //! conversation going ([`Chat`]): both own their [`Gpu`](crate::gpu::Gpu), stream what they
 //! generate through a callback and stop when it returns `false`. [`features::VisionFeatures`]
-//! gives the vision path's tensors themselves (`fvl-wgpu features`).
+//! gives the vision path's tensors themselves (the `features` command).
 //!
 //! Owns: loading a model folder as a whole, preprocessing, decoding loops and
 //! post-processing glue. Must not touch: the graphics API (only `gpu/` names it), argument

@@ -57,6 +57,8 @@ const WEIGHTS: [(&str, &str, &str); 2] = [
 ];
 
 const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+/// The command users run, for the hints in messages.
+const PROGRAM: &str = env!("CARGO_PKG_NAME");
 
 /// A hub model id `owner/name`, optionally at a revision (branch, tag or commit sha).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -330,7 +332,7 @@ impl Hub {
                 None => return Ok(snap),
                 Some(file) if self.offline => {
                     return Err(Error::Hub(format!(
-                        "{id}: the Hugging Face cache ({}) lacks {file} and HF_HUB_OFFLINE is set; fetch it with `fvl-wgpu pull {id}`",
+                        "{id}: the Hugging Face cache ({}) lacks {file} and HF_HUB_OFFLINE is set; fetch it with `{PROGRAM} pull {id}`",
                         snap.display()
                     )))
                 }
@@ -481,7 +483,7 @@ impl Hub {
             )
         };
         Error::Hub(format!(
-            "{what} and HF_HUB_OFFLINE is set; fetch it with `fvl-wgpu pull {id}`"
+            "{what} and HF_HUB_OFFLINE is set; fetch it with `{PROGRAM} pull {id}`"
         ))
     }
 
@@ -489,7 +491,7 @@ impl Hub {
     fn missing(&self, id: &RepoId, snap: &Path, needs: Needs) -> Result<Option<String>> {
         if let Some(link) = dangling(snap)?.first() {
             return Err(Error::Hub(format!(
-                "{}: a dangling link in the Hugging Face cache (its blob is gone); `fvl-wgpu pull {id}` repairs it",
+                "{}: a dangling link in the Hugging Face cache (its blob is gone); `{PROGRAM} pull {id}` repairs it",
                 link.display()
             )));
         }
@@ -530,7 +532,7 @@ fn select(
 ) -> Result<(Vec<String>, Option<String>)> {
     if !files.contains("config.json") {
         return Err(Error::Hub(format!(
-            "{id}: the repo has no config.json, so it is not a model fvl-wgpu can run"
+            "{id}: the repo has no config.json, so it is not a model {PROGRAM} can run"
         )));
     }
     let mut pick: Vec<String> = CONFIG_FILES
@@ -560,7 +562,7 @@ fn select(
         }
     }
     Err(Error::Hub(format!(
-        "{id}: the repo has no weights fvl-wgpu reads (safetensors or pytorch_model.bin)"
+        "{id}: the repo has no weights {PROGRAM} reads (safetensors or pytorch_model.bin)"
     )))
 }
 

@@ -95,7 +95,7 @@ fn opt<'a>(cfg: &'a Value, key: &str) -> Option<&'a Value> {
 /// The token embedding table's name.
 pub const EMBED: &str = "model.embed_tokens.weight";
 
-/// Whether `fvl-wgpu quantize` packs a tensor: the matrices a decode step streams (and the
+/// Whether the `quantize` command packs a tensor: the matrices a decode step streams (and the
 /// embedding table, which the loader stores in the same format).
 pub fn quantizable(name: &str) -> bool {
     let layer_matrix = name.starts_with("model.layers.")

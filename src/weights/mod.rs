@@ -387,7 +387,7 @@ impl Checkpoint {
         })
     }
 
-    /// The packed format of a checkpoint written by `fvl-wgpu quantize` (its linear weights
+    /// The packed format of a checkpoint written by the `quantize` command (its linear weights
     /// are stored as `NAME.q8` / `NAME.q4` u32 tensors), or `None` for an ordinary one.
     pub fn stored_quant(&self) -> Option<DType> {
         self.tensors.keys().find_map(|n| packed_suffix(n))

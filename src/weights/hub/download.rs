@@ -54,7 +54,7 @@ impl Client {
             .timeout_connect(Some(Duration::from_secs(30)))
             .timeout_recv_response(Some(Duration::from_secs(60)))
             .timeout_per_read(Some(Duration::from_secs(60)))
-            .user_agent(format!("fvl-wgpu/{}", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION")))
             .build();
         Client {
             agent: config.into(),
