@@ -27,30 +27,24 @@ pub const ENV_PORTABLE_LIMITS: &str = "FVL_PORTABLE_LIMITS";
 /// run on any desktop GPU; tests open a device with them to prove it on a large adapter.
 pub fn portable_limits(limits: &wgpu::Limits) -> wgpu::Limits {
     let floor = wgpu::Limits::default();
-    wgpu::Limits {
-        max_compute_invocations_per_workgroup: limits
-            .max_compute_invocations_per_workgroup
-            .min(floor.max_compute_invocations_per_workgroup),
-        max_compute_workgroup_size_x: limits
-            .max_compute_workgroup_size_x
-            .min(floor.max_compute_workgroup_size_x),
-        max_compute_workgroup_size_y: limits
-            .max_compute_workgroup_size_y
-            .min(floor.max_compute_workgroup_size_y),
-        max_compute_workgroup_size_z: limits
-            .max_compute_workgroup_size_z
-            .min(floor.max_compute_workgroup_size_z),
-        max_compute_workgroup_storage_size: limits
-            .max_compute_workgroup_storage_size
-            .min(floor.max_compute_workgroup_storage_size),
-        max_storage_buffers_per_shader_stage: limits
-            .max_storage_buffers_per_shader_stage
-            .min(floor.max_storage_buffers_per_shader_stage),
-        max_storage_buffer_binding_size: limits
-            .max_storage_buffer_binding_size
-            .min(floor.max_storage_buffer_binding_size),
-        ..limits.clone()
+    // Each named limit is the lower of the adapter's and the floor's; the rest as offered.
+    macro_rules! lowered {
+        ($($limit:ident),*) => {
+            wgpu::Limits {
+                $($limit: limits.$limit.min(floor.$limit),)*
+                ..limits.clone()
+            }
+        };
     }
+    lowered!(
+        max_compute_invocations_per_workgroup,
+        max_compute_workgroup_size_x,
+        max_compute_workgroup_size_y,
+        max_compute_workgroup_size_z,
+        max_compute_workgroup_storage_size,
+        max_storage_buffers_per_shader_stage,
+        max_storage_buffer_binding_size
+    )
 }
 
 /// How to pick and configure a device.
@@ -149,7 +143,7 @@ fn summarize(index: usize, a: &wgpu::Adapter) -> AdapterSummary {
             .trim()
             .to_string(),
         max_buffer_size: l.max_buffer_size,
-        max_storage_binding: l.max_storage_buffer_binding_size as u64,
+        max_storage_binding: l.max_storage_buffer_binding_size,
         max_workgroup_storage: l.max_compute_workgroup_storage_size,
         max_invocations: l.max_compute_invocations_per_workgroup,
         max_storage_buffers_per_stage: l.max_storage_buffers_per_shader_stage,

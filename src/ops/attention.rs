@@ -6,9 +6,9 @@ use bytemuck::{Pod, Zeroable};
 
 use super::bmm::{self, Bmm, MatView};
 use super::softmax::{self, Mask};
-use super::{expect_f32, shader, RunValue, View};
+use super::{expect_f32, reads_then_write, shader, RunValue, View};
 use crate::error::{Error, Result};
-use crate::gpu::{grid, Access, DType, Graph, Kernel, TensorId};
+use crate::gpu::{grid, DType, Graph, Kernel, TensorId};
 
 /// Threads per (batch, query, head); also the key block length.
 const WG: u32 = 64;
@@ -140,25 +140,15 @@ pub fn attention(
         v_off: v.col_offset as u32,
         v_stride: v.row_stride as u32,
     };
-    g.dispatch(
-        Kernel::new(
-            shader!("attention", run),
-            "attention",
-            &p,
-            vec![
-                ("q", q.id, Access::Read),
-                ("k", k.id, Access::Read),
-                ("v", v.id, Access::Read),
-                ("out", out, Access::Write),
-            ],
-            grid(groups),
-        )
-        .consts(&[
-            ("WG", WG),
-            ("MAX_D", MAX_HEAD_DIM as u32),
-            ("VEC4", aligned as u32),
-        ]),
-    )
+    let tensors = reads_then_write(&[("q", q.id), ("k", k.id), ("v", v.id)], ("out", out));
+    let file = shader!("attention", run);
+    let kernel = Kernel::new(file, "attention", &p, tensors, grid(groups));
+    let consts = [
+        ("WG", WG),
+        ("MAX_D", MAX_HEAD_DIM as u32),
+        ("VEC4", aligned as u32),
+    ];
+    g.dispatch(kernel.consts(&consts))
 }
 
 /// A sliding window as its kernel parameter: 0 for none.
@@ -224,6 +214,11 @@ fn attention_as_products(
             (q.row_stride, s, a.q_heads * d)
         };
         for b in 0..a.batch {
+            // Sequence b of k or v: its kv heads d apart, shared by the heads of a group.
+            let kv_of = |x: View| {
+                let offset = x.col_offset + b * s * x.row_stride;
+                mv(x.id, offset, d, 0, x.row_stride)
+            };
             runs.push((
                 (a.kv_heads, inner),
                 rows,
@@ -234,20 +229,8 @@ fn attention_as_products(
                     head_q,
                     q_rows,
                 ),
-                mv(
-                    k.id,
-                    k.col_offset + b * s * k.row_stride,
-                    d,
-                    0,
-                    k.row_stride,
-                ),
-                mv(
-                    v.id,
-                    v.col_offset + b * s * v.row_stride,
-                    d,
-                    0,
-                    v.row_stride,
-                ),
+                kv_of(k),
+                kv_of(v),
                 mv(scores, b * a.q_heads * plane, group * plane, head_s, s_rows),
                 mv(out, b * tq * a.q_heads * d, group * d, head_q, o_rows),
             ));

@@ -4,9 +4,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{expect_f32, shader, too_large, RunValue};
+use super::{expect_f32, reads_then_write, shader, too_large, RunValue};
 use crate::error::{Error, Result};
-use crate::gpu::{Access, Graph, Kernel, TensorId};
+use crate::gpu::{Graph, Kernel, TensorId};
 
 /// A batch of matrices inside a tensor: element `(zo·BI + zi, r, c)` sits at flat index
 /// `offset + zo·stride_outer + zi·stride_inner + r·row_stride + c`.
@@ -144,8 +144,8 @@ pub fn bmm(g: &mut Graph, a: MatView, b: MatView, c: MatView, p: &Bmm) -> Result
     let aligned = [pa, pb].iter().all(|v| {
         [v.offset, v.stride_o, v.stride_i, v.row_stride]
             .iter()
-            .all(|x| x % 4 == 0)
-    }) && (p.b_transposed || p.n % 4 == 0);
+            .all(|x| x.is_multiple_of(4))
+    }) && (p.b_transposed || p.n.is_multiple_of(4));
     let mut defines = Vec::new();
     // A subgroup shares a row block across 8 column tiles; narrower products (attention's
     // P·V with a small head dimension) would leave lanes computing past the edge.
@@ -170,7 +170,7 @@ pub fn bmm(g: &mut Graph, a: MatView, b: MatView, c: MatView, p: &Bmm) -> Result
         k_slot: p.k_len.encode(op, "k_len")?.0,
         n_slot: p.n_len.encode(op, "n_len")?.0,
     };
-    let (name, source) = shader!("bmm", run);
+    let file = shader!("bmm", run);
     let wy = (p.m as u32).div_ceil(TILE * WG_Y);
     if wy > 65535 {
         return Err(too_large(
@@ -178,21 +178,11 @@ pub fn bmm(g: &mut Graph, a: MatView, b: MatView, c: MatView, p: &Bmm) -> Result
             format!("{} rows are more than one dispatch covers", p.m),
         ));
     }
-    g.dispatch(
-        Kernel::new(
-            (name, source),
-            "bmm",
-            &prm,
-            vec![
-                ("a", a.id, Access::Read),
-                ("b", b.id, Access::Read),
-                ("c", c.id, Access::Write),
-            ],
-            [(p.n as u32).div_ceil(TILE * WG_X), wy, z as u32],
-        )
-        .consts(&[("WGX", WG_X), ("WGY", WG_Y)])
-        .defines(defines),
-    )
+    let tensors = reads_then_write(&[("a", a.id), ("b", b.id)], ("c", c.id));
+    let workgroups = [(p.n as u32).div_ceil(TILE * WG_X), wy, z as u32];
+    let kernel = Kernel::new(file, "bmm", &prm, tensors, workgroups);
+    let consts = [("WGX", WG_X), ("WGY", WG_Y)];
+    g.dispatch(kernel.consts(&consts).defines(defines))
 }
 
 /// The extent a kernel is built with for a dimension of `size` of which `len` takes part:

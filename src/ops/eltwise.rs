@@ -3,9 +3,12 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{expect_dtype, expect_f32, expect_shape, numel, per_element, shader, Args, FLOATS, WG};
+use super::{
+    expect_dtype, expect_f32, expect_shape, numel, per_element, reads_then_write, shader, FLOATS,
+    WG,
+};
 use crate::error::{Error, Result};
-use crate::gpu::{Access, Graph, TensorId};
+use crate::gpu::{Graph, TensorId};
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -55,21 +58,25 @@ impl Params {
     }
 }
 
-fn launch(g: &mut Graph, entry: &'static str, p: Params, tensors: Args) -> Result<()> {
-    per_element(
-        g,
-        shader!("eltwise", row_ids),
-        (entry, &p),
-        tensors,
-        (p.n, WG),
-    )
+/// Dispatches `entry` over `p.n` elements, reading `inputs` (accessor name, tensor) and
+/// writing `out`.
+fn launch(
+    g: &mut Graph,
+    entry: &'static str,
+    p: Params,
+    inputs: &[(&'static str, TensorId)],
+    out: TensorId,
+) -> Result<()> {
+    let tensors = reads_then_write(inputs, ("out", out));
+    let file = shader!("eltwise", row_ids);
+    per_element(g, file, (entry, &p), tensors, (p.n, WG))
 }
 
 /// `out = f(x)`, same shape; `out` may be `x` (in place).
 pub fn unary(g: &mut Graph, f: Unary, x: TensorId, out: TensorId) -> Result<()> {
     let op = "unary";
     expect_f32(g, op, "out", out)?;
-    expect_shape(g, op, "out", out, &g.shape(x).to_vec())?;
+    expect_shape(g, op, "out", out, g.shape(x))?;
     let n = numel(g, op, out)?;
     let (code, alpha, beta) = match f {
         Unary::Gelu => (0, 1.0, 0.0),
@@ -84,15 +91,10 @@ pub fn unary(g: &mut Graph, f: Unary, x: TensorId, out: TensorId) -> Result<()> 
         beta,
     };
     if x == out {
-        return launch(g, "unary_inplace", p, vec![("out", out, Access::Write)]);
+        return launch(g, "unary_inplace", p, &[], out);
     }
     expect_dtype(g, op, "x", x, FLOATS)?;
-    launch(
-        g,
-        "unary",
-        p,
-        vec![("x", x, Access::Read), ("out", out, Access::Write)],
-    )
+    launch(g, "unary", p, &[("x", x)], out)
 }
 
 /// `out = a ∘ b`; `b` has the shape of `a` or of its last dimension (broadcast over rows).
@@ -113,16 +115,7 @@ pub fn binary(g: &mut Graph, f: Binary, a: TensorId, b: TensorId, out: TensorId)
     }
     let code = if f == Binary::Add { 3 } else { 4 };
     let p = Params::plain(numel(g, op, out)?, nb as u32, code);
-    launch(
-        g,
-        "binary",
-        p,
-        vec![
-            ("x", a, Access::Read),
-            ("b", b, Access::Read),
-            ("out", out, Access::Write),
-        ],
-    )
+    launch(g, "binary", p, &[("x", a), ("b", b)], out)
 }
 
 /// SwiGLU of a fused `[gate | up]` projection: `gate_up` `[.., 2·I]`, `out` `[.., I]` with
@@ -145,12 +138,7 @@ pub fn swiglu_halves(g: &mut Graph, gate_up: TensorId, out: TensorId) -> Result<
     let half = *last;
     expect_shape(g, op, "out", out, &shape)?;
     let p = Params::plain(numel(g, op, out)?, half as u32, 0);
-    launch(
-        g,
-        "swiglu_halves",
-        p,
-        vec![("x", gate_up, Access::Read), ("out", out, Access::Write)],
-    )
+    launch(g, "swiglu_halves", p, &[("x", gate_up)], out)
 }
 
 /// Fused SwiGLU: `out = silu(gate) · up`, all the same shape.
@@ -161,14 +149,5 @@ pub fn swiglu(g: &mut Graph, gate: TensorId, up: TensorId, out: TensorId) -> Res
     expect_shape(g, op, "up", up, &shape)?;
     expect_shape(g, op, "out", out, &shape)?;
     let p = Params::plain(numel(g, op, out)?, 1, 0);
-    launch(
-        g,
-        "swiglu",
-        p,
-        vec![
-            ("x", gate, Access::Read),
-            ("b", up, Access::Read),
-            ("out", out, Access::Write),
-        ],
-    )
+    launch(g, "swiglu", p, &[("x", gate), ("b", up)], out)
 }

@@ -64,6 +64,16 @@ pub(crate) fn workgroups3(op: &str, dims: [usize; 3]) -> Result<[u32; 3]> {
 /// The tensors of a launch: accessor name, tensor, access.
 pub(crate) type Args = Vec<(&'static str, TensorId, Access)>;
 
+/// The tensors of a launch that reads `inputs` and writes `out`, each named by its accessor.
+pub(crate) fn reads_then_write(
+    inputs: &[(&'static str, TensorId)],
+    (name, out): (&'static str, TensorId),
+) -> Args {
+    let mut args: Args = inputs.iter().map(|&(n, t)| (n, t, Access::Read)).collect();
+    args.push((name, out, Access::Write));
+    args
+}
+
 /// Dispatches `entry` of `shader` with one invocation per element: `threads` of them in
 /// workgroups of `wg`, the shader's `WG` (kernels index with `row_ids.wgsl`'s
 /// `thread_index`).

@@ -2,9 +2,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{expect_dtype, expect_f32, expect_shape, shader, FLOATS};
+use super::{expect_dtype, expect_f32, expect_shape, reads_then_write, shader, FLOATS};
 use crate::error::{Error, Result};
-use crate::gpu::{grid, Access, Graph, Kernel, TensorId};
+use crate::gpu::{grid, Graph, Kernel, TensorId};
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -46,12 +46,10 @@ fn launch(
         cols: cols as u32,
         eps,
     };
-    let mut tensors = vec![("x", x, Access::Read)];
-    tensors.extend(params.iter().map(|&(name, t)| (name, t, Access::Read)));
-    tensors.push(("out", out, Access::Write));
-    g.dispatch(
-        Kernel::new(shader!("norm", row_ids), entry, &p, tensors, grid(rows)).consts(&[("WG", WG)]),
-    )
+    let inputs = [&[("x", x)], params].concat();
+    let tensors = reads_then_write(&inputs, ("out", out));
+    let kernel = Kernel::new(shader!("norm", row_ids), entry, &p, tensors, grid(rows));
+    g.dispatch(kernel.consts(&[("WG", WG)]))
 }
 
 /// `out = (x − mean) / sqrt(var + eps) · gamma + beta` over the last dimension.

@@ -4,10 +4,10 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{expect_dtype, expect_f32, shader, RunValue};
+use super::{expect_dtype, expect_f32, reads_then_write, shader, RunValue};
 use crate::error::{Error, Result};
 use crate::gpu::graph::RUN_SLOTS;
-use crate::gpu::{Access, DType, Graph, Kernel, TensorId};
+use crate::gpu::{DType, Graph, Kernel, TensorId};
 
 /// Threads of the single workgroup.
 const WG: u32 = 256;
@@ -152,7 +152,7 @@ fn launch(
         p.seed_slot = s.seed_slot;
         p.step_slot = s.step_slot;
     }
-    let tensors = vec![("logits", logits, Access::Read), ("ids", ids, Access::Write)];
+    let tensors = reads_then_write(&[("logits", logits)], ("ids", ids));
     let kernel = Kernel::new(shader!("sample", run), op, &p, tensors, [1, 1, 1]);
     g.dispatch(kernel.consts(&[("WG", WG)]))
 }

@@ -896,20 +896,24 @@ impl Florence2Checkpoint {
         let claim = format!("vision_config.projection_dim = {}", v.projection_dim);
         let proj = format!("{p}.image_projection.weight");
         self.check_dim(claim, v.projection_dim, &proj, 0, "output channels")?;
-        let key = v.key(
-            "max_position_embeddings",
-            "image_pos_embed.max_pos_embeddings",
-        );
-        let claim = format!("vision_config.{key} = {}", v.max_pos_embeddings);
-        let rows = format!("{p}.image_position_embed.row_embeddings.weight");
-        self.check_dim(claim, v.max_pos_embeddings, &rows, 0, "rows")?;
-        let key = v.key(
-            "max_temporal_embeddings",
-            "visual_temporal_embedding.max_temporal_embeddings",
-        );
-        let claim = format!("vision_config.{key} = {}", v.max_temporal_embeddings);
-        let temporal = format!("{p}.visual_temporal_embed.pos_idx_to_embed");
-        self.check_dim(claim, v.max_temporal_embeddings, &temporal, 0, "rows")?;
+        // The position tables: (HF key, original key, rows the config claims, table).
+        for (hf, original, rows, table) in [
+            (
+                "max_position_embeddings",
+                "image_pos_embed.max_pos_embeddings",
+                v.max_pos_embeddings,
+                "image_position_embed.row_embeddings.weight",
+            ),
+            (
+                "max_temporal_embeddings",
+                "visual_temporal_embedding.max_temporal_embeddings",
+                v.max_temporal_embeddings,
+                "visual_temporal_embed.pos_idx_to_embed",
+            ),
+        ] {
+            let claim = format!("vision_config.{} = {rows}", v.key(hf, original));
+            self.check_dim(claim, rows, &format!("{p}.{table}"), 0, "rows")?;
+        }
 
         let d = t.d_model;
         if d != v.projection_dim {
