@@ -4,7 +4,6 @@
 //! rows of the encoder output for Florence-VL's three prompts, run as one batch.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use fvl_wgpu::pipeline::features::FeaturesFolder;
 use fvl_wgpu::weights::{save_safetensors, Dtype, TensorBytes};
@@ -34,15 +33,11 @@ pub fn run(args: &FeaturesArgs) -> Result<()> {
     fvl_wgpu::output::check_writable(&args.out, &[dir, &args.image])?;
     let folder = FeaturesFolder::open(dir)?;
     let layout = folder.layout();
-    let t0 = Instant::now();
     let image = folder.preprocess((&args.image).into(), args.pad)?;
-    let tensors = folder.tower_tensor_count();
-    let (model, dtype) =
-        args.model
-            .load_with_progress(tensors, "loading the model", |gpu, dtype, tick| {
-                folder.load(gpu, dtype, tick)
-            })?;
-    let t_load = t0.elapsed();
+    let count = folder.tower_tensor_count();
+    let (model, dtype, t_load) = args
+        .model
+        .load_model(count, |gpu, dtype, tick| folder.load(gpu, dtype, tick))?;
     let out = {
         let _vision = phase("vision and encoder");
         model.run(&image)?

@@ -3,7 +3,6 @@
 //! optionally drawn onto the image.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use fvl_wgpu::image::{load_image, preprocess_image};
 use fvl_wgpu::pipeline::florence2::Florence2Folder;
@@ -49,40 +48,29 @@ fn describe(answer: &Answer) -> String {
         let s: Vec<_> = v.iter().map(i32::to_string).collect();
         format!("[{}]", s.join(", "))
     };
-    let list = |what: &str, items: Vec<(String, String)>| {
-        let mut out = format!("{} {what}", items.len());
-        for (label, coords) in items {
-            out += &format!("\n  {label:?} {coords}");
+    // "N what", then each label with its item's coordinates.
+    let list = |what: &str, labels: &[String], coords: Vec<String>| {
+        let mut out = format!("{} {what}", labels.len().min(coords.len()));
+        for (label, c) in labels.iter().zip(coords) {
+            out += &format!("\n  {label:?} {c}");
         }
         out
     };
-    let pair = |l: &String, c: String| (l.clone(), c);
     match answer {
         Answer::Text(t) => format!("answer: {t}"),
-        Answer::Boxes { bboxes, labels } => list(
-            "boxes (x1, y1, x2, y2)",
-            labels
-                .iter()
-                .zip(bboxes)
-                .map(|(l, b)| pair(l, fmt(b)))
-                .collect(),
-        ),
-        Answer::Quads { quad_boxes, labels } => list(
-            "quads (x1, y1, …, x4, y4)",
-            labels
-                .iter()
-                .zip(quad_boxes)
-                .map(|(l, q)| pair(l, fmt(q)))
-                .collect(),
-        ),
-        Answer::Polygons { polygons, labels } => list(
-            "instances (polygons of x, y)",
-            labels
-                .iter()
-                .zip(polygons)
-                .map(|(l, p)| pair(l, p.iter().map(|p| fmt(p)).collect::<Vec<_>>().join(" ")))
-                .collect(),
-        ),
+        Answer::Boxes { bboxes, labels } => {
+            let coords = bboxes.iter().map(|b| fmt(b)).collect();
+            list("boxes (x1, y1, x2, y2)", labels, coords)
+        }
+        Answer::Quads { quad_boxes, labels } => {
+            let coords = quad_boxes.iter().map(|q| fmt(q)).collect();
+            list("quads (x1, y1, …, x4, y4)", labels, coords)
+        }
+        Answer::Polygons { polygons, labels } => {
+            let outlines = |p: &Vec<Vec<i32>>| p.iter().map(|p| fmt(p)).collect::<Vec<_>>();
+            let coords = polygons.iter().map(|p| outlines(p).join(" ")).collect();
+            list("instances (polygons of x, y)", labels, coords)
+        }
         Answer::BoxesOrPolygons {
             bboxes,
             bboxes_labels,
@@ -126,14 +114,10 @@ pub fn run(args: &Florence2Args) -> Result<()> {
     };
     let plan = folder.plan(&task, &opts)?;
 
-    let t0 = Instant::now();
-    let tensors = folder.tower_tensor_count();
-    let (model, dtype) =
-        args.model
-            .load_with_progress(tensors, "loading the model", |gpu, dtype, tick| {
-                folder.load(gpu, dtype, tick)
-            })?;
-    let t_load = t0.elapsed();
+    let count = folder.tower_tensor_count();
+    let (model, dtype, t_load) = args
+        .model
+        .load_model(count, |gpu, dtype, tick| folder.load(gpu, dtype, tick))?;
 
     let Some(image_path) = &args.input.image else {
         let cfg = model.preprocess_config().clone();

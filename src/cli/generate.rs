@@ -12,7 +12,7 @@ use fvl_wgpu::text::llama::{LlamaTokenizer, Message, TextStream};
 use fvl_wgpu::weights::Checkpoint;
 use fvl_wgpu::{Error, Result};
 
-use super::chat::{read_question, report_turn};
+use super::chat::converse;
 use super::{progress, AnswerPhases, DecodeArgs, ModelArgs, Quant};
 
 /// Arguments of `generate`.
@@ -196,20 +196,7 @@ fn interactive(
         seed: args.decode.seed().unwrap_or(0),
     };
     let mut chat = TextChat::new(gpu, llama, tok, None, context, &opts)?;
-    let print = &mut |piece: &str| {
-        print!("{piece}");
-        std::io::stdout().flush().is_ok()
-    };
-    let mut input = std::io::stdin().lock();
-    while let Some(message) = read_question(&mut input)? {
-        match chat.ask(&message, &opts, print) {
-            Ok(reply) => {
-                println!();
-                report_turn(reply.dropped_turns, reply.stopped, "the system message");
-            }
-            Err(Error::Input(msg)) => eprintln!("{msg}"),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    converse("the system message", |text, print| {
+        chat.ask(text, &opts, print)
+    })
 }

@@ -11,7 +11,7 @@ use fvl_wgpu::pipeline::{AskOptions, FlorenceVl};
 use fvl_wgpu::weights::Checkpoint;
 use fvl_wgpu::{Error, Result};
 
-use super::chat::{read_question, report_turn};
+use super::chat::converse;
 use super::{batch, phase, AnswerPhases, DecodeArgs, ImagesArgs, ModelArgs, Quant, TowerTokenizerArgs};
 
 /// Arguments of `infer`.
@@ -144,20 +144,7 @@ fn interactive(m: &FlorenceVl, image: &Preprocessed, opts: &AskOptions) -> Resul
         m.see(image)?
     };
     let mut chat = m.open_chat(&seen, opts)?;
-    let print = &mut |piece: &str| {
-        print!("{piece}");
-        std::io::stdout().flush().is_ok()
-    };
-    let mut input = std::io::stdin().lock();
-    while let Some(question) = read_question(&mut input)? {
-        match chat.ask(&question, opts, print) {
-            Ok(reply) => {
-                println!();
-                report_turn(reply.dropped_turns, reply.stopped, "the system message and the image");
-            }
-            Err(Error::Input(msg)) => eprintln!("{msg}"),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    converse("the system message and the image", |q, print| {
+        chat.ask(q, opts, print)
+    })
 }

@@ -5,6 +5,7 @@
 //! API, or pipelines an application would need (those live in `fvl_wgpu::pipeline`).
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -390,19 +391,20 @@ impl<P: Storage> ModelArgs<P> {
     }
 
     /// Opens the device and loads a model on it with a progress bar of `tensors` ticks
-    /// (`load` gets the GPU, the weight dtype and the tick); returns the model and its dtype.
-    pub fn load_with_progress<T>(
+    /// (`load` gets the GPU, the weight dtype and the tick); returns the model, its dtype and
+    /// the time the whole load took.
+    pub fn load_model<T>(
         &self,
         tensors: usize,
-        what: &str,
         load: impl FnOnce(Gpu, DType, &dyn Fn()) -> Result<T>,
-    ) -> Result<(T, DType)> {
+    ) -> Result<(T, DType, Duration)> {
+        let t0 = Instant::now();
         let gpu = self.device.open()?;
         let dtype = self.dtype(&gpu, None);
-        let bar = progress(tensors, what);
+        let bar = progress(tensors, "loading the model");
         let model = load(gpu, dtype, &|| bar.inc(1))?;
         bar.finish_and_clear();
-        Ok((model, dtype))
+        Ok((model, dtype, t0.elapsed()))
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use fvl_wgpu::gpu::{DType, Gpu, Graph, Tensor};
+use fvl_wgpu::gpu::{DType, Executable, Gpu, Graph, Tensor};
 use fvl_wgpu::ops::matmul;
 use fvl_wgpu::Result;
 
@@ -105,14 +105,19 @@ pub(super) fn time(gpu: &Gpu, mut record: impl FnMut(&mut Graph) -> Result<()>) 
         record(&mut g)?;
     }
     let exe = g.build()?;
-    exe.run(gpu, &[])?;
+    exe.run(gpu, &[])?; // warm-up
+    Ok(best_run(gpu, &exe, TRIALS)? / REPS as f64)
+}
+
+/// Best wall time in seconds of `trials` runs of `exe` (after a warm-up run by the caller).
+pub(super) fn best_run(gpu: &Gpu, exe: &Executable, trials: usize) -> Result<f64> {
     let mut best = f64::INFINITY;
-    for _ in 0..TRIALS {
+    for _ in 0..trials {
         let t = Instant::now();
         exe.run(gpu, &[])?;
         best = best.min(t.elapsed().as_secs_f64());
     }
-    Ok(best / REPS as f64)
+    Ok(best)
 }
 
 /// Copy bandwidth: bytes read + written per second by a buffer-to-buffer copy.

@@ -13,7 +13,7 @@ use fvl_wgpu::model::llama::{Llama, LlamaConfig};
 use fvl_wgpu::weights::florence2::{TextConfig, VisionConfig};
 use fvl_wgpu::{Error, Result};
 
-use super::{copy_bandwidth, input, linear_row, noise, Sizes};
+use super::{best_run, copy_bandwidth, input, linear_row, noise, Sizes};
 use crate::cli::{phase, progress, storage_dtype, DeviceArgs, Precision};
 
 /// Florence-2 vision configs at the real sizes (spec §3.1): `base` or `large`.
@@ -99,12 +99,7 @@ pub fn vision(
     );
     exe.run(&gpu, &[])?;
     let timing = phase("two timed runs and a profiled one");
-    let mut best = f64::INFINITY;
-    for _ in 0..2 {
-        let t = Instant::now();
-        exe.run(&gpu, &[])?;
-        best = best.min(t.elapsed().as_secs_f64());
-    }
+    let best = best_run(&gpu, &exe, 2)?;
     let profile = exe.profile(&gpu, &[])?;
     drop(timing);
     print_profile(profile);
@@ -201,12 +196,7 @@ pub fn florence2(
     let encoding = phase(format!("encoder, 3 prompts × {} tokens, 3 runs", n + len));
     let exe = g.build()?;
     exe.run(&gpu, &[])?;
-    let mut enc_s = f64::INFINITY;
-    for _ in 0..2 {
-        let t = Instant::now();
-        exe.run(&gpu, &[])?;
-        enc_s = enc_s.min(t.elapsed().as_secs_f64());
-    }
+    let enc_s = best_run(&gpu, &exe, 2)?;
     drop(encoding);
     let l = (n + len) as f64;
     let (df, ff) = (d as f64, cfg.encoder_ffn_dim as f64);
