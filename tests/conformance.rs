@@ -50,13 +50,17 @@ mod window;
 use common::{gpu, max_rel_error};
 use fvl_wgpu::gpu::{DType, Gpu};
 
+/// A row's check: runs the op on the GPU and the reference on the CPU, returning (gpu
+/// output, reference).
+pub type Run = Box<dyn Fn(&Gpu, &mut common::Rng) -> (Vec<f32>, Vec<f32>)>;
+
 /// One row of the table.
 pub struct Case {
     pub op: &'static str,
     pub shape: String,
     pub dtype: DType,
     /// Runs the op on the GPU and the reference on the CPU: (gpu output, reference).
-    pub run: Box<dyn Fn(&Gpu, &mut common::Rng) -> (Vec<f32>, Vec<f32>)>,
+    pub run: Run,
     /// Bytes of the largest tensor, to choose a binding limit that splits it.
     pub largest_bytes: u64,
     /// Bytes of the longest row of any tensor (a chunk holds at least one row).

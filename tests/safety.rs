@@ -228,8 +228,6 @@ fn quantize_refuses_non_finite_weights() {
     }
 }
 
-/// Rewrites the JSON file `path` with `edit`.
-
 /// The error of `open` with `name` (the offending string) replaced by `X`, so messages for
 /// different names compare equal exactly when they reveal nothing more.
 fn masked_error<T>(res: fvl_wgpu::Result<T>, name: &str) -> String {
@@ -318,8 +316,7 @@ fn vision_tower_stays_beside_the_model() {
 fn resize_targets_are_bounded() {
     let json = serde_json::json!({"size": {"height": 60000, "width": 60000}});
     let err = fvl_wgpu::image::PreprocessConfig::from_json(&json, "preprocessor_config.json")
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(err.contains("size") && err.contains("60000"), "{err}");
     let ok = serde_json::json!({"size": {"height": 768, "width": 1024}});

@@ -79,22 +79,23 @@ pub fn storage_bindings(tensors: &[TensorArg]) -> usize {
 }
 
 fn vec4_ok(l: &Layout) -> bool {
-    l.cols() % 4 == 0 && (l.num_chunks() == 1 || (l.rows_per_chunk * l.cols()) % 4 == 0)
+    l.cols().is_multiple_of(4)
+        && (l.num_chunks() == 1 || (l.rows_per_chunk * l.cols()).is_multiple_of(4))
 }
 
 /// f16 rows (and chunks) a multiple of 8 long: bound as `array<vec4<u32>>`, eight halves a
 /// load.
 fn halves8_ok(l: &Layout) -> bool {
     l.dtype == DType::F16
-        && l.cols() % 8 == 0
-        && (l.num_chunks() == 1 || (l.rows_per_chunk * l.cols()) % 8 == 0)
+        && l.cols().is_multiple_of(8)
+        && (l.num_chunks() == 1 || (l.rows_per_chunk * l.cols()).is_multiple_of(8))
 }
 
 /// Quantized rows whose words come in whole vec4s (rows a multiple of 4 words, so chunks too):
 /// such tensors bind as `array<vec4<u32>>` and `ldw4` reads a block's four q4 words (or half
 /// a q8 block) with one load — on CPU drivers a load costs per instruction, not per word.
 fn words4_ok(l: &Layout) -> bool {
-    l.dtype.row_words(l.cols()) % 4 == 0
+    l.dtype.row_words(l.cols()).is_multiple_of(4)
 }
 
 /// The generated header: constants, bindings (`p: Params` at 0, `run` at 1, tensors from 2)

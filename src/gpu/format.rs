@@ -85,7 +85,7 @@ impl DType {
 
     /// Checks the constraints a dtype puts on the row length.
     pub fn check_cols(self, cols: usize) -> Result<(), String> {
-        if self.is_quantized() && cols % QBLOCK != 0 {
+        if self.is_quantized() && !cols.is_multiple_of(QBLOCK) {
             return Err(format!(
                 "{} needs rows that are a multiple of {QBLOCK} long, got {cols}",
                 self.name()
@@ -101,7 +101,7 @@ fn scale_words(cols: usize) -> usize {
 
 /// Encodes `rows × cols` f32 values (row-major) into the storage words of `dtype`.
 pub fn encode(dtype: DType, data: &[f32], cols: usize) -> Vec<u32> {
-    let rows = if cols == 0 { 0 } else { data.len() / cols };
+    let rows = data.len().checked_div(cols).unwrap_or(0);
     match dtype {
         DType::F32 => data.iter().map(|v| v.to_bits()).collect(),
         DType::U32 => data.iter().map(|&v| v as u32).collect(),

@@ -163,6 +163,12 @@ impl<'g> Graph<'g> {
         Ok(TensorId(self.slots.len() - 1))
     }
 
+    /// Declares an f32 intermediate of `like`'s shape.
+    pub fn tensor_like(&mut self, like: TensorId) -> Result<TensorId> {
+        let shape = self.shape(like).to_vec();
+        self.tensor(&shape, DType::F32)
+    }
+
     /// Keeps an intermediate alive to the end of the graph so it can be read after a run.
     pub fn keep(&mut self, id: TensorId) {
         self.slots[id.0].keep = true;

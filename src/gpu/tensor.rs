@@ -24,7 +24,7 @@ pub struct Layout {
 impl Layout {
     /// The chunking of `shape`/`dtype` under a binding limit of `max_binding` bytes.
     pub fn new(shape: &[usize], dtype: DType, max_binding: u64) -> Result<Layout> {
-        if shape.is_empty() || shape.iter().any(|&d| d == 0) {
+        if shape.is_empty() || shape.contains(&0) {
             return Err(Error::shape(format!(
                 "tensor shape {shape:?} has no elements"
             )));

@@ -77,7 +77,7 @@ impl Embeddings {
     /// `LN(x + positions[ids])`; `ids` are positions, u32 with `x`'s shape less its last
     /// dimension.
     fn forward(&self, g: &mut Graph, x: TensorId, ids: TensorId) -> Result<TensorId> {
-        let pos = g.tensor(&g.shape(x).to_vec(), DType::F32)?;
+        let pos = g.tensor_like(x)?;
         let table = g.external(&self.positions);
         embed::embed(g, ids, table, None, pos)?;
         let x = add(g, x, pos)?;

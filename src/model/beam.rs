@@ -197,7 +197,7 @@ impl BeamSearch {
     /// positions, in [`BeamSearch::last_tokens`] order).
     pub fn step(&mut self, logits: &[f32]) -> Result<()> {
         let b = self.opts.num_beams;
-        if self.done || logits.len() % b != 0 || logits.is_empty() {
+        if self.done || !logits.len().is_multiple_of(b) || logits.is_empty() {
             return Err(Error::input(format!(
                 "beam search step: {} logits for {b} beams{}",
                 logits.len(),

@@ -122,7 +122,7 @@ impl Block {
                 };
                 attention::attention(g, view(0), view(dim), view(2 * dim), attended, &a)?;
                 let projected = self.proj.forward(g, attended)?;
-                let out = g.tensor(&g.shape(x).to_vec(), DType::F32)?;
+                let out = g.tensor_like(x)?;
                 window::merge(g, projected, hw, ws, Some(x), out)?;
                 out
             }

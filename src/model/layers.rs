@@ -166,7 +166,7 @@ impl LayerNorm {
 
     /// Records the normalisation of `x` into a new intermediate.
     pub fn forward(&self, g: &mut Graph, x: TensorId) -> Result<TensorId> {
-        let out = g.tensor(&g.shape(x).to_vec(), DType::F32)?;
+        let out = g.tensor_like(x)?;
         let (w, b) = (g.external(&self.weight), g.external(&self.bias));
         norm::layernorm(g, x, w, b, self.eps, out)?;
         Ok(out)
@@ -210,7 +210,7 @@ impl DwConvResidual {
 
     /// Records `x + dwconv(x)` for tokens on an `hw` grid into a new intermediate.
     pub fn forward(&self, g: &mut Graph, x: TensorId, hw: (usize, usize)) -> Result<TensorId> {
-        let out = g.tensor(&g.shape(x).to_vec(), DType::F32)?;
+        let out = g.tensor_like(x)?;
         let (w, b) = (g.external(&self.weight), g.external(&self.bias));
         conv::dwconv3x3(g, x, hw, w, b, true, out)?;
         Ok(out)
@@ -219,7 +219,7 @@ impl DwConvResidual {
 
 /// Records `a + b` (same shape, or `b` one row broadcast) into a new intermediate.
 pub fn add(g: &mut Graph, a: TensorId, b: TensorId) -> Result<TensorId> {
-    let out = g.tensor(&g.shape(a).to_vec(), DType::F32)?;
+    let out = g.tensor_like(a)?;
     eltwise::binary(g, Binary::Add, a, b, out)?;
     Ok(out)
 }

@@ -68,7 +68,7 @@ pub fn linear_rms(
     if g.layout(x).rows() <= MATVEC_MAX_ROWS {
         return launch(g, x, w, None, None, Some((gain, eps)), out);
     }
-    let normed = g.tensor(&g.shape(x).to_vec(), DType::F32)?;
+    let normed = g.tensor_like(x)?;
     norm::rmsnorm(g, x, gain, eps, normed)?;
     launch(g, normed, w, None, None, None, out)
 }

@@ -68,7 +68,7 @@ pub fn softmax_masked(g: &mut Graph, x: TensorId, out: TensorId, mask: &Mask) ->
     let layout = g.layout(x);
     let rows = u32::try_from(layout.rows())
         .map_err(|_| Error::shape(format!("{op}: too many rows ({})", layout.rows())))?;
-    if mask.tq == 0 || layout.rows() % mask.tq != 0 {
+    if mask.tq == 0 || !layout.rows().is_multiple_of(mask.tq) {
         return Err(Error::shape(format!(
             "{op}: {} rows are not whole blocks of {} queries",
             layout.rows(),

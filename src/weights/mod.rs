@@ -638,7 +638,7 @@ pub fn write_quantized(
         return Err(nothing_to_pack(ck, dtype, quantize));
     }
     let inputs = [ck.dir()];
-    let mut tensors: Vec<(String, Dtype, Vec<usize>, std::borrow::Cow<[u8]>)> = Vec::new();
+    let mut tensors: Vec<TensorBytes> = Vec::new();
     let mut quantized = 0;
     for name in ck.names() {
         let (bytes, dt, shape) = ck.raw(name)?;

@@ -2,8 +2,8 @@
 //! reference.
 
 use super::common::{poisoned, upload, Rng};
-use super::Case;
-use fvl_wgpu::gpu::{DType, Gpu, Graph};
+use super::{Case, Run};
+use fvl_wgpu::gpu::{DType, Graph};
 use fvl_wgpu::ops::copy::{self, Block};
 
 /// Reference block copy into `dst` (`[..][dst_cols]`) from `src` (`[..][src_cols]`), with
@@ -27,8 +27,6 @@ fn copy_ref(
         }
     }
 }
-
-type Run = Box<dyn Fn(&Gpu, &mut Rng) -> (Vec<f32>, Vec<f32>)>;
 
 fn case(op: &'static str, shape: String, largest: usize, row: usize, run: Run) -> Case {
     Case {

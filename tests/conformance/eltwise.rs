@@ -7,9 +7,14 @@ use fvl_wgpu::ops::eltwise::{self, Binary, Unary};
 
 const SHAPES: &[&[usize]] = &[&[7], &[33, 129], &[3, 61, 17]];
 
+/// A unary op under test: row name, op, CPU reference.
+type UnaryRow = (&'static str, Unary, fn(f32) -> f32);
+/// A binary op under test: row name, op, CPU reference.
+type BinaryRow = (&'static str, Binary, fn(f32, f32) -> f32);
+
 pub fn cases() -> Vec<Case> {
     let mut v = Vec::new();
-    let unaries: [(&str, Unary, fn(f32) -> f32); 3] = [
+    let unaries: [UnaryRow; 3] = [
         ("gelu", Unary::Gelu, r::gelu),
         ("silu", Unary::Silu, r::silu),
         (
@@ -71,7 +76,7 @@ pub fn cases() -> Vec<Case> {
             }),
         });
     }
-    let binaries: [(&str, Binary, fn(f32, f32) -> f32); 2] = [
+    let binaries: [BinaryRow; 2] = [
         ("add", Binary::Add, |a, b| a + b),
         ("mul", Binary::Mul, |a, b| a * b),
     ];

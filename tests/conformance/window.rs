@@ -2,8 +2,8 @@
 //! a round trip), with the CPU references.
 
 use super::common::{poisoned, upload, Rng};
-use super::Case;
-use fvl_wgpu::gpu::{DType, Gpu, Graph};
+use super::{Case, Run};
+use fvl_wgpu::gpu::{DType, Graph};
 use fvl_wgpu::ops::window::{self, window_count};
 
 /// An image batch: `b` items of `h × w` tokens of `c` channels, cut into `ws × ws` windows.
@@ -93,8 +93,6 @@ enum Residual {
     Tensor,
     InPlace,
 }
-
-type Run = Box<dyn Fn(&Gpu, &mut Rng) -> (Vec<f32>, Vec<f32>)>;
 
 fn case(op: &'static str, gm: Geom, detail: &str, run: Run) -> Case {
     Case {
