@@ -96,20 +96,7 @@ enum BenchWhat {
     },
     /// Florence-2 language model at the real sizes, random weights: the encoder on the three
     /// Florence-VL prompts as one batch, and greedy decoder tokens/s.
-    Florence2 {
-        #[command(flatten)]
-        device: DeviceArgs,
-        /// Model size: base or large (default: large, or base on a CPU adapter).
-        #[arg(long, value_name = "SIZE")]
-        config: Option<String>,
-        /// Square image side in pixels the encoder's image rows come from (default: 768, or
-        /// 384 on a CPU adapter).
-        #[arg(long, value_name = "PIXELS")]
-        size: Option<usize>,
-        /// Weight storage (default: f16 where the adapter has SHADER_F16, else f32).
-        #[arg(long, visible_alias = "quant", value_enum, value_name = "FORMAT")]
-        precision: Option<Precision>,
-    },
+    Florence2(bench::Florence2Bench),
     /// Llama prefill and decode at the real sizes, random weights: tokens/s and GB/s against
     /// the copy bandwidth.
     Decode {
@@ -183,19 +170,7 @@ enum BenchWhat {
         precision: Option<Precision>,
     },
     /// Florence-2 vision path (DaViT + image head) at the real sizes, random weights.
-    Vision {
-        #[command(flatten)]
-        device: DeviceArgs,
-        /// Model size: base or large (default: large, or base on a CPU adapter).
-        #[arg(long, value_name = "SIZE")]
-        config: Option<String>,
-        /// Square input image side in pixels (default: 768, or 384 on a CPU adapter).
-        #[arg(long, value_name = "PIXELS")]
-        size: Option<usize>,
-        /// Weight storage (default: f16 where the adapter has SHADER_F16, else f32).
-        #[arg(long, visible_alias = "quant", value_enum, value_name = "FORMAT")]
-        precision: Option<Precision>,
-    },
+    Vision(bench::Florence2Bench),
 }
 
 /// Options every GPU command takes.
@@ -622,14 +597,8 @@ pub fn run() -> Result<()> {
                 },
         } => bench::decode(&device, &config, precision.dtype(), prompt, tokens),
         Command::Bench {
-            what:
-                BenchWhat::Florence2 {
-                    device,
-                    config,
-                    size,
-                    precision,
-                },
-        } => bench::florence2(&device, config, size, precision),
+            what: BenchWhat::Florence2(args),
+        } => bench::florence2(&args),
         Command::Bench {
             what:
                 BenchWhat::Batch {
@@ -641,14 +610,8 @@ pub fn run() -> Result<()> {
                 },
         } => bench::batch(&device, &model, &images, count, precision),
         Command::Bench {
-            what:
-                BenchWhat::Vision {
-                    device,
-                    config,
-                    size,
-                    precision,
-                },
-        } => bench::vision(&device, config, size, precision),
+            what: BenchWhat::Vision(args),
+        } => bench::vision(&args),
         Command::Bench {
             what:
                 BenchWhat::Load {

@@ -12,6 +12,8 @@ use fvl_wgpu::gpu::{DType, Executable, Gpu, Graph, Tensor};
 use fvl_wgpu::ops::matmul;
 use fvl_wgpu::Result;
 
+use crate::cli::{storage_dtype, DeviceArgs, Precision};
+
 mod batch;
 mod kernels;
 mod load;
@@ -21,6 +23,36 @@ pub use batch::batch;
 pub use kernels::kernels;
 pub use load::load;
 pub use models::{decode, e2e, florence2, vision, E2e};
+
+/// The flags of `bench vision` and `bench florence2`: a Florence-2 size at an image size.
+#[derive(clap::Args)]
+pub struct Florence2Bench {
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Model size: base or large (default: large, or base on a CPU adapter).
+    #[arg(long, value_name = "SIZE")]
+    pub config: Option<String>,
+    /// Square input image side in pixels (default: 768, or 384 on a CPU adapter).
+    #[arg(long, value_name = "PIXELS")]
+    pub size: Option<usize>,
+    /// Weight storage (default: f16 where the adapter has SHADER_F16, else f32).
+    #[arg(long, visible_alias = "quant", value_enum, value_name = "FORMAT")]
+    pub precision: Option<Precision>,
+}
+
+impl Florence2Bench {
+    /// Opens the device and picks the sizes not given (light ones on a CPU adapter, said on
+    /// stderr): (device, `--config`, `--size`, weight dtype, whether light sizes were picked).
+    pub(super) fn open(&self) -> Result<(Gpu, String, usize, DType, bool)> {
+        let gpu = self.device.open()?;
+        let mut sizes = Sizes::new(&gpu);
+        let config = sizes.pick("--config", self.config.clone(), "large".into(), "base".into());
+        let size = sizes.pick("--size", self.size, 768, 384);
+        sizes.announce();
+        let dtype = storage_dtype(self.precision, None, &gpu);
+        Ok((gpu, config, size, dtype, sizes.light()))
+    }
+}
 
 /// The size flags of one bench run on one adapter: the flags given win; the others take the
 /// full sizes, or on a CPU (software) adapter, where those take many minutes, light ones.

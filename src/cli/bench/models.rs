@@ -13,8 +13,8 @@ use fvl_wgpu::model::llama::{Llama, LlamaConfig};
 use fvl_wgpu::weights::florence2::{TextConfig, VisionConfig};
 use fvl_wgpu::{Error, Result};
 
-use super::{best_run, copy_bandwidth, input, linear_row, noise, Sizes};
-use crate::cli::{phase, progress, storage_dtype, DeviceArgs, Precision};
+use super::{best_run, copy_bandwidth, input, linear_row, noise, Florence2Bench, Sizes};
+use crate::cli::{phase, progress, DeviceArgs};
 
 /// Florence-2 vision configs at the real sizes (spec §3.1): `base` or `large`.
 fn florence2_vision_config(name: &str) -> Result<VisionConfig> {
@@ -54,19 +54,9 @@ fn vision_flops(cfg: &VisionConfig, size: usize) -> f64 {
 }
 
 /// `fvl-wgpu bench vision`: DaViT + image head at the real sizes with random weights.
-pub fn vision(
-    args: &DeviceArgs,
-    config: Option<String>,
-    size: Option<usize>,
-    precision: Option<Precision>,
-) -> Result<()> {
-    let gpu = args.open()?;
-    let mut sizes = Sizes::new(&gpu);
-    let config = sizes.pick("--config", config, "large".into(), "base".into());
-    let size = sizes.pick("--size", size, 768, 384);
-    sizes.announce();
+pub fn vision(args: &Florence2Bench) -> Result<()> {
+    let (gpu, config, size, dtype, light) = args.open()?;
     let cfg = florence2_vision_config(&config)?;
-    let dtype = storage_dtype(precision, None, &gpu);
     eprintln!("DaViT-{config} + image head at {size}², {} weights", dtype.name());
     let (copy, best_matmul) = ceilings(&gpu)?;
 
@@ -108,7 +98,7 @@ pub fn vision(
     let peak = weight_bytes + exe.arena_bytes + pixels.layout.bytes();
     let summary = serde_json::json!({
         "device": gpu.describe(), "config": config, "image_size": size, "precision": dtype.name(),
-        "light_defaults": sizes.light(),
+        "light_defaults": light,
         "ms_per_image": best * 1e3, "gflop": flops / 1e9, "gflops": gflops,
         "best_matmul_gflops": best_matmul / 1e9, "fraction_of_best_matmul": gflops * 1e9 / best_matmul,
         "copy_gb_per_s": copy / 1e9, "dispatches": exe.dispatches(), "submits_per_image": 1,
@@ -129,7 +119,7 @@ pub fn vision(
         exe.arena_bytes >> 20,
         exe.dispatches()
     );
-    if args.json {
+    if args.device.json {
         println!("{summary}");
     }
     Ok(())
@@ -159,19 +149,9 @@ fn florence2_text_config(name: &str) -> Result<TextConfig> {
 /// `fvl-wgpu bench florence2`: the BART encoder on Florence-VL's three prompts as one batch
 /// over the image rows of a `size`² image (577 for 768²), and greedy decoder tokens/s, random
 /// weights.
-pub fn florence2(
-    args: &DeviceArgs,
-    config: Option<String>,
-    size: Option<usize>,
-    precision: Option<Precision>,
-) -> Result<()> {
-    let gpu = args.open()?;
-    let mut sizes = Sizes::new(&gpu);
-    let config = sizes.pick("--config", config, "large".into(), "base".into());
-    let size = sizes.pick("--size", size, 768, 384);
-    sizes.announce();
+pub fn florence2(args: &Florence2Bench) -> Result<()> {
+    let (gpu, config, size, dtype, light) = args.open()?;
     let cfg = florence2_text_config(&config)?;
-    let dtype = storage_dtype(precision, None, &gpu);
     // DaViT's grid is the image side / 32, plus the mean token.
     let (d, n, len) = (cfg.d_model, (size / 32).pow(2) + 1, 14);
     eprintln!(
@@ -238,12 +218,12 @@ pub fn florence2(
         100.0 * per_token * tok_s / copy,
         copy / 1e9
     );
-    if args.json {
+    if args.device.json {
         println!(
             "{}",
             serde_json::json!({
                 "device": gpu.describe(), "config": config, "image_size": size, "image_rows": n,
-                "precision": dtype.name(), "light_defaults": sizes.light(),
+                "precision": dtype.name(), "light_defaults": light,
                 "encoder_ms": enc_s * 1e3, "encoder_gflop": enc_flops / 1e9, "encoder_gflops": gflops,
                 "best_matmul_gflops": best_matmul / 1e9, "fraction_of_best_matmul": gflops * 1e9 / best_matmul,
                 "decoder_tokens": tokens, "decoder_tokens_per_s": tok_s,
