@@ -1,6 +1,8 @@
 //! The layering rule CI keeps: only `src/gpu/` (and the kernels' Rust side in `src/ops/`)
 //! may name the graphics API. Models, pipelines, tokenizers and checkpoint code record graphs
-//! and read files; they never touch buffers, queues or submissions.
+//! and read files; they never touch buffers, queues or submissions. The check is as plain as
+//! `grep -rn wgpu src/model src/pipeline src/text src/weights`: not even the program's name
+//! appears there (messages say `{PROGRAM}` or name the command).
 
 use std::path::Path;
 
@@ -18,23 +20,6 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
-/// Whether `line` mentions wgpu other than inside the program's own name (`fvl-wgpu` in a
-/// message telling the user which command to run, `fvl_wgpu` the crate).
-fn names_the_api(line: &str) -> bool {
-    line.match_indices("wgpu").any(|(i, _)| {
-        let before = &line[..i];
-        !(before.ends_with("fvl-") || before.ends_with("fvl_"))
-    })
-}
-
-#[test]
-fn the_check_sees_api_names_but_not_the_program_name() {
-    assert!(names_the_api("use wgpu::Buffer;"));
-    assert!(names_the_api("staging: [wgpu::Buffer; 2], // fvl-wgpu"));
-    assert!(!names_the_api("run `fvl-wgpu pull {id}`"));
-    assert!(!names_the_api("use fvl_wgpu::gpu::Gpu;"));
-}
-
 #[test]
 fn only_gpu_and_ops_name_the_graphics_api() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
@@ -47,7 +32,7 @@ fn only_gpu_and_ops_name_the_graphics_api() {
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();
         for (n, line) in text.lines().enumerate() {
-            if names_the_api(line) {
+            if line.contains("wgpu") {
                 offenders.push(format!("{}:{}: {}", f.display(), n + 1, line.trim()));
             }
         }

@@ -691,7 +691,9 @@ pub fn write_quantized(
         }
     }
     let path = out.join(SINGLE);
-    let meta = BTreeMap::from([("fvl_wgpu_quant".to_string(), dtype.name().to_string())]);
+    // Informational only (loads find the packed tensors by their `.q8`/`.q4` names): a tool
+    // listing the header sees how the file was packed.
+    let meta = BTreeMap::from([("quantization".to_string(), dtype.name().to_string())]);
     let written = save_safetensors(&path, &tensors, Some(&meta), &inputs)?;
     Ok((quantized, written))
 }
