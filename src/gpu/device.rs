@@ -173,9 +173,15 @@ fn type_rank(t: wgpu::DeviceType) -> u32 {
     }
 }
 
-/// `want`: what the user named and where ([`GpuOptions::adapter`] or `FVL_ADAPTER`), so an
-/// error names the setting they actually used.
-fn pick_adapter(list: Vec<wgpu::Adapter>, want: Option<(&str, &str)>) -> Result<wgpu::Adapter> {
+/// The adapter a user named, and where: a library setting (a front end names it its own way)
+/// or the environment variable (named as it is).
+enum Wanted<'a> {
+    Setting(&'a str),
+    Env(&'a str),
+}
+
+/// Opens the adapter `want` names (its index or part of its name), else the best one.
+fn pick_adapter(list: Vec<wgpu::Adapter>, want: Option<Wanted>) -> Result<wgpu::Adapter> {
     if list.is_empty() {
         return Err(Error::NoAdapter(NO_ADAPTER_HELP.into()));
     }
@@ -185,16 +191,13 @@ fn pick_adapter(list: Vec<wgpu::Adapter>, want: Option<(&str, &str)>) -> Result<
         .map(|(i, a)| format!("{i}: {}", a.get_info().name))
         .collect();
     match want {
-        Some((source, w)) => {
+        Some(wanted) => {
             let choices = format!("the adapters are {}", names.join(", "));
-            // The caller's option is a setting a front end names its own way; the
-            // environment variable is named as it is.
-            let fail = |msg: String| {
-                if source == Setting::Adapter.name() {
-                    Error::setting(Setting::Adapter, msg)
-                } else {
-                    Error::NoAdapter(msg)
-                }
+            let (source, w, fail): (_, _, fn(String) -> Error) = match wanted {
+                Wanted::Setting(w) => (Setting::Adapter.name(), w, |m| {
+                    Error::setting(Setting::Adapter, m)
+                }),
+                Wanted::Env(w) => (ENV_ADAPTER, w, Error::NoAdapter),
             };
             if let Ok(i) = w.parse::<usize>() {
                 return list
@@ -259,8 +262,8 @@ impl Gpu {
         let instance = instance();
         let env_adapter = std::env::var(ENV_ADAPTER).ok();
         let want = match (&opts.adapter, &env_adapter) {
-            (Some(a), _) => Some((Setting::Adapter.name(), a.as_str())),
-            (None, Some(e)) => Some((ENV_ADAPTER, e.as_str())),
+            (Some(a), _) => Some(Wanted::Setting(a.as_str())),
+            (None, Some(e)) => Some(Wanted::Env(e.as_str())),
             (None, None) => None,
         };
         let adapter = pick_adapter(adapters(&instance), want)?;

@@ -76,7 +76,7 @@ impl Sizes {
     pub fn pick<T: std::fmt::Display>(&mut self, flag: &str, given: Option<T>, full: T, light: T) -> T {
         match given {
             Some(v) => v,
-            None if self.software && light.to_string() != full.to_string() => {
+            None if self.software => {
                 self.light.push(format!("{flag} {light}"));
                 self.full.push(format!("{flag} {full}"));
                 light
