@@ -44,14 +44,17 @@ pub enum Error {
     #[error("{0}")]
     Hub(String),
     /// A value the caller chose for one of the library's settings cannot work. The message
-    /// names the setting as [`Setting::name`] does, so a front end can put its own word for
-    /// it there ([`Error::naming`]; the CLI names its flag).
-    #[error("{msg}")]
+    /// is `lead`, the setting as [`Setting::name`] says, then `rest`, so a front end can put
+    /// its own word for it there ([`Error::naming`]; the CLI names its flag) without looking
+    /// for the name in text that may hold the user's paths.
+    #[error("{lead}{}{rest}", setting.name())]
     Setting {
         /// The setting at fault.
         setting: Setting,
-        /// What is wrong, naming the setting once as [`Setting::name`] says.
-        msg: String,
+        /// What the message says before naming the setting (often a file's path).
+        lead: String,
+        /// What it says after.
+        rest: String,
     },
 }
 
@@ -111,20 +114,23 @@ impl Error {
             "step {step}: the model produced non-finite logits (NaN/Inf); the weights or inputs overflow"
         ))
     }
-    /// A bad value for `setting`; `msg` names it once as [`Setting::name`] says.
-    pub fn setting(setting: Setting, msg: impl fmt::Display) -> Self {
-        let msg = msg.to_string();
-        debug_assert!(msg.contains(setting.name()), "{msg:?} does not name {setting:?}");
-        Error::Setting { setting, msg }
+    /// A bad value for `setting`: the message is `lead`, the setting's name, then `rest`.
+    pub fn setting(setting: Setting, lead: impl fmt::Display, rest: impl fmt::Display) -> Self {
+        Error::Setting {
+            setting,
+            lead: lead.to_string(),
+            rest: rest.to_string(),
+        }
     }
     /// The message with the setting of an [`Error::Setting`] named as `word` says (a CLI's
     /// flag), where `word` has one; any other error as [`Display`](fmt::Display) shows it.
     pub fn naming(&self, word: impl Fn(Setting) -> Option<&'static str>) -> String {
         match self {
-            Error::Setting { setting, msg } => match word(*setting) {
-                Some(w) => msg.replacen(setting.name(), w, 1),
-                None => msg.clone(),
-            },
+            Error::Setting {
+                setting,
+                lead,
+                rest,
+            } => format!("{lead}{}{rest}", word(*setting).unwrap_or(setting.name())),
             other => other.to_string(),
         }
     }
@@ -139,3 +145,29 @@ impl Error {
 
 /// Result with the engine's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A front end's word replaces the setting's name and nothing else, even where the user's
+    /// own text (a folder called "the output folder") holds that name first.
+    #[test]
+    fn naming_replaces_only_the_setting() {
+        let e = Error::setting(
+            Setting::OutputFolder,
+            "/tmp/the output folder/x: ",
+            " is inside the input folder /tmp",
+        );
+        let flag = |s| (s == Setting::OutputFolder).then_some("--out");
+        assert_eq!(
+            e.to_string(),
+            "/tmp/the output folder/x: the output folder is inside the input folder /tmp"
+        );
+        assert_eq!(
+            e.naming(flag),
+            "/tmp/the output folder/x: --out is inside the input folder /tmp"
+        );
+        assert_eq!(e.naming(|_| None), e.to_string());
+    }
+}

@@ -69,9 +69,9 @@ pub fn check_out_dir(out: &Path, input: &Path) -> Result<()> {
     if o.starts_with(&i) {
         return Err(Error::setting(
             Setting::OutputFolder,
+            format!("{}: ", out.display()),
             format!(
-                "{}: the output folder is {} the input folder {}; choose a folder outside it",
-                out.display(),
+                " is {} the input folder {}; choose a folder outside it",
                 if o == i { "the same folder as" } else { "inside" },
                 input.display()
             ),

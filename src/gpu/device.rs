@@ -193,22 +193,24 @@ fn pick_adapter(list: Vec<wgpu::Adapter>, want: Option<Wanted>) -> Result<wgpu::
     match want {
         Some(wanted) => {
             let choices = format!("the adapters are {}", names.join(", "));
-            let (source, w, fail): (_, _, fn(String) -> Error) = match wanted {
-                Wanted::Setting(w) => (Setting::Adapter.name(), w, |m| {
-                    Error::setting(Setting::Adapter, m)
-                }),
-                Wanted::Env(w) => (ENV_ADAPTER, w, Error::NoAdapter),
+            let w = match wanted {
+                Wanted::Setting(w) | Wanted::Env(w) => w,
+            };
+            // What follows the name of the setting or variable the user set.
+            let fail = |rest: String| match wanted {
+                Wanted::Setting(_) => Error::setting(Setting::Adapter, "", rest),
+                Wanted::Env(_) => Error::NoAdapter(format!("{ENV_ADAPTER}{rest}")),
             };
             if let Ok(i) = w.parse::<usize>() {
                 return list
                     .into_iter()
                     .nth(i)
-                    .ok_or_else(|| fail(format!("{source} {i}: there is no adapter {i}; {choices}")));
+                    .ok_or_else(|| fail(format!(" {i}: there is no adapter {i}; {choices}")));
             }
             let lw = w.to_lowercase();
             list.into_iter()
                 .find(|a| a.get_info().name.to_lowercase().contains(&lw))
-                .ok_or_else(|| fail(format!("{source} {w:?} matches no adapter; {choices}")))
+                .ok_or_else(|| fail(format!(" {w:?} matches no adapter; {choices}")))
         }
         None => {
             // Prefer real GPUs, and among equals a backend with compute shaders that we test (Vulkan).

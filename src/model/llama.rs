@@ -90,12 +90,14 @@ impl Llama {
         let cfg = LlamaConfig::from_checkpoint(ck)?;
         if let Some(stored) = ck.stored_quant() {
             if stored != quant {
-                return Err(Error::setting(Setting::WeightStorage, format!(
-                    "{} is quantized as {}; weight storage {} mismatches (re-quantizing loses precision: use the original checkpoint)",
-                    ck.dir().display(),
-                    stored.name(),
-                    quant.name()
-                )));
+                return Err(Error::setting(
+                    Setting::WeightStorage,
+                    format!("{} is quantized as {}; ", ck.dir().display(), stored.name()),
+                    format!(
+                        " {} mismatches (re-quantizing loses precision: use the original checkpoint)",
+                        quant.name()
+                    ),
+                ));
             }
         }
         let src = |name: &str, shape: &[usize]| {

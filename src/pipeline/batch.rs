@@ -79,7 +79,7 @@ pub fn expand_inputs(specs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         }
     }
     if out.is_empty() {
-        return Err(Error::setting(Setting::Images, "the image list: no image files found"));
+        return Err(Error::setting(Setting::Images, "", ": no image files found"));
     }
     Ok(out)
 }

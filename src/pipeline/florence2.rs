@@ -176,20 +176,20 @@ impl Florence2Folder {
         let defaults = &self.ck.text().generation;
         let num_beams = opts.num_beams.unwrap_or(defaults.num_beams);
         if num_beams == 0 {
-            return Err(Error::setting(Setting::NumBeams, "num_beams 0: at least one beam"));
+            return Err(Error::setting(Setting::NumBeams, "", " 0: at least one beam"));
         }
         let most = MAX_BEAMS.min(self.ck.text().vocab_size);
         if num_beams > most {
-            return Err(Error::setting(Setting::NumBeams, format!(
-                "num_beams {num_beams}: at most {most} (each beam is a whole decoder pass and cache per step, and beams past the vocabulary's size can only repeat; Florence-2 uses 3)"
+            return Err(Error::setting(Setting::NumBeams, "", format!(
+                " {num_beams}: at most {most} (each beam is a whole decoder pass and cache per step, and beams past the vocabulary's size can only repeat; Florence-2 uses 3)"
             )));
         }
         let max_new = opts
             .max_new_tokens
             .unwrap_or(DEFAULT_MAX_NEW_TOKENS.min(positions));
         if max_new == 0 || max_new > positions {
-            return Err(Error::setting(Setting::MaxNewTokens, format!(
-                "max_new_tokens {max_new}: must be 1..={positions} (the model's position table)"
+            return Err(Error::setting(Setting::MaxNewTokens, "", format!(
+                " {max_new}: must be 1..={positions} (the model's position table)"
             )));
         }
         Ok(Plan {
@@ -336,10 +336,14 @@ impl Florence2 {
         let n_image = features.shape()[0];
         let positions = self.bart.cfg.max_position_embeddings;
         if n_image + plan.prompt.len() > positions {
-            return Err(Error::setting(Setting::TaskText, format!(
-                "{n_image} image tokens and a {}-token prompt exceed the model's {positions} positions; shorten the task text",
-                plan.prompt.len()
-            )));
+            return Err(Error::setting(
+                Setting::TaskText,
+                format!(
+                    "{n_image} image tokens and a {}-token prompt exceed the model's {positions} positions; shorten ",
+                    plan.prompt.len()
+                ),
+                "",
+            ));
         }
         let mut cancelled = false;
         let ids = if plan.num_beams == 1 && plan.no_repeat_ngram_size == 0 {

@@ -108,10 +108,7 @@ pub fn serve(
         .map(|p| {
             p.canonicalize()
                 .map_err(|e| {
-                    Error::setting(
-                        Setting::AllowedFolders,
-                        format!("allowed folder {}: {e}", p.display()),
-                    )
+                    Error::setting(Setting::AllowedFolders, "", format!(" {}: {e}", p.display()))
                 })
         })
         .collect::<Result<Vec<_>>>()?;

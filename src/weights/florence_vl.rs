@@ -196,12 +196,16 @@ impl FlorenceVlFolder {
             let ids = HARD_CODED_PROMPTS.iter().flatten().copied().collect();
             return Ok((ids, HARD_CODED_PROMPTS[0].len()));
         }
-        Err(Error::setting(Setting::TowerTokenizer, format!(
-            "{}: no Florence-2 tokenizer.json for the encoder prompts in the tower's folder {} and the tower's vocabulary ({}) is not Florence-2's; give the Florence-2 tokenizer folder (one with Florence-2's tokenizer.json)",
-            self.dir.display(),
-            self.tower_dir.display(),
-            text.vocab_size
-        )))
+        Err(Error::setting(
+            Setting::TowerTokenizer,
+            format!(
+                "{}: no Florence-2 tokenizer.json for the encoder prompts in the tower's folder {} and the tower's vocabulary ({}) is not Florence-2's; give ",
+                self.dir.display(),
+                self.tower_dir.display(),
+                text.vocab_size
+            ),
+            " (one with Florence-2's tokenizer.json)",
+        ))
     }
 }
 

@@ -407,13 +407,16 @@ impl Checkpoint {
                 .into_iter()
                 .find(|d| self.contains(&format!("{name}.{}", d.name())))
             {
-                return Err(Error::setting(Setting::WeightStorage, format!(
-                    "{}: {name} is stored quantized as {} (a packed checkpoint); it cannot be loaded as {} — use weight storage {} or the original checkpoint",
-                    self.dir.display(),
-                    other.name(),
-                    dtype.name(),
-                    other.name()
-                )));
+                return Err(Error::setting(
+                    Setting::WeightStorage,
+                    format!(
+                        "{}: {name} is stored quantized as {} (a packed checkpoint); it cannot be loaded as {} — use ",
+                        self.dir.display(),
+                        other.name(),
+                        dtype.name()
+                    ),
+                    format!(" {} or the original checkpoint", other.name()),
+                ));
             }
             return Ok(None);
         }
